@@ -1,0 +1,140 @@
+"""The configuration schema: every switch of a run, with its default and what it means.
+
+Experiment files in ``configs/`` start from :func:`base_config` and override what they need; every
+value can be overridden again from the command line (``--config.data.seq_len=1024``).
+``validate`` checks a finished config before anything is compiled and raises one clear sentence.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+MODES = (
+    "sentinel",  # raw: 1 12 bytes 13 2   comp: 1 14 symbols 15 2
+    "translation_raw_first",  # 1 12 bytes 13 14 symbols 15 2 (one document)
+    "translation_comp_first",
+    "translation_random",
+    "parallel_raw_first",  # 1 12 bytes 13 2 1 14 symbols 15 2 (two documents)
+    "parallel_comp_first",
+    "parallel_random",
+    "vanilla",  # one representation, no sentinels: 1 bytes 2 or 1 symbols 2
+)
+
+PROXIES = ("bytes", "tokenizer", "tokens_as_bytes", "gzip", "neural")
+SOURCES = ("stdlib", "dir", "jsonl", "arrayrecord", "tfds", "preprocessed")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # one seed for data order, mixing draws and parameter init
+
+    # ---- corpus ---------------------------------------------------------------------------
+    c.data = d = ml_collections.ConfigDict()
+    d.source = "stdlib"  # one of SOURCES
+    d.path = ""  # dir: a folder; jsonl/arrayrecord/preprocessed: a file, folder or glob; tfds: a name
+    d.glob = "**/*.py"  # dir source: which files are documents
+    d.text_field = "text"  # jsonl: field holding the document ("content" is tried next)
+    d.skip_malformed = False  # jsonl: skip (and count) malformed lines instead of stopping
+    d.tfds_split = "train"  # tfds: split used for training (validation is held out by hash)
+    d.tfds_data_dir = ""  # tfds: data_dir ('' = the TFDS default)
+    d.val_fraction = 0.05  # fraction of documents held out by path/key hash, whole documents
+    d.max_doc_bytes = 0  # documents longer than this are cut into pieces (0 = never)
+    d.seq_len = 256  # model context; rows carry seq_len + num_targets tokens
+    d.batch_size = 8  # global batch (rows per optimiser step, across all hosts)
+    d.shuffle = True
+    d.num_workers = 0  # Grain worker processes for the per-document stage (0 = in-process)
+    d.prefetch = 2  # batches prefetched by each worker
+    d.num_epochs = 0  # 0 = repeat forever (each epoch reshuffles)
+
+    # ---- proxy (the compressor f) -------------------------------------------------------
+    c.proxy = p = ml_collections.ConfigDict()
+    p.name = "tokenizer"  # one of PROXIES
+    p.vocab_size = 4096  # tokenizer: BPE vocabulary trained on the training split
+    p.model_path = ""  # tokenizer: a user SentencePiece .model instead of training one
+    p.train_max_bytes = 50_000_000  # tokenizer: bytes of training split fed to the BPE trainer
+    p.gray_code = False  # tokens_as_bytes: Gray-code ids over the byte-sorted vocabulary
+    p.gzip_level = 9
+    p.m1_workdir = ""  # neural: workdir of a trained M1 (configs/m1.py)
+    p.window_bits = 16  # neural: equal-information window size W
+    p.entropy_quantile = 0.9  # neural: segment boundary at bytes above this entropy quantile
+
+    # ---- mixing and its schedule (SPEC sections 4-5) ------------------------------------
+    c.mix = m = ml_collections.ConfigDict()
+    m.warmup_steps = 10_000  # W: r ramps r0 -> rp, mode = mode_warmup
+    m.steady_steps = 40_000  # T: r = rp, mode = mode_steady
+    m.decay_steps = 0  # D: r decays linearly rp -> rf
+    m.rate_init = 0.4  # r0
+    m.rate_peak = 0.9  # rp
+    m.rate_final = 0.9  # rf (and after W+T+D, mode = mode_final)
+    m.mode_warmup = "translation_random"
+    m.mode_steady = "sentinel"
+    m.mode_final = "sentinel"
+
+    # ---- model -----------------------------------------------------------------------------
+    c.model = mo = ml_collections.ConfigDict()
+    mo.num_layers = 2
+    mo.d_model = 128
+    mo.num_heads = 4
+    mo.num_kv_heads = 4  # < num_heads for grouped-query attention
+    mo.head_dim = 32
+    mo.d_ff = 512
+    mo.rope_theta = 100_000.0
+    mo.norm_eps = 1e-6
+    mo.num_pred_heads = 1  # heads predicting t+1 .. t+num_pred_heads over the full vocabulary
+    mo.num_raw_pred_heads = 0  # extra 320-way heads, trained only where all their targets are raw
+    mo.attention = "xla"  # "xla" | "cudnn" (GPU) | "splash" (TPU)
+    mo.dtype = "bfloat16"  # compute dtype; parameters are float32
+    mo.param_dtype = "float32"
+    mo.scan_layers = True
+    mo.remat_policy = "none"  # "none" | "full" | "dots" | "dots_with_no_batch_dims"
+    mo.vocab_size = 0  # 0 = derived from the proxy (320 + symbols, padded to 128)
+
+    # ---- mesh and sharding --------------------------------------------------------------
+    c.mesh = me = ml_collections.ConfigDict()
+    me.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
+    me.axis_names = ("data", "fsdp", "tensor")
+    # logical axis -> mesh axes (rules are data: change them here, not in the model)
+    me.rules = (
+        ("batch", ("data", "fsdp")),
+        ("length", None),
+        ("embed", "fsdp"),
+        ("vocab", "tensor"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("head_dim", None),
+        ("layers", None),
+    )
+
+    # ---- optimiser ----------------------------------------------------------------------
+    c.opt = o = ml_collections.ConfigDict()
+    o.lr = 1.2e-3
+    o.warmup_steps = 500
+    o.min_lr_ratio = 0.1  # cosine floor as a fraction of lr
+    o.b1 = 0.9
+    o.b2 = 0.95
+    o.eps = 1e-15
+    o.weight_decay = 0.1
+    o.weight_decay_mask = "matrices"  # "matrices" (no decay on norms/1-D params) | "all" | "none"
+    o.clip_norm = 1.0
+    o.grad_accum_steps = 1
+
+    # ---- training loop ------------------------------------------------------------------
+    c.train = t = ml_collections.ConfigDict()
+    t.steps = 50_000
+    t.log_every = 10
+    t.eval_every = 1000
+    t.eval_docs = 0  # held-out documents used by eval during training (0 = all)
+    t.eval_window = 4096  # eval windows of this many tokens, stride = window
+    t.eval_batch_size = 8
+    t.checkpoint_every = 1000
+    t.keep_checkpoints = 3
+    t.tensorboard = True
+    t.sample_prompt = "def fibonacci(n):\n"  # printed sample at the end of training ('' = none)
+    t.sample_bytes = 200
+    return c
+
+
+def num_targets(config: ml_collections.ConfigDict) -> int:
+    """How many future tokens each position predicts: rows carry ``seq_len + num_targets`` tokens."""
+    return int(config.model.num_pred_heads) + int(config.model.num_raw_pred_heads)

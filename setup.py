@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="proxy_jax",
+    version="0.1.0",
+    description="Proxy compression for language modeling, in JAX: train on bytes and compressed views, serve bytes.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["proxy_jax", "proxy_jax.*"]),
+    install_requires=[
+        "jax>=0.10,<0.13",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "grain>=0.2.12,<0.3",
+        "array-record>=0.8,<0.9",
+        "tensorflow-datasets>=4.9.8,<5",
+        "sentencepiece>=0.2,<0.3",
+        "ml-collections>=1.0,<2",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        # TensorBoard event files without TensorFlow.
+        "tensorboardX>=2.6,<3",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.8"],
+        "notebook": ["matplotlib>=3.8"],
+    },
+)
