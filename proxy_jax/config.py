@@ -138,3 +138,46 @@ def base_config() -> ml_collections.ConfigDict:
 def num_targets(config: ml_collections.ConfigDict) -> int:
     """How many future tokens each position predicts: rows carry ``seq_len + num_targets`` tokens."""
     return int(config.model.num_pred_heads) + int(config.model.num_raw_pred_heads)
+
+
+def _choice(value, allowed, key: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"--config.{key}={value!r} is not one of {', '.join(allowed)}.")
+
+
+def _positive(value, key: str, *, zero_ok: bool = False) -> None:
+    if not (value >= 0 if zero_ok else value > 0):
+        raise ValueError(f"--config.{key}={value} must be {'>= 0' if zero_ok else '> 0'}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks values that do not depend on the devices; raises one sentence naming the bad value."""
+    _choice(config.data.source, SOURCES, "data.source")
+    _choice(config.proxy.name, PROXIES, "proxy.name")
+    for key in ("mode_warmup", "mode_steady", "mode_final"):
+        _choice(config.mix[key], MODES, f"mix.{key}")
+    for key in ("rate_init", "rate_peak", "rate_final"):
+        if not 0.0 <= config.mix[key] <= 1.0:
+            raise ValueError(f"--config.mix.{key}={config.mix[key]} must lie in [0, 1].")
+    for key in ("warmup_steps", "steady_steps", "decay_steps"):
+        _positive(config.mix[key], f"mix.{key}", zero_ok=True)
+    for key in ("seq_len", "batch_size"):
+        _positive(config.data[key], f"data.{key}")
+    _positive(config.data.num_workers, "data.num_workers", zero_ok=True)
+    if not 0.0 <= config.data.val_fraction <= 1.0:
+        raise ValueError(f"--config.data.val_fraction={config.data.val_fraction} must lie in [0, 1].")
+    if config.data.source != "stdlib" and not config.data.path:
+        raise ValueError(f"--config.data.source={config.data.source!r} needs --config.data.path.")
+    _positive(config.model.num_pred_heads, "model.num_pred_heads")
+    _positive(config.model.num_raw_pred_heads, "model.num_raw_pred_heads", zero_ok=True)
+    _positive(config.train.steps, "train.steps")
+    for key in ("log_every", "checkpoint_every", "eval_window", "eval_batch_size"):
+        _positive(config.train[key], f"train.{key}")
+    _positive(config.opt.grad_accum_steps, "opt.grad_accum_steps")
+    if config.data.batch_size % config.opt.grad_accum_steps:
+        raise ValueError(f"--config.data.batch_size={config.data.batch_size} is not divisible by "
+                         f"--config.opt.grad_accum_steps={config.opt.grad_accum_steps}.")
+    uses_comp = max(config.mix.rate_init, config.mix.rate_peak, config.mix.rate_final) > 0
+    if uses_comp and config.proxy.name == "bytes" and config.mix.mode_steady != "vanilla":
+        raise ValueError("--config.proxy.name='bytes' has no compressed view: use mix modes 'vanilla' with "
+                         "rates 0 for the byte baseline, or pick a compressing proxy.")

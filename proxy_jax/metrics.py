@@ -1,0 +1,90 @@
+"""Metrics at the edge: ``metrics.jsonl`` + TensorBoard event files, written by process 0 only.
+
+MFU = achieved model FLOP/s / (peak FLOP/s per chip x chips). Model FLOPs per step come from
+``proxy_jax.model.flops_per_token`` (its docstring states the formula) times the symbols in the step.
+Peak numbers are dense bf16 from the vendors' data sheets; on CPU there is no peak and ``perf/mfu`` is
+left out rather than made up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+# Dense bf16 peak FLOP/s per chip, keyed by a substring of ``jax.devices()[0].device_kind`` (lower case).
+PEAK_FLOPS = {
+    "h200": 989e12,
+    "h100": 989e12,
+    "a100": 312e12,
+    "v6 lite": 918e12,  # Trillium (v6e)
+    "v6e": 918e12,
+    "v5p": 459e12,
+    "v5 lite": 197e12,  # v5e
+    "v5e": 197e12,
+    "v4": 275e12,
+}
+
+
+def peak_flops_per_device(device=None) -> float | None:
+    """Peak bf16 FLOP/s of one device, or None where unknown (CPU, unlisted chips)."""
+    device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        return None
+    kind = device.device_kind.lower()
+    for key, value in PEAK_FLOPS.items():
+        if key in kind:
+            return value
+    return None
+
+
+def to_python(metrics: dict[str, Any]) -> dict[str, float]:
+    """Device scalars -> Python floats (one host transfer for the whole dict)."""
+    host = jax.device_get(metrics)
+    return {k: float(np.asarray(v)) for k, v in host.items()}
+
+
+class MetricsWriter:
+    """Appends one JSON object per call to ``workdir/metrics.jsonl`` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, *, tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0
+        self._tb = None
+        if not self.enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
+        self._file.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in scalars.items():
+                if math.isfinite(float(v)):
+                    self._tb.add_scalar(k, float(v), int(step))
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """All rows of ``workdir/metrics.jsonl`` (for notebooks and tests)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

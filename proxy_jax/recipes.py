@@ -1,0 +1,68 @@
+"""Size presets shared by the experiment files in ``configs/``.
+
+A preset fixes the model size, context, batch, steps and learning rate; the experiment file then says
+which proxy and which mixing recipe to use. The paper-scale presets follow SPEC section 7: 50k steps of
+~2M symbols (128 rows x 16k), AdamW, cosine with 500 warm-up steps, lr 1.2e-3 at 0.5B down to 5e-4 at
+7B/14B (1.5B and 4B are interpolated). ``tiny`` and ``small`` are for CPUs and a single GPU.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from proxy_jax import config as config_lib
+
+# preset: (model size, seq_len, global batch, steps, lr, opt warm-up, compute dtype)
+PRESETS = {
+    "tiny": ("tiny", 256, 16, 600, 3e-3, 50, "float32"),  # 2-core CPU: a few minutes
+    "small": ("small", 1024, 32, 5_000, 2e-3, 200, "bfloat16"),  # one GPU: under an hour
+    "0.5b": ("0.5b", 16_384, 128, 50_000, 1.2e-3, 500, "bfloat16"),
+    "1.5b": ("1.5b", 16_384, 128, 50_000, 8e-4, 500, "bfloat16"),
+    "4b": ("4b", 16_384, 128, 50_000, 6e-4, 500, "bfloat16"),
+    "7b": ("7b", 16_384, 128, 50_000, 5e-4, 500, "bfloat16"),
+    "14b": ("14b", 16_384, 128, 50_000, 5e-4, 500, "bfloat16"),
+}
+
+
+def with_preset(preset: str | None) -> ml_collections.ConfigDict:
+    """The base config with a size preset applied (``None`` or '' means ``tiny``)."""
+    from proxy_jax import model as model_lib
+
+    preset = (preset or "tiny").lower()
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (config.py:PRESET).")
+    size, seq_len, batch, steps, lr, warmup, dtype = PRESETS[preset]
+    c = config_lib.base_config()
+    model_lib.apply_size(c, size)
+    c.model.dtype = dtype
+    c.data.seq_len = seq_len
+    c.data.batch_size = batch
+    c.train.steps = steps
+    c.opt.lr = lr
+    c.opt.warmup_steps = warmup
+    if preset in ("tiny", "small"):
+        c.train.eval_every = steps // 2
+        c.train.checkpoint_every = max(100, steps // 4)
+        c.train.log_every = 10
+        c.train.eval_window = 1024 if preset == "tiny" else 4096
+        c.train.eval_batch_size = 16
+        c.model.scan_layers = False
+    return c
+
+
+def proxy_schedule(c: ml_collections.ConfigDict) -> None:
+    """The paper's mixing recipe scaled to the run: warm-up 20% of steps with translation pairs in random
+    order and r ramping 0.4 -> 0.9, then sentinel mode at r = 0.9 (paper: W=10k, T=40k of 50k steps)."""
+    c.mix.warmup_steps = c.train.steps // 5
+    c.mix.steady_steps = c.train.steps - c.mix.warmup_steps
+    c.mix.decay_steps = 0
+    c.mix.rate_init, c.mix.rate_peak, c.mix.rate_final = 0.4, 0.9, 0.9
+    c.mix.mode_warmup, c.mix.mode_steady, c.mix.mode_final = "translation_random", "sentinel", "sentinel"
+
+
+def single_view(c: ml_collections.ConfigDict, rate: float) -> None:
+    """One representation, no sentinels: rate 0 = bytes only, rate 1 = compressed only."""
+    c.mix.warmup_steps = c.mix.decay_steps = 0
+    c.mix.steady_steps = c.train.steps
+    c.mix.rate_init = c.mix.rate_peak = c.mix.rate_final = rate
+    c.mix.mode_warmup = c.mix.mode_steady = c.mix.mode_final = "vanilla"
