@@ -1,0 +1,245 @@
+"""Mixing and packing in one sequential stage: per-document elements -> batches of packed rows (SPEC 6).
+
+The stage knows how many tokens it has emitted, hence which batch (= optimiser step) the first token
+of the next document lands in, and draws that document's layout with the rate and mode of exactly that
+step. A document that spills into the next batch keeps the step where it starts.
+
+Stream geometry, with L = seq_len, K = num_targets, B = rows per (local) batch:
+row r covers stream[r*L : r*L + L + K]; consecutive rows overlap by K tokens (the targets of the last
+positions), so every token is an input exactly once. Batch k holds rows kB .. kB+B-1, i.e. the tokens
+stream[k*B*L : (k+1)*B*L + K]; a document belongs to the step whose batch holds its first token as an
+input.
+
+Because this stage runs after any worker processes, batches do not depend on the number of workers.
+Its state is small: the parent's state before the first pending document, that document's start in
+the stream and the step; the pending documents are re-read and re-drawn on restore (draws are pure).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+from typing import Any, Callable
+
+import grain
+import ml_collections
+import numpy as np
+
+from proxy_jax import vocab
+from proxy_jax.data import mixing
+from proxy_jax.data import schedule
+
+_STATE_VERSION = 1
+_NO_START = np.iinfo(np.int64).min // 2
+
+
+class _Unit:
+    """One source document's emitted ids, placed at ``start`` in the stream."""
+
+    __slots__ = ("parent_state", "start", "end", "emission", "step", "index")
+
+    def __init__(self, parent_state, start: int, emission: mixing.Emission, step: int, index: int):
+        self.parent_state = parent_state
+        self.start = start
+        self.end = start + len(emission.ids)
+        self.emission = emission
+        self.step = step
+        self.index = index
+
+
+class PackedBatchDataset(grain.IterDataset):
+    """Packs per-document elements {"index", "epoch", "raw", "comp"} into batches of rows.
+
+    Args:
+      parent: yields dicts with the global document ``index``, its ``epoch``, int32 ``raw`` ids and int32
+        ``comp`` ids (ignored when ``has_comp`` is False).
+      seq_len, num_targets, rows: L, K and B of the module docstring.
+      seed: seeds the per-document draws.
+      mix: ``config.mix`` (the schedule of rate and mode).
+      has_comp: whether documents carry a compressed view; without one every document is emitted raw.
+      start_step: the first batch produced is this step's (fast-forwards by re-reading and re-drawing
+        the documents of earlier steps; restoring a saved state is the cheap way to resume).
+      on_document: debug hook called with (index, epoch, step, rate, mode, layout, start) per document.
+    """
+
+    def __init__(self, parent: grain.IterDataset, *, seq_len: int, num_targets: int, rows: int, seed: int,
+                 mix: ml_collections.ConfigDict, has_comp: bool = True, start_step: int = 0,
+                 on_document: Callable[..., None] | None = None):
+        super().__init__(parent)
+        if seq_len < 1:
+            raise ValueError(f"seq_len={seq_len} must be >= 1; set config.data.seq_len to a positive length.")
+        if rows < 1:
+            raise ValueError(f"rows={rows} must be >= 1; the local batch needs at least one row.")
+        if num_targets < 0:
+            raise ValueError(f"num_targets={num_targets} must be >= 0.")
+        if start_step < 0:
+            raise ValueError(f"start_step={start_step} is negative; steps count from 0.")
+        schedule.validate_mix(mix)
+        self._kwargs = dict(seq_len=int(seq_len), num_targets=int(num_targets), rows=int(rows), seed=int(seed),
+                            mix=copy.deepcopy(mix), has_comp=bool(has_comp), start_step=int(start_step),
+                            on_document=on_document)
+
+    def __iter__(self) -> "PackedBatchIterator":
+        return PackedBatchIterator(self._parent.__iter__(), **self._kwargs)
+
+    def __str__(self) -> str:
+        k = self._kwargs
+        return f"PackedBatchDataset(seq_len={k['seq_len']}, num_targets={k['num_targets']}, rows={k['rows']})"
+
+
+class PackedBatchIterator(grain.DatasetIterator):
+    """Iterator of :class:`PackedBatchDataset`; ``get_state``/``set_state`` give exact continuation."""
+
+    def __init__(self, parent: grain.DatasetIterator, *, seq_len: int, num_targets: int, rows: int, seed: int,
+                 mix: ml_collections.ConfigDict, has_comp: bool, start_step: int,
+                 on_document: Callable[..., None] | None):
+        super().__init__(parent)
+        self._L, self._K, self._B = seq_len, num_targets, rows
+        self._seed, self._mix, self._has_comp = seed, mix, has_comp
+        self._on_document = on_document
+        self._cached_step, self._cached_schedule = -1, (0.0, "")
+        self._reset(step=0, stream_end=0, doc_start=0)
+        self._skip_to = start_step
+
+    # ---- stream bookkeeping -------------------------------------------------------------------
+    def _reset(self, *, step: int, stream_end: int, doc_start: int) -> None:
+        self._step = step  # the next batch to produce
+        self._stream_end = stream_end  # stream position where the next document starts
+        self._doc_start = doc_start  # start of the document holding this batch's first token
+        self._pending: collections.deque[_Unit] = collections.deque()
+
+    def _schedule(self, step: int) -> tuple[float, str]:
+        if step != self._cached_step:
+            self._cached_step, self._cached_schedule = step, schedule.schedule_at(step, self._mix)
+        return self._cached_schedule
+
+    def _pull(self) -> None:
+        """Reads one document from the parent, draws its layout for the step it starts in, queues it."""
+        parent_state = self._parent.get_state()
+        element = next(self._parent)
+        start = self._stream_end
+        step = start // (self._B * self._L)
+        rate, mode = self._schedule(step)
+        index, epoch = int(element["index"]), int(element["epoch"])
+        u_choice, u_order = mixing.document_uniforms(self._seed, index, epoch, step)
+        comp = np.asarray(element["comp"], vocab.ID_DTYPE) if self._has_comp else None
+        layout = mixing.choose_layout(mode, rate, u_choice, u_order, has_comp=comp is not None)
+        emission = mixing.emit_layout(np.asarray(element["raw"], vocab.ID_DTYPE), comp, mode=mode, layout=layout)
+        if self._on_document is not None:
+            self._on_document(index=index, epoch=epoch, step=step, rate=rate, mode=mode, layout=layout, start=start)
+        self._pending.append(_Unit(parent_state, start, emission, step, index))
+        self._stream_end = start + len(emission.ids)
+
+    def _fill(self, end: int) -> None:
+        while self._stream_end < end:
+            self._pull()
+
+    def _advance(self) -> tuple[int, int, np.ndarray]:
+        """Makes sure batch ``self._step`` is available; returns (lo, hi, offset0) of its stream span."""
+        span = self._B * self._L
+        lo = self._step * span
+        hi = lo + span + self._K
+        self._fill(hi)
+        return lo, hi, lo - self._doc_start
+
+    def _finish_batch(self, lo: int, next_doc_offset: int) -> None:
+        """Drops documents that ended before the next batch and moves to the next step."""
+        span = self._B * self._L
+        next_lo = lo + span
+        self._doc_start = next_lo - next_doc_offset
+        while self._pending and self._pending[0].end <= next_lo:
+            self._pending.popleft()
+        self._step += 1
+
+    def _next_doc_offset(self, lo: int) -> int:
+        """Offset, inside its document, of the first token of the next batch."""
+        next_lo = lo + self._B * self._L
+        for unit in self._pending:
+            if unit.start <= next_lo < unit.end:
+                return next_lo - max(unit.start + s for s in unit.emission.doc_starts if unit.start + s <= next_lo)
+        return 0
+
+    def _skip(self) -> None:
+        while self._step < self._skip_to:
+            lo, _, _ = self._advance()
+            self._finish_batch(lo, self._next_doc_offset(lo))
+        self._skip_to = 0
+
+    # ---- the DatasetIterator API --------------------------------------------------------------
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._skip_to:
+            self._skip()
+        L, K, B = self._L, self._K, self._B
+        lo, hi, offset0 = self._advance()
+        pieces = []
+        for unit in self._pending:
+            if unit.start >= hi:
+                break
+            if unit.end > lo:
+                pieces.append(unit.emission.ids[max(0, lo - unit.start): hi - unit.start])
+        chunk_N = np.concatenate(pieces)
+        n = len(chunk_N)
+        t_N = np.arange(n, dtype=np.int64)
+        # Positions restart right after every EOS; the first document may have started earlier.
+        marker_N = np.full(n, _NO_START, np.int64)
+        marker_N[1:] = np.where(chunk_N[:-1] == vocab.EOS, t_N[1:], _NO_START)
+        marker_N[0] = -offset0
+        positions_N = t_N - np.maximum.accumulate(marker_N)
+        rows_BxLK = np.arange(B)[:, None] * L + np.arange(L + K)[None, :]
+        tokens_BxLK = chunk_N[rows_BxLK]
+        positions_BxLK = positions_N[rows_BxLK].astype(np.int32)
+        segment_ids_BxLK = np.ones((B, L + K), np.int32)
+        np.cumsum(tokens_BxLK[:, :-1] == vocab.EOS, axis=1, out=segment_ids_BxLK[:, 1:])
+        segment_ids_BxLK[:, 1:] += 1
+        # Documents are counted in the row holding their BOS as an input token.
+        counts_4xB = np.zeros((4, B), np.int32)
+        span_end = lo + B * L
+        for unit in self._pending:
+            if unit.start >= span_end:
+                break
+            e = unit.emission
+            for off, n_streams, n_comp in zip(e.doc_starts, e.doc_streams, e.doc_comp_streams):
+                p = unit.start + off
+                if lo <= p < span_end:
+                    r = (p - lo) // L
+                    counts_4xB[:, r] += (1, n_comp > 0, n_streams, n_comp)
+        next_doc_offset = self._next_doc_offset(lo)
+        batch = {
+            "tokens": tokens_BxLK,
+            "segment_ids": segment_ids_BxLK,
+            "positions": positions_BxLK,
+            "step": np.full(B, self._step, np.int32),
+            "num_docs": counts_4xB[0],
+            "num_comp_docs": counts_4xB[1],
+            "num_streams": counts_4xB[2],
+            "num_comp_streams": counts_4xB[3],
+        }
+        self._finish_batch(lo, next_doc_offset)
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        if self._skip_to:
+            self._skip()
+        if self._pending:
+            first = self._pending[0]
+            parent_state, unit_start = first.parent_state, first.start
+        else:
+            parent_state, unit_start = self._parent.get_state(), self._stream_end
+        return {
+            "version": _STATE_VERSION,
+            "step": self._step,
+            "parent": copy.deepcopy(parent_state),
+            "unit_start": unit_start,
+            "doc_start": self._doc_start,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"Packing state version {state.get('version')!r} is not {_STATE_VERSION}; "
+                             "restore with the code version that saved it.")
+        self._skip_to = 0
+        self._parent.set_state(state["parent"])
+        self._reset(step=int(state["step"]), stream_end=int(state["unit_start"]), doc_start=int(state["doc_start"]))
+
+    def __str__(self) -> str:
+        return f"PackedBatchIterator(step={self._step})"
