@@ -71,8 +71,8 @@ def document_uniforms_N(seed: int, index_N, epoch_N, step_N) -> tuple[np.ndarray
     h_N = np.zeros(index_N.shape, np.uint64)
     for v_N in (np.full(index_N.shape, seed, np.int64), index_N, epoch_N, step_N):
         h_N = _mix64_N(h_N + golden + v_N.astype(np.uint64))
-    u_choice_N = (_mix64_N(h_N + golden * np.uint64(_PURPOSE_CHOICE)) >> np.uint64(11)) * _TO_UNIT
-    u_order_N = (_mix64_N(h_N + golden * np.uint64(_PURPOSE_ORDER)) >> np.uint64(11)) * _TO_UNIT
+    u_choice_N = (_mix64_N(h_N + np.uint64(_PURPOSE_CHOICE * _GOLDEN & _MASK64)) >> np.uint64(11)) * _TO_UNIT
+    u_order_N = (_mix64_N(h_N + np.uint64(_PURPOSE_ORDER * _GOLDEN & _MASK64)) >> np.uint64(11)) * _TO_UNIT
     return u_choice_N.astype(np.float64), u_order_N.astype(np.float64)
 
 
