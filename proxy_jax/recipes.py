@@ -66,3 +66,29 @@ def single_view(c: ml_collections.ConfigDict, rate: float) -> None:
     c.mix.steady_steps = c.train.steps
     c.mix.rate_init = c.mix.rate_peak = c.mix.rate_final = rate
     c.mix.mode_warmup = c.mix.mode_steady = c.mix.mode_final = "vanilla"
+
+
+def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
+    """Loads ``"configs/proxy_tokens.py:tiny"`` like the command line does, then applies dotted overrides.
+
+    >>> load_config("configs/bytes.py:tiny", **{"train.steps": 20, "data.seq_len": 128})
+    """
+    import importlib.util
+    import os
+
+    path, _, preset = spec.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Config file {path!r} does not exist (expected e.g. configs/proxy_tokens.py:tiny).")
+    module_spec = importlib.util.spec_from_file_location(f"_proxy_jax_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(preset) if preset else module.get_config()
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"Override {dotted!r} names no config key; see proxy_jax/config.py for the keys.")
+        node[leaf] = value
+    return config
