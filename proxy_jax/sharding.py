@@ -1,0 +1,143 @@
+"""Device mesh, logical-axis rules, sharded initialisation and host -> global batches.
+
+The mesh has three axes, ``data``, ``fsdp`` and ``tensor`` (``config.mesh.shape``; one -1 takes the
+remaining devices). Parameters carry logical axis names (see ``model.py``) that ``config.mesh.rules``
+maps onto mesh axes; the batch dimension is split over ``("data", "fsdp")``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import struct
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array
+    params: dict
+    opt_state: tuple
+
+
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+    """``config.mesh.shape`` with its -1 resolved against ``num_devices``."""
+    shape = [int(s) for s in config.mesh.shape]
+    names = tuple(config.mesh.axis_names)
+    if len(shape) != len(names):
+        raise ValueError(f"mesh.shape={tuple(shape)} must have one entry per axis in mesh.axis_names={names}.")
+    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh.shape={tuple(shape)} may hold positive sizes and at most one -1.")
+    known = math.prod(s for s in shape if s != -1)
+    if num_devices % known:
+        raise ValueError(
+            f"mesh.shape={tuple(shape)} needs a multiple of {known} devices but there are {num_devices}; "
+            "change mesh.shape so its product divides the device count."
+        )
+    shape = [num_devices // known if s == -1 else s for s in shape]
+    if math.prod(shape) != num_devices:
+        raise ValueError(
+            f"mesh.shape={tuple(config.mesh.shape)} covers {math.prod(shape)} devices but there are "
+            f"{num_devices}; use -1 for one axis or make the product equal the device count."
+        )
+    return tuple(shape)
+
+
+def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
+    """The (data, fsdp, tensor) mesh over all devices (or ``devices``), with Auto axis types."""
+    devices = jax.devices() if devices is None else devices
+    shape = mesh_shape(config, len(devices))
+    names = tuple(config.mesh.axis_names)
+    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
+
+
+def logical_rules(config: ml_collections.ConfigDict) -> tuple:
+    """``config.mesh.rules`` as the hashable tuple flax expects (lists become tuples)."""
+    rules = []
+    for name, axes in config.mesh.rules:
+        if isinstance(axes, list):
+            axes = tuple(axes)
+        rules.append((name, axes))
+    return tuple(rules)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int | None = None) -> None:
+    """Check that the config fits the devices; raise one sentence naming the values and the fix."""
+    process_count = jax.process_count() if process_count is None else process_count
+    data, fsdp, tensor = mesh_shape(config, num_devices)
+    m = config.model
+    batch = int(config.data.batch_size)
+    accum = int(config.opt.grad_accum_steps)
+    if accum < 1:
+        raise ValueError(f"opt.grad_accum_steps={accum} must be >= 1.")
+    if batch % (data * fsdp * accum):
+        raise ValueError(
+            f"data.batch_size={batch} must be divisible by data*fsdp*grad_accum_steps={data}*{fsdp}*{accum}; "
+            "change the batch size or the mesh."
+        )
+    if batch % process_count:
+        raise ValueError(
+            f"data.batch_size={batch} must be divisible by the {process_count} processes; change the batch size."
+        )
+    if m.num_kv_heads < 1 or m.num_heads % m.num_kv_heads:
+        raise ValueError(
+            f"model.num_heads={m.num_heads} must be a multiple of model.num_kv_heads={m.num_kv_heads}; "
+            "pick num_kv_heads dividing num_heads."
+        )
+    for key in ("num_heads", "num_kv_heads", "d_ff"):
+        if int(m[key]) % tensor:
+            raise ValueError(
+                f"model.{key}={m[key]} is not divisible by the tensor axis size {tensor}; "
+                "change the model size or mesh.shape."
+            )
+    if int(m.d_model) % fsdp:
+        raise ValueError(
+            f"model.d_model={m.d_model} is not divisible by the fsdp axis size {fsdp}; change mesh.shape."
+        )
+    if int(m.head_dim) % 2:
+        raise ValueError(f"model.head_dim={m.head_dim} must be even for rotary embeddings.")
+    if m.attention == "splash" and int(config.data.seq_len) % 128:
+        raise ValueError(f"data.seq_len={config.data.seq_len} must be a multiple of 128 for splash attention.")
+
+
+def init_train_state(config, model, tx, mesh: Mesh, rng):
+    """Initialise parameters and optimiser state directly in their sharded layout.
+
+    Returns ``(state, state_shardings)``; ``state_shardings`` mirrors ``state`` with NamedShardings.
+    """
+    zeros_1x1 = jnp.zeros((1, 1), jnp.int32)
+
+    def init_boxed(key):
+        params = model.init(key, zeros_1x1, zeros_1x1, zeros_1x1)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    rules = logical_rules(config)
+    abstract = jax.eval_shape(init_boxed, rng)
+    specs = nn.get_partition_spec(abstract)
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        state = jax.jit(lambda key: nn.unbox(init_boxed(key)), out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over ``data`` x ``fsdp``, everything else replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def host_to_global(batch_np: dict, mesh: Mesh) -> dict:
+    """This host's rows (numpy, leading batch dim) -> global jax.Arrays sharded over the batch axes.
+
+    Every process passes its own ``global_batch / process_count`` rows; rows of process i land at
+    ``[i * local, (i + 1) * local)`` of the global batch.
+    """
+    sharding = batch_sharding(mesh)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch_np.items()
+    }
