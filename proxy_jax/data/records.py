@@ -64,10 +64,12 @@ def decode_record(b: bytes) -> Record:
     o += key_len
     raw = bytes(b[o:o + raw_len])
     o += raw_len
-    dtype = "<u2" if flags & _FLAG_UINT16 else "<i4"
+    dtype = np.dtype("<u2" if flags & _FLAG_UINT16 else "<i4")
+    end = o + comp_len * dtype.itemsize
+    if end != len(b):
+        raise ValueError(f"corrupt record {key!r}: {len(b)} bytes, its header says {end}; "
+                         "regenerate the shards with `python -m proxy_jax.preprocess`.")
     comp = np.frombuffer(b, dtype=dtype, count=comp_len, offset=o).astype(vocab.ID_DTYPE)
-    if o + comp.nbytes != len(b):
-        raise ValueError(f"corrupt record {key!r}: {len(b)} bytes, header says {o + comp.nbytes}.")
     return Record(index=index, key=key, raw=raw, comp=comp)
 
 
