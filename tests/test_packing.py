@@ -21,6 +21,7 @@ PATHS = sorted(glob.glob(f"{STDLIB}/*.py"))[:120]
 
 
 def _load(i, short=False):
+    i = i % len(PATHS)
     with open(PATHS[i], "rb") as f:
         data = f.read()
     # Short documents: many per batch and many spills.
@@ -29,8 +30,12 @@ def _load(i, short=False):
     return {"index": i, "epoch": 0, "raw": vocab.encode_raw(data), "comp": comp}
 
 
-def _docs(short=False):
-    return grain.MapDataset.range(len(PATHS)).map(functools.partial(_load, short=short)).repeat(3).to_iter_dataset()
+def _element(flat, _, short=False):
+    return {"flat": flat, **_load(flat, short)}
+
+
+def _docs(short=False, n=3 * len(PATHS)):
+    return grain.MapDataset.range(n).map_with_index(functools.partial(_element, short=short))
 
 
 def _mix(mode="translation_random", w=40):
@@ -192,7 +197,7 @@ def test_start_step_reproduces_the_same_batches():
 
 
 def test_finite_parent_ends_cleanly():
-    ds = packing.PackedBatchDataset(grain.MapDataset.range(3).map(_load).to_iter_dataset(), seq_len=32,
+    ds = packing.PackedBatchDataset(_docs(n=3), seq_len=32,
                                     num_targets=1, rows=2, seed=0, mix=_mix())
     batches = list(ds)
     assert len(batches) >= 1

@@ -11,8 +11,10 @@ stream[k*B*L : (k+1)*B*L + K]; a document belongs to the step whose batch holds 
 input.
 
 Because this stage runs after any worker processes, batches do not depend on the number of workers.
-Its state is small: the parent's state before the first pending document, that document's start in
-the stream and the step; the pending documents are re-read and re-drawn on restore (draws are pure).
+Its state is a handful of integers: the flat index (epoch * documents + position) of the first pending
+document, where that document starts in the stream, and the step. On restore the document stage is
+reopened at that flat index (with any number of workers) and the pending documents are re-read and
+re-drawn (draws are pure functions), so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -36,36 +38,49 @@ _NO_START = np.iinfo(np.int64).min // 2
 class _Unit:
     """One source document's emitted ids, placed at ``start`` in the stream."""
 
-    __slots__ = ("parent_state", "start", "end", "emission", "step", "index")
+    __slots__ = ("flat", "start", "end", "emission")
 
-    def __init__(self, parent_state, start: int, emission: mixing.Emission, step: int, index: int):
-        self.parent_state = parent_state
+    def __init__(self, flat: int, start: int, emission: mixing.Emission):
+        self.flat = flat
         self.start = start
         self.end = start + len(emission.ids)
         self.emission = emission
-        self.step = step
-        self.index = index
+
+
+def open_documents(documents: grain.MapDataset, flat: int, num_workers: int,
+                   worker_buffer_size: int) -> grain.DatasetIterator:
+    """An iterator over ``documents`` from flat index ``flat`` on, in worker processes if asked."""
+    ds = documents[flat:] if flat else documents
+    it_ds = ds.to_iter_dataset()
+    if num_workers > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                               per_worker_buffer_size=worker_buffer_size))
+    return iter(it_ds)
 
 
 class PackedBatchDataset(grain.IterDataset):
-    """Packs per-document elements {"index", "epoch", "raw", "comp"} into batches of rows.
+    """Packs per-document elements into batches of rows.
 
     Args:
-      parent: yields dicts with the global document ``index``, its ``epoch``, int32 ``raw`` ids and int32
-        ``comp`` ids (ignored when ``has_comp`` is False).
+      documents: a MapDataset whose element ``i`` is a dict with ``flat`` = i, the global document
+        ``index``, its ``epoch``, int32 ``raw`` ids and int32 ``comp`` ids (ignored when ``has_comp`` is
+        False). It is read in order, in ``num_workers`` worker processes when > 0.
       seq_len, num_targets, rows: L, K and B of the module docstring.
       seed: seeds the per-document draws.
       mix: ``config.mix`` (the schedule of rate and mode).
       has_comp: whether documents carry a compressed view; without one every document is emitted raw.
       start_step: the first batch produced is this step's (fast-forwards by re-reading and re-drawing
         the documents of earlier steps; restoring a saved state is the cheap way to resume).
+      num_workers, worker_buffer_size: Grain worker processes for the document stage and the
+        documents each keeps ready.
       on_document: debug hook called with (index, epoch, step, rate, mode, layout, start) per document.
     """
 
-    def __init__(self, parent: grain.IterDataset, *, seq_len: int, num_targets: int, rows: int, seed: int,
+    def __init__(self, documents: grain.MapDataset, *, seq_len: int, num_targets: int, rows: int, seed: int,
                  mix: ml_collections.ConfigDict, has_comp: bool = True, start_step: int = 0,
+                 num_workers: int = 0, worker_buffer_size: int = 16,
                  on_document: Callable[..., None] | None = None):
-        super().__init__(parent)
+        super().__init__(documents)
         if seq_len < 1:
             raise ValueError(f"seq_len={seq_len} must be >= 1; set config.data.seq_len to a positive length.")
         if rows < 1:
@@ -74,13 +89,17 @@ class PackedBatchDataset(grain.IterDataset):
             raise ValueError(f"num_targets={num_targets} must be >= 0.")
         if start_step < 0:
             raise ValueError(f"start_step={start_step} is negative; steps count from 0.")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers} must be >= 0 (0 = in-process).")
         schedule.validate_mix(mix)
+        self._documents = documents
         self._kwargs = dict(seq_len=int(seq_len), num_targets=int(num_targets), rows=int(rows), seed=int(seed),
                             mix=copy.deepcopy(mix), has_comp=bool(has_comp), start_step=int(start_step),
+                            num_workers=int(num_workers), worker_buffer_size=max(1, int(worker_buffer_size)),
                             on_document=on_document)
 
     def __iter__(self) -> "PackedBatchIterator":
-        return PackedBatchIterator(self._parent.__iter__(), **self._kwargs)
+        return PackedBatchIterator(self._documents, **self._kwargs)
 
     def __str__(self) -> str:
         k = self._kwargs
@@ -90,20 +109,23 @@ class PackedBatchDataset(grain.IterDataset):
 class PackedBatchIterator(grain.DatasetIterator):
     """Iterator of :class:`PackedBatchDataset`; ``get_state``/``set_state`` give exact continuation."""
 
-    def __init__(self, parent: grain.DatasetIterator, *, seq_len: int, num_targets: int, rows: int, seed: int,
-                 mix: ml_collections.ConfigDict, has_comp: bool, start_step: int,
-                 on_document: Callable[..., None] | None):
-        super().__init__(parent)
+    def __init__(self, documents: grain.MapDataset, *, seq_len: int, num_targets: int, rows: int, seed: int,
+                 mix: ml_collections.ConfigDict, has_comp: bool, start_step: int, num_workers: int,
+                 worker_buffer_size: int, on_document: Callable[..., None] | None):
+        self._documents = documents
+        self._num_workers, self._worker_buffer_size = num_workers, worker_buffer_size
+        super().__init__(open_documents(documents, 0, num_workers, worker_buffer_size))
         self._L, self._K, self._B = seq_len, num_targets, rows
         self._seed, self._mix, self._has_comp = seed, mix, has_comp
         self._on_document = on_document
         self._cached_step, self._cached_schedule = -1, (0.0, "")
-        self._reset(step=0, stream_end=0, doc_start=0)
+        self._reset(step=0, stream_end=0, doc_start=0, next_flat=0)
         self._skip_to = start_step
 
     # ---- stream bookkeeping -------------------------------------------------------------------
-    def _reset(self, *, step: int, stream_end: int, doc_start: int) -> None:
+    def _reset(self, *, step: int, stream_end: int, doc_start: int, next_flat: int) -> None:
         self._step = step  # the next batch to produce
+        self._next_flat = next_flat  # flat index of the next document to read
         self._stream_end = stream_end  # stream position where the next document starts
         self._doc_start = doc_start  # start of the document holding this batch's first token
         self._pending: collections.deque[_Unit] = collections.deque()
@@ -115,8 +137,12 @@ class PackedBatchIterator(grain.DatasetIterator):
 
     def _pull(self) -> None:
         """Reads one document from the parent, draws its layout for the step it starts in, queues it."""
-        parent_state = self._parent.get_state()
         element = next(self._parent)
+        flat = int(element["flat"])
+        if flat != self._next_flat:
+            raise ValueError(f"The document stage skipped from flat index {self._next_flat} to {flat}; "
+                             "it must yield every document in order (no filtering).")
+        self._next_flat = flat + 1
         start = self._stream_end
         step = start // (self._B * self._L)
         rate, mode = self._schedule(step)
@@ -127,7 +153,7 @@ class PackedBatchIterator(grain.DatasetIterator):
         emission = mixing.emit_layout(np.asarray(element["raw"], vocab.ID_DTYPE), comp, mode=mode, layout=layout)
         if self._on_document is not None:
             self._on_document(index=index, epoch=epoch, step=step, rate=rate, mode=mode, layout=layout, start=start)
-        self._pending.append(_Unit(parent_state, start, emission, step, index))
+        self._pending.append(_Unit(flat, start, emission))
         self._stream_end = start + len(emission.ids)
 
     def _fill(self, end: int) -> None:
@@ -221,14 +247,13 @@ class PackedBatchIterator(grain.DatasetIterator):
         if self._skip_to:
             self._skip()
         if self._pending:
-            first = self._pending[0]
-            parent_state, unit_start = first.parent_state, first.start
+            next_flat, unit_start = self._pending[0].flat, self._pending[0].start
         else:
-            parent_state, unit_start = self._parent.get_state(), self._stream_end
+            next_flat, unit_start = self._next_flat, self._stream_end
         return {
             "version": _STATE_VERSION,
             "step": self._step,
-            "parent": copy.deepcopy(parent_state),
+            "next_flat": next_flat,
             "unit_start": unit_start,
             "doc_start": self._doc_start,
         }
@@ -238,8 +263,13 @@ class PackedBatchIterator(grain.DatasetIterator):
             raise ValueError(f"Packing state version {state.get('version')!r} is not {_STATE_VERSION}; "
                              "restore with the code version that saved it.")
         self._skip_to = 0
-        self._parent.set_state(state["parent"])
-        self._reset(step=int(state["step"]), stream_end=int(state["unit_start"]), doc_start=int(state["doc_start"]))
+        next_flat = int(state["next_flat"])
+        self._parent.close()
+        parent = open_documents(self._documents, next_flat, self._num_workers, self._worker_buffer_size)
+        self._parents = (parent,)
+        self._ctx = parent._ctx  # pylint: disable=protected-access
+        self._reset(step=int(state["step"]), stream_end=int(state["unit_start"]), doc_start=int(state["doc_start"]),
+                    next_flat=next_flat)
 
     def __str__(self) -> str:
         return f"PackedBatchIterator(step={self._step})"

@@ -3,8 +3,8 @@
     MapDataset.range(num_docs)[process_index::process_count]     this host's documents
       .shuffle(seed).repeat(num_epochs)                          reshuffled every epoch
       .map_with_index(load)                                      {"index", "epoch", "raw", "comp"}
-      .to_iter_dataset() [.mp_prefetch(workers)]                 the per-document stage, in parallel
-      PackedBatchDataset                                          mixing + packing, in the main process
+      PackedBatchDataset                                         mixing + packing, in the main process
+        (reads the above via .to_iter_dataset() [.mp_prefetch(workers)]: the per-document stage)
 
 Mixing and packing run after the worker processes, in one sequential stage, so that every document
 draws with the rate and mode of the optimiser step whose batch holds its first token, and so that the
@@ -37,7 +37,10 @@ _DOCS_PER_PREFETCH = 16
 
 
 class LoadDocument:
-    """Map of the per-document stage: (flat index, document index) -> element dict (picklable)."""
+    """Map of the per-document stage: (flat index, document index) -> element dict (picklable).
+
+    The flat index counts documents over epochs (epoch * documents per epoch + position in the epoch).
+    """
 
     def __init__(self, source: Any, proxy: Any, *, docs_per_epoch: int, compress: bool, from_records: bool):
         self.source = source
@@ -57,7 +60,7 @@ class LoadDocument:
             raw = vocab.encode_raw(data)
             comp = np.asarray(self.proxy.encode(data), vocab.ID_DTYPE) if self.compress else np.zeros(
                 0, vocab.ID_DTYPE)
-        return {"index": doc_index, "epoch": flat_index // self.docs_per_epoch, "raw": raw, "comp": comp}
+        return {"flat": flat_index, "index": doc_index, "epoch": flat_index // self.docs_per_epoch, "raw": raw, "comp": comp}
 
 
 def needs_compression(config: ml_collections.ConfigDict) -> bool:
@@ -85,7 +88,7 @@ def validate_pipeline_config(config: ml_collections.ConfigDict, process_count: i
 
 
 def document_stage(config: ml_collections.ConfigDict, source: Any, proxy: Any, *, process_index: int,
-                   process_count: int, compress: bool) -> grain.IterDataset:
+                   process_count: int, compress: bool) -> grain.MapDataset:
     """This host's documents, shuffled per epoch and loaded (with their compressed view when needed)."""
     d = config.data
     num_docs = len(source)
@@ -101,16 +104,8 @@ def document_stage(config: ml_collections.ConfigDict, source: Any, proxy: Any, *
     if compress and not from_records and proxy is None:
         raise ValueError("The pipeline needs a proxy to compress documents; pass proxy= or use "
                          "config.data.source='preprocessed'.")
-    ds = ds.map_with_index(LoadDocument(source, proxy, docs_per_epoch=docs_per_epoch, compress=compress,
-                                        from_records=from_records))
-    it_ds = ds.to_iter_dataset()
-    if int(d.num_workers) > 0:
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=int(d.num_workers),
-            per_worker_buffer_size=max(1, int(d.prefetch)) * _DOCS_PER_PREFETCH))
-    return it_ds
+    return ds.map_with_index(LoadDocument(source, proxy, docs_per_epoch=docs_per_epoch, compress=compress,
+                                          from_records=from_records))
 
 
 def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, proxy=None, workdir=None,
@@ -136,7 +131,7 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
     if source is None:
         from proxy_jax.data import corpus
 
-        source = corpus.load_split(config.data, split)
+        source = corpus.load_split(config.data, split, proxy_config=config.proxy)
     compress = needs_compression(config)
     from_records = config.data.source == "preprocessed" and hasattr(source, "record")
     if compress and proxy is None and not from_records:
@@ -144,6 +139,8 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
 
         train_docs = source if split == "train" else None
         proxy = proxies.make_proxy(config, workdir=workdir, train_docs=train_docs)
+    if int(config.data.num_workers) > 0 and not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
     docs = document_stage(config, source, proxy, process_index=process_index, process_count=process_count,
                           compress=compress)
     return packing.PackedBatchDataset(
@@ -155,5 +152,7 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
         mix=config.mix,
         has_comp=compress,
         start_step=start_step,
+        num_workers=int(config.data.num_workers),
+        worker_buffer_size=max(1, int(config.data.prefetch)) * _DOCS_PER_PREFETCH,
         on_document=on_document,
     )
