@@ -44,7 +44,11 @@ def main(argv) -> None:
 
     if _MULTIHOST.value:
         jax.distributed.initialize()
-    logging.getLogger().setLevel(logging.INFO)
+    # Our own progress at INFO; the libraries' chatter (absl, orbax) only from WARNING up.
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("proxy_jax").setLevel(logging.INFO)
     from proxy_jax import train
 
     config = _CONFIG.value

@@ -116,7 +116,7 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
     rng = jax.random.key(config.seed)
     state, state_shardings = sharding.init_train_state(config, model, tx, mesh, rng)
     train_step = step_lib.make_train_step(config, model, tx, mesh, state_shardings, true_vocab)
-    eval_step = step_lib.make_eval_step(config, model, mesh, true_vocab)
+    eval_step = step_lib.make_eval_step(config, model, mesh, state_shardings, true_vocab)
     pipeline = None
     if with_pipeline:
         pipeline = pipeline_lib.make_pipeline(config, "train", proxy=proxy, workdir=workdir)
@@ -146,9 +146,9 @@ def evaluate_run(run: Run, docs: list[bytes], *, window: int | None = None) -> d
     """Raw-byte BPB of ``docs`` under the run's current parameters."""
     window = window or int(run.config.train.eval_window)
     batch = int(run.config.train.eval_batch_size)
-    # Each process scores the same documents; the eval batch is the global one.
-    return eval_lib.raw_bpb(make_host_eval(run), docs, window=window,
-                            extra=config_lib.num_targets(run.config), batch_size=batch)
+    # Each process scores the same documents; the eval batch is the global one. Only head 0 is scored,
+    # so rows carry one token beyond the window.
+    return eval_lib.raw_bpb(make_host_eval(run), docs, window=window, extra=1, batch_size=batch)
 
 
 def _step_scalars(run: Run, raw: dict[str, float], step_time: float, data_wait: float,
