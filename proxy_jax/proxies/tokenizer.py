@@ -281,8 +281,15 @@ def train_tokenizer(docs: Iterable[bytes], vocab_size: int, out_prefix: str, max
     if not sentences:
         raise ValueError("the tokenizer got no training text; check config.data (the training split is empty).")
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model,
-                                   minloglevel=2, **trainer_settings(vocab_size))
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model,
+                                       minloglevel=2, **trainer_settings(vocab_size))
+    except RuntimeError as e:
+        m = re.search(r"required_chars\. (\d+) vs (\d+)", str(e))
+        if m is None:
+            raise
+        raise ValueError(f"proxy.vocab_size={vocab_size} cannot hold the 257 byte and unknown pieces plus the "
+                         f"corpus's common characters; raise it to at least {int(m.group(2)) + 64}.") from e
     path = out_prefix + ".model"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"

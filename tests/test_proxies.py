@@ -1,0 +1,282 @@
+"""Proxies on real data (the standard library's .py files) and on hostile bytes."""
+
+import gzip
+import os
+import pickle
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
+
+from proxy_jax import vocab
+from proxy_jax.config import PROXIES, base_config
+from proxy_jax.data import corpus
+from proxy_jax.proxies import (BytesProxy, GzipProxy, TokenizerProxy, TokensAsBytesProxy, make_proxy,
+                               tokenizer as tokmod, train_tokenizer)
+
+VOCAB = 1024
+TRAIN_BYTES = 3_000_000
+
+
+@pytest.fixture(scope="module")
+def train_split():
+    return corpus.load_split(base_config().data, "train")
+
+
+@pytest.fixture(scope="module")
+def val_split():
+    return corpus.load_split(base_config().data, "validation")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("proxy_workdir"))
+
+
+def _config(name="tokenizer", **proxy):
+    c = base_config()
+    c.proxy.name = name
+    c.proxy.vocab_size = VOCAB
+    c.proxy.train_max_bytes = TRAIN_BYTES
+    for k, v in proxy.items():
+        c.proxy[k] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def tokenizer(workdir):
+    return make_proxy(_config(), workdir=workdir)
+
+
+def _hostile_docs():
+    rng = np.random.default_rng(123)
+    docs = [b"", b"\n", b" ", b"    \n\t\t  \r\n", b"x", b"0123456789" * 7, b"\x00\x01\x02"]
+    docs += [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (1, 2, 3, 17, 300, 5000)]
+    docs += [b"\xff\xfe" + "déjà vu ▁ space ▁▁mark".encode() + b"\xc3(\xa0\xa1\xe2\x82",  # invalid UTF-8
+             "\u2581".encode(), "▁leading and trailing▁".encode(),
+             "é中文 😀 \u200b\ufeff\u00a0\u3000\u2028\u2029\x85".encode(),  # odd whitespace and non-BMP
+             b"\xed\xa0\x80\xed\xb0\x80",  # UTF-8 encoded surrogates (invalid)
+             "A\u030a \u212b \ufb01".encode(),  # NFKC would change these
+             "\t\x0b\x0c\r\x1c\x1d\x1e\x1f".encode() * 3]
+    return docs
+
+
+def _sample(split, every=25):
+    return [split[i] for i in range(0, len(split), every)]
+
+
+PROXY_NAMES = ["bytes", "gzip", "tokenizer", "tokens_as_bytes", "tokens_as_bytes_gray"]
+
+
+@pytest.fixture(scope="module")
+def proxies(tokenizer, workdir):
+    return {
+        "bytes": BytesProxy(),
+        "gzip": GzipProxy(9),
+        "tokenizer": tokenizer,
+        "tokens_as_bytes": make_proxy(_config("tokens_as_bytes"), workdir=workdir),
+        "tokens_as_bytes_gray": make_proxy(_config("tokens_as_bytes", gray_code=True), workdir=workdir),
+    }
+
+
+@pytest.mark.parametrize("name", PROXY_NAMES)
+def test_round_trip_and_id_range(name, proxies, train_split):
+    proxy = proxies[name]
+    lo, hi = (64, 320) if name == "bytes" else (320, 320 + proxy.num_symbols)
+    docs = _sample(train_split) + _hostile_docs()
+    encoded = proxy.encode_batch(docs)
+    for doc, ids in zip(docs, encoded):
+        assert ids.dtype == np.int32 and ids.ndim == 1
+        assert ids.size == 0 or (ids.min() >= lo and ids.max() < hi), (name, doc[:40])
+        assert proxy.decode(ids) == doc
+        assert np.array_equal(proxy.encode(doc), ids)  # batch and single paths agree
+    assert proxy.lossless
+
+
+@pytest.mark.parametrize("name", PROXY_NAMES)
+def test_deterministic_across_instances_and_pickling(name, proxies, train_split, workdir):
+    proxy = proxies[name]
+    if name == "bytes":
+        other = BytesProxy()
+    elif name == "gzip":
+        other = GzipProxy(9)
+    else:
+        other = make_proxy(_config("tokens_as_bytes" if name != "tokenizer" else "tokenizer",
+                                   gray_code=name.endswith("gray")), workdir=workdir)
+    clone = pickle.loads(pickle.dumps(proxy))
+    for doc in _sample(train_split, every=97) + _hostile_docs():
+        a = proxy.encode(doc)
+        assert np.array_equal(a, other.encode(doc)) and np.array_equal(a, clone.encode(doc))
+    assert proxy.manifest() == other.manifest() == clone.manifest()
+
+
+def test_empty_document_encodes_to_nothing(proxies):
+    for name in ("bytes", "tokenizer", "tokens_as_bytes", "tokens_as_bytes_gray"):
+        assert proxies[name].encode(b"").size == 0 and proxies[name].decode(np.zeros(0, np.int32)) == b""
+    assert proxies["gzip"].decode(proxies["gzip"].encode(b"")) == b""
+
+
+def test_gzip_stream_is_deterministic_gzip(train_split):
+    doc = train_split[0]
+    ids = GzipProxy(9).encode(doc)
+    stream = (ids - 320).astype(np.uint8).tobytes()
+    assert stream[:2] == b"\x1f\x8b" and stream[4:8] == b"\0\0\0\0"  # magic, mtime 0
+    assert not stream[3] & 0x08  # no file name in the header
+    assert gzip.decompress(stream) == doc
+    assert len(stream) < len(doc)
+    with pytest.raises(ValueError, match="gzip"):
+        GzipProxy().decode(np.array([320, 321, 322], np.int32))
+    with pytest.raises(ValueError, match="gzip_level"):
+        GzipProxy(11)
+
+
+def test_tokenizer_lossless_on_every_stdlib_file(tokenizer, train_split, val_split):
+    """Every file of the corpus (train and held out) survives encode -> decode exactly."""
+    t0 = time.perf_counter()
+    n_bytes = n_tokens = 0
+    for split in (train_split, val_split):
+        docs = list(split)
+        for doc, ids in zip(docs, tokenizer.encode_batch(docs)):
+            assert tokenizer.decode(ids) == doc
+            n_bytes += len(doc)
+            n_tokens += ids.size
+    assert n_bytes == train_split.stats["bytes"] + val_split.stats["bytes"]
+    print(f"\nlossless on {len(train_split) + len(val_split)} files, {n_bytes / 1e6:.1f} MB, "
+          f"{time.perf_counter() - t0:.1f} s, {n_bytes / n_tokens:.3f} bytes/token")
+
+
+def test_tokenizer_ratio_on_held_out_stdlib(tokenizer, val_split):
+    n_bytes = val_split.stats["bytes"]
+    n_tokens = sum(ids.size for ids in tokenizer.encode_batch(list(val_split)))
+    ratio = n_bytes / n_tokens
+    print(f"\nvocab {VOCAB}, trained on {TRAIN_BYTES / 1e6:.0f} MB: {ratio:.3f} bytes/token on held-out stdlib")
+    # BPE with 1024 pieces on Python code compresses well beyond bytes but below a large vocabulary.
+    assert 2.0 < ratio < 4.0
+    gz = sum(GzipProxy().encode(d).size for d in val_split)
+    assert n_tokens > gz * 0.5  # sanity: not better than twice gzip at this size
+
+
+def test_tokenizer_never_emits_unk(tokenizer):
+    docs = _hostile_docs() + [bytes(range(256)) * 4, "\U0010fffd\U000e0100 \uffff".encode()]
+    unk = tokenizer._sp.unk_id() + 320
+    for doc in docs:
+        assert unk not in tokenizer.encode(doc).tolist()
+
+
+def test_tokenizer_cache_is_reused(workdir, monkeypatch, tokenizer):
+    files = os.listdir(os.path.join(workdir, "proxy"))
+    assert any(f.startswith(f"tokenizer-v{VOCAB}-") and f.endswith(".model") for f in files)
+    monkeypatch.setattr(tokmod, "train_tokenizer", lambda *a, **k: pytest.fail("retrained a cached tokenizer"))
+    again = make_proxy(_config(), workdir=workdir)
+    assert again.model_sha256 == tokenizer.model_sha256
+    # A different setting is a different cache entry (fingerprint includes the settings).
+    assert tokmod.tokenizer_fingerprint(VOCAB, TRAIN_BYTES, "x") != tokmod.tokenizer_fingerprint(VOCAB + 1,
+                                                                                                  TRAIN_BYTES, "x")
+
+
+def test_training_is_deterministic(tmp_path, train_split):
+    docs = [train_split[i] for i in range(0, 200, 2)]
+    a = train_tokenizer(docs, 400, str(tmp_path / "a"), 400_000)
+    b = train_tokenizer(docs, 400, str(tmp_path / "b"), 400_000)
+    assert open(a, "rb").read() == open(b, "rb").read()
+    tok = TokenizerProxy.from_file(a)
+    assert tok.num_symbols == 400
+    doc = train_split[3]
+    assert tok.decode(tok.encode(doc)) == doc
+
+
+def test_train_docs_callable_and_model_path(tmp_path, train_split, monkeypatch):
+    docs = [train_split[i] for i in range(40)]
+    with pytest.raises(ValueError, match="raise it to at least"):
+        make_proxy(_config(vocab_size=300, train_max_bytes=200_000), train_docs=lambda: iter(docs))
+    c = _config(vocab_size=500, train_max_bytes=200_000)
+    p = make_proxy(c, workdir=str(tmp_path), train_docs=lambda: iter(docs))
+    assert p.num_symbols == 500
+    (path,) = [os.path.join(tmp_path, "proxy", f) for f in os.listdir(tmp_path / "proxy")]
+    c2 = _config(model_path=path, vocab_size=12345)  # vocab_size is ignored with a model_path
+    q = make_proxy(c2)
+    assert q.model_sha256 == p.model_sha256 and q.num_symbols == 500
+    with pytest.raises(FileNotFoundError, match="model_path"):
+        make_proxy(_config(model_path=str(tmp_path / "missing.model")))
+
+
+def test_user_model_normaliser_is_made_lossless(tmp_path, tokenizer):
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(tokenizer.model_proto)
+    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.remove_extra_whitespaces = True
+    path = tmp_path / "user.model"
+    path.write_bytes(proto.SerializeToString())
+    user = TokenizerProxy.from_file(str(path))
+    assert user.normalizer_overridden
+    doc = b"  two  spaces   and\n\n  newlines  "
+    assert user.decode(user.encode(doc)) == doc
+
+
+def test_model_without_byte_fallback_is_rejected(tmp_path, train_split):
+    text = train_split[0].decode("utf-8")
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text.splitlines()), model_prefix=str(tmp_path / "nb"),
+                                   vocab_size=200, model_type="bpe", byte_fallback=False, minloglevel=2,
+                                   character_coverage=1.0)
+    with pytest.raises(ValueError, match="byte_fallback=True"):
+        TokenizerProxy.from_file(str(tmp_path / "nb.model"))
+
+
+def test_gray_code_neighbours_differ_by_one_bit(proxies):
+    tab = proxies["tokens_as_bytes_gray"]
+    tok = tab.tokenizer
+    n = tok.num_symbols
+    order = sorted(range(n), key=lambda i: (tok.surfaces[i], i))
+    codes = tab._to_code[order]
+    assert sorted(codes.tolist()) == sorted(set(codes.tolist()))  # a bijection onto n codes
+    diffs = codes[1:] ^ codes[:-1]
+    assert all(bin(int(d)).count("1") == 1 for d in diffs)
+    # Decoding inverts it: every single token round-trips through its 2-byte code.
+    for piece in range(n):
+        code = int(tab._to_code[piece])
+        ids = np.array([320 + (code >> 8), 320 + (code & 255)], np.int32)
+        assert tab.decode(ids) == tok.surfaces[piece]
+    assert np.array_equal(tokmod.inverse_gray(tokmod.gray(np.arange(70000))), np.arange(70000))
+
+
+def test_tokens_as_bytes_layout(proxies):
+    tab, tok = proxies["tokens_as_bytes"], proxies["tokenizer"]
+    doc = b"def f(x):\n    return x + 1\n"
+    pieces = tok.encode(doc) - 320
+    ids = tab.encode(doc) - 320
+    assert ids.size == 2 * pieces.size
+    assert np.array_equal(ids[0::2] * 256 + ids[1::2], pieces)
+    with pytest.raises(ValueError, match="pairs"):
+        tab.decode(np.array([320], np.int32))
+    with pytest.raises(ValueError, match="65536"):
+        TokensAsBytesProxy(types.SimpleNamespace(num_symbols=70000))
+
+
+def test_registry_errors_and_neural_dispatch(monkeypatch):
+    c = _config("nope")
+    with pytest.raises(ValueError) as e:
+        make_proxy(c)
+    for name in PROXIES:
+        assert name in str(e.value)
+    seen = {}
+
+    class FakeNeural:
+        @classmethod
+        def from_config(cls, config, workdir):
+            seen["args"] = (config.proxy.name, workdir)
+            return "neural proxy"
+
+    fake = types.ModuleType("proxy_jax.proxies.neural")
+    fake.NeuralProxy = FakeNeural
+    monkeypatch.setitem(sys.modules, "proxy_jax.proxies.neural", fake)
+    import proxy_jax.proxies as pkg
+    monkeypatch.setattr(pkg, "neural", fake, raising=False)
+    assert make_proxy(_config("neural"), workdir="/w") == "neural proxy"
+    assert seen["args"] == ("neural", "/w")
+    assert isinstance(make_proxy(_config("bytes")), BytesProxy)
+    assert make_proxy(_config("gzip", gzip_level=1)).level == 1
+    assert vocab.vocab_size(make_proxy(_config("gzip")).num_symbols) == 576
