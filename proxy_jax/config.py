@@ -57,6 +57,12 @@ def base_config() -> ml_collections.ConfigDict:
     p.m1_workdir = ""  # neural: workdir of a trained M1 (configs/m1.py)
     p.window_bits = 16  # neural: equal-information window size W
     p.entropy_quantile = 0.9  # neural: segment boundary at bytes above this entropy quantile
+    p.entropy_threshold = 0.0  # neural: fixed threshold in bits (0 = the quantile over a corpus sample)
+    p.entropy_sample_bytes = 262_144  # neural: bytes of the training split sampled for that quantile
+    p.chunk_bytes = 2048  # neural: M1 entropy-pass chunk = longest segment (<= M1's context)
+    p.min_segment_bytes = 1  # neural: no new segment before the current one has this many bytes
+    p.quantize_bits = 16  # neural: P, M1 probabilities become integer frequencies summing to 2**P
+    p.m1_batch_rows = 64  # neural: rows per M1 call (fixed shapes keep encoder and decoder bit-identical)
 
     # ---- mixing and its schedule (SPEC sections 4-5) ------------------------------------
     c.mix = m = ml_collections.ConfigDict()
