@@ -13,6 +13,7 @@ Train with ``--config.data.source=preprocessed --config.data.path={output}``.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -77,6 +78,8 @@ def _shard_done(output: str, split: str, shard: int, num_shards: int, identity: 
 def _write_shard(output, split, shard, num_shards, src, lo, hi, proxy, identity, progress) -> dict:
     from array_record.python import array_record_module
     path = os.path.join(output, corpus.shard_name(split, shard, num_shards))
+    for stale in glob.glob(glob.escape(path) + ".tmp*"):  # left by an interrupted run
+        os.remove(stale)
     tmp = f"{path}.tmp{os.getpid()}"
     writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)
     n_bytes = n_symbols = 0
