@@ -137,8 +137,7 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
     if compress and proxy is None and not from_records:
         from proxy_jax import proxies
 
-        train_docs = source if split == "train" else None
-        proxy = proxies.make_proxy(config, workdir=workdir, train_docs=train_docs)
+        proxy = proxies.make_proxy(config, workdir=workdir)
     if int(config.data.num_workers) > 0 and not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
     docs = document_stage(config, source, proxy, process_index=process_index, process_count=process_count,
