@@ -1,0 +1,103 @@
+"""End-to-end training on the stdlib corpus: resume exactness, the non-finite guard, the command line."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from proxy_jax import metrics, recipes, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+    base = {
+        "train.steps": 8,
+        "train.checkpoint_every": 4,
+        "train.log_every": 1,
+        "train.eval_every": 0,
+        "train.tensorboard": False,
+        "train.sample_prompt": "",
+        "data.seq_len": 64,
+        "data.batch_size": 8,
+        "model.num_layers": 1,
+        "model.d_model": 64,
+        "model.num_heads": 2,
+        "model.num_kv_heads": 2,
+        "model.head_dim": 32,
+        "model.d_ff": 128,
+    }
+    base.update(overrides)
+    config = recipes.load_config(os.path.join(ROOT, "configs/proxy_gzip.py:tiny"), **base)
+    recipes.proxy_schedule(config)  # warm-up of 1 step with pairs, then sentinel mode: both paths run
+    return config
+
+
+def losses_by_step(workdir):
+    out = {}
+    for row in metrics.read_metrics(workdir):
+        if "train/loss" in row:
+            out[row["step"]] = row["train/loss"]  # a resumed run rewrites steps after its checkpoint
+    return out
+
+
+def test_resume_after_kill_gives_identical_losses(tmp_path):
+    full = str(tmp_path / "full")
+    train.train(tiny_config(), full, progress=False)
+    reference = losses_by_step(full)
+    assert sorted(reference) == list(range(8))
+
+    broken = str(tmp_path / "broken")
+    train.train(tiny_config(), broken, progress=False, stop_after=6)
+    # A kill after step 6 leaves the step-4 checkpoint as the newest complete one.
+    shutil.rmtree(os.path.join(broken, "checkpoints", "6"))
+    summary = train.train(tiny_config(), broken, progress=False)
+    assert summary["start_step"] == 4 and summary["final_step"] == 8
+    resumed = losses_by_step(broken)
+    np.testing.assert_allclose([resumed[s] for s in range(8)], [reference[s] for s in range(8)], rtol=1e-6)
+    assert reference[7] < reference[0]
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
+    wd = str(tmp_path / "run")
+    train.train(tiny_config(), wd, progress=False, stop_after=6)
+    newest = os.path.join(wd, "checkpoints", "6")
+    for dirpath, _, files in os.walk(os.path.join(newest, "state")):
+        for name in files:
+            with open(os.path.join(dirpath, name), "wb") as f:
+                f.write(b"garbage")
+    summary = train.train(tiny_config(), wd, progress=False)
+    assert summary["start_step"] == 4 and summary["final_step"] == 8
+
+
+def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path):
+    wd = str(tmp_path / "nan")
+    config = tiny_config(**{"opt.lr": 1e12, "opt.warmup_steps": 0, "opt.clip_norm": 1e30,
+                            "train.steps": 40, "train.checkpoint_every": 1})
+    with pytest.raises(train.NonFiniteLossError, match="Loss became"):
+        train.train(config, wd, progress=False)
+    steps = [int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit()]
+    assert steps, "at least one good checkpoint was expected before the blow-up"
+
+
+def run_cli(*args, timeout=300):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "proxy_jax.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_rejects_misspelt_override(tmp_path):
+    out = run_cli("--config=configs/bytes.py:tiny", f"--workdir={tmp_path}", "--config.data.seq_lenn=5")
+    assert out.returncode != 0
+    assert "seq_lenn" in out.stderr
+
+
+def test_cli_rejects_batch_the_mesh_cannot_split(tmp_path):
+    out = run_cli("--config=configs/bytes.py:tiny", f"--workdir={tmp_path}", "--config.data.batch_size=3")
+    assert out.returncode != 0
+    assert "batch_size" in out.stderr and "3" in out.stderr
+    assert "Traceback" not in out.stderr
