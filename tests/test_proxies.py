@@ -280,3 +280,15 @@ def test_registry_errors_and_neural_dispatch(monkeypatch):
     assert isinstance(make_proxy(_config("bytes")), BytesProxy)
     assert make_proxy(_config("gzip", gzip_level=1)).level == 1
     assert vocab.vocab_size(make_proxy(_config("gzip")).num_symbols) == 576
+
+
+def test_proxy_settings_name_what_determines_the_output():
+    from proxy_jax.proxies import proxy_settings
+    assert proxy_settings(_config("bytes").proxy) == {"name": "bytes"}
+    assert proxy_settings(_config("gzip", gzip_level=3).proxy) == {"name": "gzip", "gzip_level": 3}
+    assert proxy_settings(_config().proxy) == {"name": "tokenizer", "vocab_size": VOCAB,
+                                               "train_max_bytes": TRAIN_BYTES}
+    user = proxy_settings(_config("tokens_as_bytes", model_path="/a/b/code.model", gray_code=True).proxy)
+    assert user == {"name": "tokens_as_bytes", "gray_code": True, "model_file": "code.model"}
+    neural = proxy_settings(_config("neural").proxy)
+    assert neural["window_bits"] == 16 and "vocab_size" not in neural and "m1_workdir" not in neural

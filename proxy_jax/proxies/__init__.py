@@ -33,8 +33,9 @@ _SETTINGS = {
     "gzip": ("gzip_level",),
     "tokenizer": ("vocab_size", "train_max_bytes", "model_path"),
     "tokens_as_bytes": ("vocab_size", "train_max_bytes", "model_path", "gray_code"),
-    "neural": ("m1_workdir", "window_bits", "entropy_quantile"),
 }
+# Keys of config.proxy that belong to no proxy above and are not paths belong to the neural proxy.
+_NOT_NEURAL = {"name", "m1_workdir"} | {k for keys in _SETTINGS.values() for k in keys}
 
 
 def proxy_settings(proxy_config) -> dict[str, Any]:
@@ -42,10 +43,16 @@ def proxy_settings(proxy_config) -> dict[str, Any]:
     name = proxy_config.name
     if name not in PROXIES:
         raise ValueError(f"config.proxy.name={name!r} is not one of {PROXIES}.")
-    keys = _SETTINGS[name]
-    if name in ("tokenizer", "tokens_as_bytes") and proxy_config.model_path:
-        keys = tuple(k for k in keys if k not in ("vocab_size", "train_max_bytes"))
-    return {"name": name, **{k: proxy_config[k] for k in keys}}
+    keys = _SETTINGS[name] if name != "neural" else tuple(k for k in proxy_config if k not in _NOT_NEURAL)
+    settings = {"name": name, **{k: proxy_config[k] for k in keys}}
+    if name in ("tokenizer", "tokens_as_bytes"):
+        # A user model is named by its file name (folders differ between machines); a trained one by
+        # its training settings.
+        path = settings.pop("model_path")
+        if path:
+            del settings["vocab_size"], settings["train_max_bytes"]
+            settings["model_file"] = os.path.basename(path)
+    return settings
 
 
 def _train_docs_of_split(data_config) -> tuple[Callable[[], Iterable[bytes]], str]:
