@@ -19,7 +19,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the tokenizer cache.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, "
-                               "multi-node GPU): coordinator and process ids come from the environment.")
+                               "multi-node GPU): coordinator and process ids come from the environment "
+                               "(TPU metadata, SLURM, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
 
 
 def report(summary: dict, config, workdir: str) -> dict:
@@ -43,7 +44,13 @@ def main(argv) -> None:
     import jax
 
     if _MULTIHOST.value:
-        jax.distributed.initialize()
+        import os
+
+        if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # explicit cluster description
+            jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"],
+                                       int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"]))
+        else:  # TPU pods, SLURM, Open MPI: discovered from the environment
+            jax.distributed.initialize()
     # Our own progress at INFO; the libraries' chatter (absl, orbax) only from WARNING up.
     from absl import logging as absl_logging
 
