@@ -32,6 +32,7 @@ from proxy_jax.data import mixing
 from proxy_jax.data import schedule
 
 _STATE_VERSION = 1
+_READ_THREADS = 4
 _NO_START = np.iinfo(np.int64).min // 2
 
 
@@ -51,7 +52,8 @@ def open_documents(documents: grain.MapDataset, flat: int, num_workers: int,
                    worker_buffer_size: int) -> grain.DatasetIterator:
     """An iterator over ``documents`` from flat index ``flat`` on, in worker processes if asked."""
     ds = documents[flat:] if flat else documents
-    it_ds = ds.to_iter_dataset()
+    # A short read-ahead: documents are large, and Grain scans its whole buffer on every element.
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=worker_buffer_size))
     if num_workers > 0:
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                                per_worker_buffer_size=worker_buffer_size))
