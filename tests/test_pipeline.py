@@ -196,3 +196,22 @@ def test_config_errors(source, field, value, needle):
     c.data[field] = value
     with pytest.raises(ValueError, match=needle):
         _pipe(c, source, process_index=0, process_count=4)
+
+
+def test_preprocessed_shards_give_the_same_batches_as_online_compression(tmp_path):
+    import os
+    import sysconfig
+
+    from proxy_jax import preprocess
+
+    c = _config()
+    c.data.source, c.data.path, c.data.max_doc_bytes = "dir", os.path.join(sysconfig.get_paths()["stdlib"], "json"), 0
+    c.proxy.name = "gzip"
+    out = str(tmp_path / "shards")
+    preprocess.preprocess(c, out, num_shards=2, splits=("train",), progress_bar=False)
+    online = pipeline.make_pipeline(c, proxy=GzipProxy(), process_index=0, process_count=1)
+    c.data.source, c.data.path = "preprocessed", out
+    stored = pipeline.make_pipeline(c, process_index=0, process_count=1)  # no proxy needed: views are stored
+    a, b = _take(iter(online), 6), _take(iter(stored), 6)
+    _assert_same(a, b)
+    assert sum(int(x["num_comp_streams"].sum()) for x in a) > 0
