@@ -52,6 +52,63 @@ def encode_lane(
     return ids, nbytes
 
 
+class LaneDecoder:
+    """Inverts :func:`encode_lane` one byte at a time: call :meth:`step` with the table for each position.
+
+    Driving it byte by byte lets a caller decode many lanes in lockstep (one M1 call per position for
+    all of them). ``step`` raises ``ValueError`` when the ids cannot come from the encoder under these
+    tables (a symbol outside its interval, or a passthrough byte that would have fitted a window).
+    """
+
+    def __init__(self, ids: Sequence[int], nbytes: Sequence[int], *, window_bits: int = 16, precision: int = 16):
+        if len(ids) != len(nbytes):
+            raise ValueError(f"{len(ids)} ids but {len(nbytes)} byte counts; they must pair up.")
+        self.ids = [int(t) for t in ids]
+        self.nbytes = [int(n) for n in nbytes]
+        self.window_bits, self.precision = window_bits, precision
+        self.shift = STATE_BITS - window_bits
+        self.total = sum(self.nbytes)
+        self.out = bytearray()
+        self._item, self._left = 0, 0
+        self._lo, self._rng, self._point = 0, 1 << STATE_BITS, 0
+
+    @property
+    def done(self) -> bool:
+        return len(self.out) >= self.total
+
+    def step(self, freq_256) -> int:
+        """Decode the next byte given its frequency table; returns the byte."""
+        if self.done:
+            raise ValueError("step() called after the last byte was decoded.")
+        freq = np.asarray(freq_256, np.int64)
+        if self._left == 0:  # start the next id
+            i, t, n = self._item, self.ids[self._item], self.nbytes[self._item]
+            self._item += 1
+            if vocab.BYTE_OFFSET <= t < vocab.COMP_OFFSET:
+                if n != 1:
+                    raise ValueError(f"Passthrough id {t} at position {i} covers {n} bytes; it must cover 1.")
+                b = t - vocab.BYTE_OFFSET
+                c, f = int(freq[:b].sum()), int(freq[b])
+                p = self.precision
+                if _fits(c << (STATE_BITS - p), (c + f) << (STATE_BITS - p), self.shift):
+                    raise ValueError(f"Passthrough byte {b} at position {i} fits a window; the encoder would have coded it.")
+                self.out.append(b)
+                return b
+            if not vocab.COMP_OFFSET <= t < vocab.COMP_OFFSET + (1 << self.window_bits) or n < 1:
+                raise ValueError(f"Id {t} at position {i} is neither a byte nor a {self.window_bits}-bit window symbol.")
+            self._point = (t - vocab.COMP_OFFSET) << self.shift
+            self._lo, self._rng, self._left = 0, 1 << STATE_BITS, n
+        cum = np.concatenate([[0], np.cumsum(freq)])
+        bounds = self._lo + (self._rng * cum >> self.precision)
+        b = int(np.searchsorted(bounds, self._point, side="right")) - 1
+        if not 0 <= b < 256 or not bounds[b] <= self._point < bounds[b + 1]:
+            raise ValueError(f"Window symbol at position {self._item - 1} lies outside its interval.")
+        self._lo, self._rng = int(bounds[b]), int(bounds[b + 1] - bounds[b])
+        self._left -= 1
+        self.out.append(b)
+        return b
+
+
 def decode_lane(
     ids: Sequence[int],
     nbytes: Sequence[int],
@@ -60,38 +117,11 @@ def decode_lane(
     window_bits: int = 16,
     precision: int = 16,
 ) -> bytes:
-    """Invert :func:`encode_lane`. ``table_fn(prefix)`` returns the 256 frequencies for the next byte.
-
-    Raises ``ValueError`` when the ids cannot come from the encoder under these tables (a symbol that
-    lands outside the interval, or a passthrough byte that would have fitted a window).
-    """
-    shift = STATE_BITS - window_bits
-    out = bytearray()
-    for i, (t, n) in enumerate(zip(ids, nbytes)):
-        t, n = int(t), int(n)
-        if vocab.BYTE_OFFSET <= t < vocab.COMP_OFFSET:
-            if n != 1:
-                raise ValueError(f"Passthrough id {t} at position {i} covers {n} bytes; it must cover 1.")
-            b = t - vocab.BYTE_OFFSET
-            freq = np.asarray(table_fn(bytes(out)), np.int64)
-            c = int(freq[:b].sum())
-            if _fits(c << (STATE_BITS - precision), (c + int(freq[b])) << (STATE_BITS - precision), shift):
-                raise ValueError(f"Passthrough byte {b} at position {i} fits a window; the encoder would have coded it.")
-            out.append(b)
-            continue
-        if not vocab.COMP_OFFSET <= t < vocab.COMP_OFFSET + (1 << window_bits):
-            raise ValueError(f"Id {t} at position {i} is neither a byte nor a {window_bits}-bit window symbol.")
-        point = (t - vocab.COMP_OFFSET) << shift
-        lo, rng = 0, 1 << STATE_BITS
-        for _ in range(n):
-            cum = np.concatenate([[0], np.cumsum(np.asarray(table_fn(bytes(out)), np.int64))])
-            bounds = lo + (rng * cum >> precision)
-            b = int(np.searchsorted(bounds, point, side="right")) - 1
-            if not 0 <= b < 256 or not bounds[b] <= point < bounds[b + 1]:
-                raise ValueError(f"Window symbol {t - vocab.COMP_OFFSET} at position {i} lies outside its interval.")
-            lo, rng = int(bounds[b]), int(bounds[b + 1] - bounds[b])
-            out.append(b)
-    return bytes(out)
+    """Invert :func:`encode_lane`. ``table_fn(prefix)`` returns the 256 frequencies for the next byte."""
+    dec = LaneDecoder(ids, nbytes, window_bits=window_bits, precision=precision)
+    while not dec.done:
+        dec.step(table_fn(bytes(dec.out)))
+    return bytes(dec.out)
 
 
 def decode_with_tables(ids, nbytes, freq_Nx256: np.ndarray, *, window_bits: int = 16, precision: int = 16) -> bytes:

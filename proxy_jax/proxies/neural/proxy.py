@@ -1,0 +1,226 @@
+"""``NeuralProxy``: entropy segmentation + M1 + equal-information-window arithmetic coding.
+
+``encode_batch`` codes many documents with a handful of jitted calls: one M1 pass over all chunks for
+the entropies, then one M1 pass + one coder scan per batch of segments (segments are grouped by
+power-of-two length buckets, so padding stays under 2x). Ids: window symbol ``s`` -> ``320 + s``,
+passthrough byte ``b`` -> ``64 + b``. The view is not self-delimiting; ``encode_detailed`` also returns
+how many bytes each id covers and where segments end, which is what :meth:`NeuralProxy.decode` needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from proxy_jax import vocab
+from proxy_jax.proxies.base import Proxy
+from proxy_jax.proxies.neural import coder, quantize, reference, segment
+from proxy_jax.proxies.neural import m1 as m1_lib
+
+
+@dataclasses.dataclass
+class NeuralCode:
+    """One document's view plus what the decoder needs to invert it."""
+
+    ids: np.ndarray  # int32 ids of the view
+    nbytes: np.ndarray  # int32 bytes covered by each id
+    segment_ids: np.ndarray  # int32 number of ids in each segment
+
+    @property
+    def segment_bytes(self) -> list[int]:
+        ends = np.cumsum(self.segment_ids)
+        starts = ends - self.segment_ids
+        return [int(self.nbytes[s:e].sum()) for s, e in zip(starts, ends)]
+
+
+@functools.partial(jax.jit, static_argnames=("window_bits", "precision"))
+def _code_batch(freq_BxLx256, bytes_BxL, lengths_B, *, window_bits: int, precision: int):
+    cum_BxL, freq_BxL = quantize.byte_intervals_jnp(freq_BxLx256, bytes_BxL)
+    valid_BxL = jnp.arange(bytes_BxL.shape[1])[None, :] < lengths_B[:, None]
+    return coder.encode_lanes(bytes_BxL, cum_BxL, freq_BxL, valid_BxL, window_bits=window_bits, precision=precision)
+
+
+class NeuralProxy(Proxy):
+    """The neural proxy of SPEC 3.2 (``num_symbols = 2**window_bits``)."""
+
+    name = "neural"
+    lossless = False  # decoding needs the side information of ``encode_detailed``
+
+    def __init__(self, model: m1_lib.M1, *, window_bits: int = 16, precision: int = quantize.DEFAULT_PRECISION,
+                 entropy_quantile: float = 0.9, entropy_threshold: float | None = None, chunk_bytes: int = 2048,
+                 min_segment_bytes: int = 1, batch_rows: int = 64):
+        self.model = model
+        self.window_bits = coder.check_window_bits(window_bits)
+        self.precision = quantize.check_precision(precision)
+        self.num_symbols = 1 << self.window_bits
+        if not 0.0 < entropy_quantile <= 1.0:
+            raise ValueError(f"proxy.entropy_quantile={entropy_quantile} must lie in (0, 1].")
+        self.entropy_quantile = float(entropy_quantile)
+        self.entropy_threshold = None if entropy_threshold is None else float(entropy_threshold)
+        if chunk_bytes < 1 or min_segment_bytes < 1 or batch_rows < 1:
+            raise ValueError(
+                f"proxy.chunk_bytes={chunk_bytes}, proxy.min_segment_bytes={min_segment_bytes} and "
+                f"proxy.m1_batch_rows={batch_rows} must all be >= 1."
+            )
+        self.chunk_bytes = int(chunk_bytes)
+        self.min_segment_bytes = int(min_segment_bytes)
+        self.batch_rows = int(batch_rows)
+        self._params = jax.device_put(model.params)
+
+    # ---- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_params(cls, args, params, *, context: int = 2048, **kwargs) -> "NeuralProxy":
+        """From a ``ModelArgs`` and parameters (tests, notebooks); set a threshold or call ``fit_threshold``."""
+        return cls(m1_lib.M1.from_params(args, params, context), **kwargs)
+
+    @classmethod
+    def from_config(cls, config, workdir: str | None = None, sample_docs=None) -> "NeuralProxy":
+        """Loads M1 from ``config.proxy.m1_workdir``; the threshold is ``proxy.entropy_threshold`` if > 0,
+        else the ``entropy_quantile`` of entropies over a fixed sample of the training split."""
+        del workdir
+        p = config.proxy
+        proxy = cls(
+            m1_lib.load(p.m1_workdir),
+            window_bits=p.window_bits,
+            precision=p.quantize_bits,
+            entropy_quantile=p.entropy_quantile,
+            entropy_threshold=p.entropy_threshold if p.entropy_threshold > 0 else None,
+            chunk_bytes=p.chunk_bytes,
+            min_segment_bytes=p.min_segment_bytes,
+            batch_rows=p.m1_batch_rows,
+        )
+        if proxy.entropy_threshold is None:
+            if sample_docs is None:
+                sample_docs = corpus_sample(config.data, int(p.entropy_sample_bytes))
+            proxy.fit_threshold(sample_docs)
+        return proxy
+
+    def fit_threshold(self, docs: list[bytes]) -> float:
+        """Set the segmentation threshold to the entropy quantile over ``docs``; returns it."""
+        ent = segment.doc_entropies(self.model, list(docs), chunk_bytes=self.chunk_bytes,
+                                    batch_rows=self.batch_rows, precision=self.precision, device_params=self._params)
+        self.entropy_threshold = segment.entropy_threshold(ent, self.entropy_quantile)
+        return self.entropy_threshold
+
+    # ---- encoding ---------------------------------------------------------------------------------------
+    def segments(self, docs: list[bytes]) -> list[list[bytes]]:
+        """Each document cut into its segments (one batched M1 entropy pass)."""
+        if self.entropy_threshold is None:
+            raise ValueError("The neural proxy has no entropy threshold yet; pass entropy_threshold= or call "
+                             "fit_threshold(sample_docs) first.")
+        ent = segment.doc_entropies(self.model, docs, chunk_bytes=self.chunk_bytes, batch_rows=self.batch_rows,
+                                    precision=self.precision, device_params=self._params)
+        return [
+            segment.split(doc, segment.segment_starts(e, self.entropy_threshold, self.chunk_bytes,
+                                                      self.min_segment_bytes))
+            for doc, e in zip(docs, ent)
+        ]
+
+    def encode_segments(self, segments: list[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Code independent segments: ``(ids, nbytes)`` for each (M1 context restarts in each)."""
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int32), np.zeros(0, np.int32))] * len(segments)
+        for idx, _, tokens, data in m1_lib.batches(segments, self.batch_rows, self.chunk_bytes):
+            freq, _ = m1_lib.tables(self.model.args, self._params, tokens, precision=self.precision)
+            lengths = np.asarray([len(segments[i]) for i in idx] + [0] * (len(tokens) - len(idx)), np.int32)
+            res = jax.tree.map(np.asarray, _code_batch(freq, data, lengths, window_bits=self.window_bits,
+                                                       precision=self.precision))
+            for j, i in enumerate(idx):
+                m = int(res.lengths_B[j])
+                out[i] = (res.ids_BxL[j, :m].copy(), res.nbytes_BxL[j, :m].copy())
+        return out
+
+    def encode_detailed(self, docs: list[bytes]) -> list[NeuralCode]:
+        docs = [bytes(d) for d in docs]
+        segs = self.segments(docs)
+        flat = [s for ss in segs for s in ss]
+        coded = self.encode_segments(flat)
+        result, k = [], 0
+        for ss in segs:
+            parts = coded[k : k + len(ss)]
+            k += len(ss)
+            result.append(NeuralCode(
+                ids=np.concatenate([p[0] for p in parts]).astype(vocab.ID_DTYPE) if parts else np.zeros(0, np.int32),
+                nbytes=np.concatenate([p[1] for p in parts]).astype(np.int32) if parts else np.zeros(0, np.int32),
+                segment_ids=np.asarray([len(p[0]) for p in parts], np.int32),
+            ))
+        return result
+
+    def encode_batch(self, docs: list[bytes]) -> list[np.ndarray]:
+        return [c.ids for c in self.encode_detailed(docs)]
+
+    def encode(self, data: bytes) -> np.ndarray:
+        return self.encode_batch([data])[0]
+
+    # ---- decoding ---------------------------------------------------------------------------------------
+    def decode(self, ids, code: NeuralCode | None = None) -> bytes:
+        """Restore a document from its :class:`NeuralCode` (pass it as ``ids`` or as ``code``)."""
+        if isinstance(ids, NeuralCode):
+            code = ids
+        if code is None:
+            raise ValueError("The neural view is not self-delimiting: decode needs the NeuralCode from "
+                             "encode_detailed (bytes per id and segment ends), not the ids alone.")
+        return self.decode_codes([code])[0]
+
+    def decode_codes(self, codes: list[NeuralCode]) -> list[bytes]:
+        """Decode many documents; all their segments advance in lockstep, one M1 call per byte position."""
+        lanes, owner = [], []
+        for d, c in enumerate(codes):
+            ends = np.cumsum(c.segment_ids)
+            for s, e in zip(ends - c.segment_ids, ends):
+                lanes.append(reference.LaneDecoder(c.ids[s:e], c.nbytes[s:e], window_bits=self.window_bits,
+                                                   precision=self.precision))
+                owner.append(d)
+        groups: dict[int, list[int]] = {}
+        for i, lane in enumerate(lanes):
+            if lane.total > self.chunk_bytes:
+                raise ValueError(f"A segment of {lane.total} bytes is longer than proxy.chunk_bytes={self.chunk_bytes}.")
+            groups.setdefault(m1_lib.bucket_length(lane.total, self.chunk_bytes), []).append(i)
+        for length, idx in sorted(groups.items()):
+            for s in range(0, len(idx), self.batch_rows):
+                part = [lanes[i] for i in idx[s : s + self.batch_rows]]
+                for pos in range(max(lane.total for lane in part)):
+                    rows = [bytes(lane.out) for lane in part] + [b""] * (self.batch_rows - len(part))
+                    tokens = m1_lib.rows_to_tokens([r + b"\0" for r in rows], length)
+                    freq, _ = m1_lib.tables(self.model.args, self._params, tokens, precision=self.precision)
+                    freq = np.asarray(freq[:, pos])
+                    for j, lane in enumerate(part):
+                        if not lane.done:
+                            lane.step(freq[j])
+        out = [bytearray() for _ in codes]
+        for lane, d in zip(lanes, owner):
+            out[d] += lane.out
+        return [bytes(o) for o in out]
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "m1_params_sha256": self.model.params_hash,
+            "m1_args": dataclasses.asdict(self.model.args),
+            "quantization": quantize.RULE_NAME,
+            "quantize_bits": self.precision,
+            "window_bits": self.window_bits,
+            "entropy_quantile": self.entropy_quantile,
+            "entropy_threshold": self.entropy_threshold,
+            "chunk_bytes": self.chunk_bytes,
+            "min_segment_bytes": self.min_segment_bytes,
+            "m1_batch_rows": self.batch_rows,
+        }
+
+
+def corpus_sample(data_config, sample_bytes: int, max_docs: int = 256) -> list[bytes]:
+    """A fixed sample of the training split: up to ``max_docs`` documents spread evenly over it, each cut to
+    an equal share of ``sample_bytes`` (the same sample for the same corpus, whatever the run)."""
+    from proxy_jax.data import corpus
+
+    source = corpus.load_split(data_config, "train")
+    n = len(source)
+    if n == 0:
+        raise ValueError("The training split is empty; the neural proxy needs documents to set its threshold.")
+    picks = sorted({int(i * n / min(n, max_docs)) for i in range(min(n, max_docs))})
+    share = max(1, sample_bytes // len(picks))
+    return [bytes(source[i])[:share] for i in picks]
