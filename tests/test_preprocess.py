@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,11 @@ def test_manifest_counts_and_ratio(reference):
         assert (info["bytes"], info["symbols"]) == (n_bytes, n_sym)
         assert info["ratio"] == pytest.approx(n_bytes / n_sym, rel=1e-5)
         assert pre.fingerprint() == src.fingerprint()
+        assert isinstance(pre, corpus.DocumentSource) and pre.stats["documents"] == len(pre)
+        clone = pickle.loads(pickle.dumps(pre))  # Grain workers receive the source pickled
+        assert clone.record(len(pre) - 1) == pre.record(-1)
+        with pytest.raises(IndexError):
+            pre[len(pre)]
     total = sum(v["bytes"] for v in manifest["splits"].values()) / sum(v["symbols"] for v in manifest["splits"].values())
     assert manifest["ratio"] == pytest.approx(total, rel=1e-5)
 

@@ -165,8 +165,12 @@ class TfdsSource(DocumentSource):
         return _tfds_document(self._ds[pos], self.name, pos)[start:start + length]
 
 
-class PreprocessedSource:
-    """Shards written by ``proxy_jax.preprocess``: raw bytes and the compressed view of each document."""
+class PreprocessedSource(DocumentSource):
+    """Shards written by ``proxy_jax.preprocess``: raw bytes and the compressed view of each document.
+
+    The split and any cutting of documents were fixed when the shards were written; ``record(i)``
+    returns everything stored for document ``i``.
+    """
 
     def __init__(self, path: str, split: str, manifest: dict[str, Any], files: list[str]):
         self.path, self.split, self.manifest, self.files = path, split, manifest, files
@@ -176,8 +180,8 @@ class PreprocessedSource:
         self._len = int(info["documents"])
         self._ds = None
 
-    def __getstate__(self):
-        return {**self.__dict__, "_ds": None}
+    def _unpicklable(self):
+        return ("_ds",)
 
     def _source(self):
         if self._ds is None:
@@ -190,12 +194,6 @@ class PreprocessedSource:
     def __len__(self) -> int:
         return self._len
 
-    def _index(self, i) -> int:
-        i = int(i)
-        if not -self._len <= i < self._len:
-            raise IndexError(f"document index {i} out of range for a split of {self._len} documents.")
-        return i % self._len
-
     def encoded(self, i) -> bytes:
         """The stored bytes of record ``i`` (decode with ``records.decode_record``)."""
         return self._source()[self._index(i)]
@@ -206,12 +204,11 @@ class PreprocessedSource:
     def __getitem__(self, i) -> bytes:
         return self.record(i).raw
 
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i]
-
     def key(self, i) -> str:
         return self.record(i).key
+
+    def size(self, i) -> int:
+        return len(self[i])
 
     @property
     def num_symbols(self) -> int:
