@@ -76,6 +76,9 @@ class PackedBatchDataset(grain.IterDataset):
       num_workers, worker_buffer_size: Grain worker processes for the document stage and the
         documents each keeps ready.
       on_document: debug hook called with (index, epoch, step, rate, mode, layout, start) per document.
+
+    With a finite ``documents`` (a set number of epochs) iteration stops before the first batch the
+    remaining documents cannot fill: the partial tail is dropped, never padded.
     """
 
     def __init__(self, documents: grain.MapDataset, *, seq_len: int, num_targets: int, rows: int, seed: int,
@@ -162,7 +165,7 @@ class PackedBatchIterator(grain.DatasetIterator):
         while self._stream_end < end:
             self._pull()
 
-    def _advance(self) -> tuple[int, int, np.ndarray]:
+    def _advance(self) -> tuple[int, int, int]:
         """Makes sure batch ``self._step`` is available; returns (lo, hi, offset0) of its stream span."""
         span = self._B * self._L
         lo = self._step * span
