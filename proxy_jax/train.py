@@ -157,8 +157,9 @@ def _step_scalars(run: Run, raw: dict[str, float], step_time: float, data_wait: 
     symbols = c.data.batch_size * c.data.seq_len
     out = {f"train/{k}": v for k, v in raw.items()}
     out["train/lr"] = float(run.lr_schedule(int(raw.get("step", 0)))) if "lr" not in raw else raw["lr"]
-    if "num_docs" in raw and raw.get("num_docs", 0) > 0:
-        out["train/compression_rate"] = raw["num_comp_docs"] / raw["num_docs"]
+    if raw.get("num_streams", 0) > 0:  # realised fraction of compressed streams in this step's batch
+        out["train/compression_rate"] = raw["num_comp_streams"] / raw["num_streams"]
+    out.pop("train/num_comp_streams", None)
     out["perf/step_time"] = step_time
     out["perf/symbols_per_sec"] = symbols / max(step_time, 1e-9)
     out["perf/data_wait_frac"] = data_wait / max(step_time, 1e-9)
@@ -251,7 +252,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
                                        f"for optimiser step {step}; its state does not match the checkpoint.")
                 global_batch = sharding.host_to_global(batch, run.mesh)
                 run.state, dev_metrics = run.train_step(run.state, global_batch)
-                for key in ("num_docs", "num_comp_docs"):
+                for key in ("num_streams", "num_comp_streams"):
                     if key in batch:
                         dev_metrics = {**dev_metrics, key: np.sum(batch[key])}
                 now = time.perf_counter()
