@@ -198,6 +198,8 @@ def main(argv):
     del argv
     from absl import flags
     f = flags.FLAGS
+    if f.config is None:
+        raise SystemExit("--config is required: an experiment config file, e.g. --config=configs/proxy_tokens.py.")
     if not f.output:
         raise SystemExit("--output is required: the folder that receives the shards and manifest.json.")
     m = preprocess(f.config, f.output, workdir=f.workdir or None, num_shards=f.num_shards,
