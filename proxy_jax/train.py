@@ -52,16 +52,6 @@ class Run:
     pipeline: Any
 
 
-def _train_docs(config: ml_collections.ConfigDict) -> Callable[[], Any]:
-    from proxy_jax.data import corpus
-
-    def docs():
-        source = corpus.load_split(config.data, "train")
-        return (source[i] for i in range(len(source)))
-
-    return docs
-
-
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_index() != 0:
         return
@@ -103,7 +93,7 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
 
     config_lib.validate(config)
     sharding.validate(config, jax.device_count())
-    proxy = proxies.make_proxy(config, workdir, train_docs=_train_docs(config))
+    proxy = proxies.make_proxy(config, workdir)
     true_vocab = vocab.vocab_size(proxy.num_symbols)
     model_vocab = config.model.vocab_size or vocab.padded_vocab_size(proxy.num_symbols)
     if model_vocab < true_vocab:
