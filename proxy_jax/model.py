@@ -434,7 +434,10 @@ class Transformer(nn.Module):
             (a.padded_vocab_size, a.d_model),
             pdt,
         )
-        x_BxLxD = jnp.take(embedding, tokens_BxL, axis=0).astype(dt)
+        # Gather the (compute-dtype) table once, as FSDP does for every weight, then look rows up
+        # locally; a gather from a table sharded on both axes makes XLA replicate it implicitly.
+        table_VxD = nn.with_logical_constraint(embedding.astype(dt), ("act_vocab", "act_embed"))
+        x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0)
         x_BxLxD = nn.with_logical_constraint(x_BxLxD, ("batch", "length", "act_embed"))
         x_BxLxD = self.perturb("embeddings", x_BxLxD)
 
