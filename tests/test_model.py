@@ -260,3 +260,25 @@ def test_init_loss_is_log_vocab_and_training_reduces_it():
     assert np.mean(losses[-5:]) < losses[0] - 2.0, losses
     assert int(state.step) == 40
     assert np.isclose(float(metrics["lr"]), float(schedule(39)))
+
+
+def test_bench_mfu_smoke_on_cpu(capsys):
+    import importlib.util
+    import pathlib
+    import types
+
+    path = pathlib.Path(__file__).parent.parent / "launch" / "bench_mfu.py"
+    spec = importlib.util.spec_from_file_location("bench_mfu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = bench.main(
+        ["--size", "tiny", "--seq_len", "32", "--batch", "8", "--steps", "1", "--warmup", "0",
+         "--vocab_size", "576", "--doc_len", "20", "--attention", "xla,cudnn"]
+    )
+    out = capsys.readouterr().out
+    assert "no peak for cpu" in out and "cudnn needs a GPU" in out
+    (r,) = results
+    assert r["mfu"] is None and r["step_s"] > 0 and np.isfinite(r["loss"])
+    h100 = types.SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
+    v5e = types.SimpleNamespace(platform="tpu", device_kind="TPU v5 lite")
+    assert bench.peak_flops(h100) == 989e12 and bench.peak_flops(v5e) == 197e12
