@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -30,30 +31,35 @@ def small_config(mesh_shape, accum=1):
     return c
 
 
-def run_one_step(config, devices, batch_np):
+def setup_run(config, devices):
     sharding_lib.validate(config, len(devices), process_count=1)
     model = model_lib.Transformer(model_lib.ModelArgs.from_config(config.model, VOCAB))
     tx, schedule = optimizer_lib.make_optimizer(config.opt, config.train.steps)
     mesh = sharding_lib.make_mesh(config, devices=devices)
     state, shardings = sharding_lib.init_train_state(config, model, tx, mesh, jax.random.key(0))
-    init_params = jax.device_get(state.params)
-    batch = sharding_lib.host_to_global(batch_np, mesh)
+    return dict(config=config, model=model, tx=tx, schedule=schedule, mesh=mesh, state=state, shardings=shardings)
+
+
+def loss_and_grads(run, batch_np):
+    batch = sharding_lib.host_to_global(batch_np, run["mesh"])
     grad_fn = jax.jit(
-        jax.grad(train_step_lib.make_loss_fn(model, VOCAB), has_aux=True),
-        in_shardings=(shardings.params, sharding_lib.batch_sharding(mesh)),
+        jax.grad(train_step_lib.make_loss_fn(run["model"], VOCAB), has_aux=True),
+        in_shardings=(run["shardings"].params, sharding_lib.batch_sharding(run["mesh"])),
     )
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.logical_rules(config)):
-        grads, terms = grad_fn(state.params, {k: batch[k] for k in train_step_lib.MODEL_KEYS})
-    step = train_step_lib.make_train_step(config, model, tx, mesh, shardings, VOCAB, schedule)
-    state, metrics = step(state, batch)
-    return dict(
-        init=init_params,
-        grads=jax.device_get(grads),
-        positions=int(terms["positions"]),
-        params=jax.device_get(state.params),
-        metrics=jax.device_get(metrics),
-        shardings=shardings,
+    with jax.set_mesh(run["mesh"]), nn.logical_axis_rules(sharding_lib.logical_rules(run["config"])):
+        grads, terms = grad_fn(run["state"].params, {k: batch[k] for k in train_step_lib.MODEL_KEYS})
+    return jax.device_get(grads), jax.device_get(terms)
+
+
+def one_step(run, batch_np, accum=1):
+    config = run["config"].copy_and_resolve_references()
+    config.opt.grad_accum_steps = accum
+    step = train_step_lib.make_train_step(
+        config, run["model"], run["tx"], run["mesh"], run["shardings"], VOCAB, run["schedule"]
     )
+    state = jax.tree.map(jnp.copy, run["state"])  # the step donates its input
+    state, metrics = step(state, sharding_lib.host_to_global(batch_np, run["mesh"]))
+    return jax.device_get(state.params), jax.device_get(metrics)
 
 
 def assert_trees_close(a, b, rtol=RTOL, atol=ATOL):
@@ -66,37 +72,52 @@ def batch_np():
 
 
 @pytest.fixture(scope="module")
-def single(batch_np):
-    return run_one_step(small_config((1, 1, 1)), jax.devices()[:1], batch_np)
+def single():
+    return setup_run(small_config((1, 1, 1)), jax.devices()[:1])
 
 
 @pytest.fixture(scope="module")
-def sharded(batch_np):
+def sharded():
     assert len(jax.devices()) == 8
-    return run_one_step(small_config((2, 2, 2)), jax.devices(), batch_np)
+    return setup_run(small_config((2, 2, 2)), jax.devices())
 
 
-def test_2x2x2_mesh_matches_one_device(single, sharded):
+@pytest.fixture(scope="module")
+def sharded_step(sharded, batch_np):
+    return one_step(sharded, batch_np)
+
+
+def test_2x2x2_mesh_matches_one_device(single, sharded, sharded_step, batch_np):
     spec = sharded["shardings"].params["layers"]["mlp"]["up"].spec
     assert spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")  # really sharded, not replicated
     # Initialisation does not depend on the layout.
-    assert_trees_close(sharded["init"], single["init"], rtol=0, atol=0)
-    assert sharded["positions"] == single["positions"] > 0
-    assert_trees_close(sharded["grads"], single["grads"])
+    assert_trees_close(jax.device_get(sharded["state"].params), jax.device_get(single["state"].params), 0, 0)
+    grads_1, terms_1 = loss_and_grads(single, batch_np)
+    grads_8, terms_8 = loss_and_grads(sharded, batch_np)
+    assert_trees_close(grads_8, grads_1)
+    for key in ("positions", "tokens", "raw_targets", "comp_targets"):
+        assert int(terms_8[key]) == int(terms_1[key]) > 0, key
+    np.testing.assert_allclose(terms_8["loss_sum"], terms_1["loss_sum"], rtol=RTOL)
+    # The jitted, donated, sharded step reports the same loss and gradient norm.
+    _, metrics = sharded_step
+    n = terms_1["positions"]
+    np.testing.assert_allclose(metrics["loss"], terms_1["loss_sum"] / n, rtol=RTOL)
+    norm_1 = np.sqrt(sum(np.sum(np.square(g / n, dtype=np.float64)) for g in jax.tree.leaves(grads_1)))
+    np.testing.assert_allclose(metrics["grad_norm"], norm_1, rtol=RTOL)
+    np.testing.assert_allclose(metrics["raw_loss"], terms_1["raw_nll_sum"] / terms_1["raw_targets"], rtol=RTOL)
+    np.testing.assert_allclose(metrics["comp_loss"], terms_1["comp_nll_sum"] / terms_1["comp_targets"], rtol=RTOL)
+
+
+def test_gradient_accumulation_matches_full_batch(sharded, sharded_step, batch_np):
+    params, metrics = sharded_step
+    acc_params, acc_metrics = one_step(sharded, batch_np, accum=2)
     for key in ("loss", "raw_loss", "comp_loss", "grad_norm", "lr"):
-        np.testing.assert_allclose(sharded["metrics"][key], single["metrics"][key], rtol=RTOL)
-    for key in ("tokens", "raw_targets", "comp_targets"):
-        assert int(sharded["metrics"][key]) == int(single["metrics"][key])
-    # Adam's first step divides by sqrt(v): tiny gradients amplify noise, so compare with a looser atol.
-    assert_trees_close(sharded["params"], single["params"], rtol=1e-3, atol=1e-5)
-
-
-def test_gradient_accumulation_matches_full_batch(sharded, batch_np):
-    accumulated = run_one_step(small_config((2, 2, 2), accum=2), jax.devices(), batch_np)
-    for key in ("loss", "raw_loss", "comp_loss", "grad_norm"):
-        np.testing.assert_allclose(accumulated["metrics"][key], sharded["metrics"][key], rtol=RTOL)
-    assert int(accumulated["metrics"]["tokens"]) == int(sharded["metrics"]["tokens"])
-    assert_trees_close(accumulated["params"], sharded["params"], rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(acc_metrics[key], metrics[key], rtol=RTOL)
+    assert int(acc_metrics["tokens"]) == int(metrics["tokens"])
+    # Adam's first step divides by sqrt(v): tiny gradients amplify rounding, hence the looser atol.
+    assert_trees_close(acc_params, params, rtol=1e-3, atol=1e-5)
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), params, jax.device_get(sharded["state"].params))
+    assert min(jax.tree.leaves(moved)) > 0  # every parameter was updated
 
 
 def test_host_to_global_places_rows(batch_np):
