@@ -98,3 +98,41 @@ def test_trained_m1_round_trip_and_code_length_within_2_percent_of_ideal_plus_pa
             data = np.frombuffer(seg, np.uint8)
             exact += _exact_window_count(data, np.asarray(freq)[0, : len(seg)], 16)[0]
     assert abs(ours - exact) <= 0.02 * exact, (ours, exact)
+
+
+@pytest.mark.slow
+def test_m1_from_the_trainer_and_preprocessing_twice_is_byte_identical(tmp_path):
+    """M1 trained by ``proxy_jax.main``'s loop (a few steps), loaded by workdir, then two preprocessing runs."""
+    import importlib.util
+    import os
+    import sysconfig
+
+    from proxy_jax import preprocess, train
+    from proxy_jax.config import base_config
+
+    spec = importlib.util.spec_from_file_location("m1_config", os.path.join(os.path.dirname(__file__), "..",
+                                                                            "configs", "m1.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m1c = mod.get_config("tiny")
+    m1c.model.num_layers, m1c.model.d_ff = 1, 128
+    m1c.data.seq_len, m1c.data.batch_size, m1c.train.steps = 64, 8, 3
+    m1c.train.eval_every, m1c.train.sample_prompt, m1c.train.tensorboard = 1000, "", False
+    m1_dir = str(tmp_path / "m1")
+    train.train(m1c, m1_dir, progress=False)
+
+    c = base_config()
+    c.data.source, c.data.path, c.data.glob, c.data.val_fraction = "dir", sysconfig.get_paths()["stdlib"], "json/*.py", 0.2
+    c.proxy.name, c.proxy.m1_workdir, c.proxy.chunk_bytes = "neural", m1_dir, 64
+    c.proxy.entropy_sample_bytes, c.proxy.m1_batch_rows, c.proxy.min_segment_bytes = 8192, 16, 16
+    proxy = NeuralProxy.from_config(c)
+    assert proxy.model.context == 64 and proxy.entropy_threshold > 0
+
+    def files(out):
+        return {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
+                for d, _, fs in os.walk(out) for f in fs if not os.path.relpath(d, out).startswith("work")}
+
+    a = preprocess.preprocess(c, str(tmp_path / "a"), num_shards=2, progress_bar=False)
+    b = preprocess.preprocess(c, str(tmp_path / "b"), num_shards=2, progress_bar=False)
+    assert a == b
+    assert files(tmp_path / "a") == files(tmp_path / "b")
