@@ -78,11 +78,12 @@ def bench_one(args, attention: str) -> dict:
     c.data.seq_len, c.data.batch_size = args.seq_len, args.batch
     c.mesh.shape = (1, -1, 1)  # FSDP over every device
     c.train.steps = 1000
-    sharding_lib.validate(c, jax.device_count())
+    devices = jax.devices()[: args.num_devices or None]
+    sharding_lib.validate(c, len(devices))
     margs = model_lib.ModelArgs.from_config(c.model, args.vocab_size)
     model = model_lib.Transformer(margs)
     tx, schedule = optimizer_lib.make_optimizer(c.opt, c.train.steps)
-    mesh = sharding_lib.make_mesh(c)
+    mesh = sharding_lib.make_mesh(c, devices=devices)
     state, shardings = sharding_lib.init_train_state(c, model, tx, mesh, jax.random.key(0))
     step = train_step_lib.make_train_step(c, model, tx, mesh, shardings, args.vocab_size, schedule)
     batch = sharding_lib.host_to_global(
@@ -114,14 +115,14 @@ def bench_one(args, attention: str) -> dict:
         "dtype": args.dtype,
         "remat": args.remat,
         "device": jax.devices()[0].device_kind,
-        "devices": jax.device_count(),
+        "devices": len(devices),
         "params": model_lib.count_params(margs),
         "first_step_s": round(compile_s, 3),
         "step_s": step_s,
         "tokens_per_s": tokens / step_s,
         "model_tflops_per_s": flops / step_s / 1e12,
         "loss": float(metrics["loss"]),
-        "mfu": None if peak is None else flops / step_s / (peak * jax.device_count()),
+        "mfu": None if peak is None else flops / step_s / (peak * len(devices)),
     }
     return result
 
@@ -133,6 +134,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--batch", type=int, default=4, help="global batch (rows)")
     p.add_argument("--vocab_size", type=int, default=96960, help="320 + proxy symbols (default: a 96,640-id BPE)")
     p.add_argument("--attention", default="xla,cudnn", help="comma-separated implementations to time")
+    p.add_argument("--num_devices", type=int, default=0, help="use the first N devices (0 = all)")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--remat", default="dots_with_no_batch_dims")
     p.add_argument("--doc_len", type=int, default=2048, help="tokens per synthetic document")
