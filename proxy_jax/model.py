@@ -218,29 +218,30 @@ def _attention_cudnn(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS):
 
 
 @functools.lru_cache(maxsize=16)
-def _splash_kernel(num_heads: int, seq_q: int, seq_k: int):
+def _splash_kernel(num_heads: int, seq_q: int, seq_k: int, interpret: bool):
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
     mask = splash.MultiHeadMask([splash.CausalMask((seq_q, seq_k)) for _ in range(num_heads)])
-    return splash.make_splash_mha_single_device(mask)
+    return splash.make_splash_mha_single_device(mask, interpret=interpret)
 
 
-def _attention_splash(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS):
-    if jax.default_backend() != "tpu":
-        raise ValueError(
-            f"model.attention='splash' needs a TPU but the backend is {jax.default_backend()!r}; "
-            "use model.attention='xla' (or 'cudnn' on GPU)."
-        )
+def _attention_splash(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS, *, interpret=False):
+    """Pallas splash attention; under a (data, fsdp, tensor) mesh it runs per shard via shard_map.
+
+    Padding (segment 0) queries attend to other padding here instead of to nothing: their outputs
+    differ from the other implementations but are never used. ``interpret=True`` runs the kernel in
+    the Pallas interpreter (any backend; for tests).
+    """
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
-    h, d = q_BxTxHxD.shape[2], q_BxTxHxD.shape[3]
-    groups = h // k_BxSxKxD.shape[2]
+    d = q_BxTxHxD.shape[3]
+    groups = q_BxTxHxD.shape[2] // k_BxSxKxD.shape[2]
 
     def per_shard(q, k, v, seg_q, seg_k):
         # The kernel wants [heads, length, head_dim] per example, pre-scaled queries, full KV heads.
         k = jnp.repeat(k, groups, axis=2)
         v = jnp.repeat(v, groups, axis=2)
-        kernel = _splash_kernel(q.shape[2], q.shape[1], k.shape[1])
+        kernel = _splash_kernel(q.shape[2], q.shape[1], k.shape[1], interpret)
         q = (q / np.sqrt(d)).astype(q.dtype)
 
         def one(q_TxHxD, k_SxHxD, v_SxHxD, sq, sk):
@@ -255,8 +256,7 @@ def _attention_splash(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_
         return jax.vmap(one)(q, k, v, seg_q, seg_k)
 
     mesh = jax.sharding.get_abstract_mesh()
-    names = set(mesh.axis_names) if not mesh.empty else set()
-    if not {"data", "fsdp", "tensor"} <= names:
+    if mesh.empty or not {"data", "fsdp", "tensor"} <= set(mesh.axis_names):
         return per_shard(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS)
     P = jax.sharding.PartitionSpec
     qkv_spec = P(("data", "fsdp"), None, "tensor", None)
@@ -287,6 +287,11 @@ def attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS, imp
             # Cached decoding attends a few queries to many keys: the plain path is the right tool.
             return _attention_xla(
                 q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, _segment_mask(segment_q_BxT, segment_k_BxS, q_offset)
+            )
+        if jax.default_backend() != "tpu":
+            raise ValueError(
+                f"model.attention='splash' needs a TPU but the backend is {jax.default_backend()!r}; "
+                "use model.attention='xla' (or 'cudnn' on GPU)."
             )
         return _attention_splash(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS)
     raise ValueError(f"Unknown attention implementation {impl!r}; use one of {ATTENTION_IMPLS}.")
