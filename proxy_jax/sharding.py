@@ -126,6 +126,24 @@ def init_train_state(config, model, tx, mesh: Mesh, rng):
     return state, shardings
 
 
+def abstract_train_state(config, model, tx, mesh: Mesh):
+    """Shapes, dtypes and shardings of the train state without allocating it (ahead-of-time compiles).
+
+    Returns ``(abstract_state, state_shardings)``; leaves are ``jax.ShapeDtypeStruct`` with shardings.
+    """
+    zeros_1x1 = jnp.zeros((1, 1), jnp.int32)
+
+    def init_boxed(key):
+        params = model.init(key, zeros_1x1, zeros_1x1, zeros_1x1)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    abstract = jax.eval_shape(init_boxed, jax.random.key(0))
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, logical_rules(config))
+    unboxed = nn.unbox(abstract)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unboxed, shardings)
+    return state, shardings
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over ``data`` x ``fsdp``, everything else replicated."""
     return NamedSharding(mesh, P(BATCH_AXES))
