@@ -206,14 +206,20 @@ def _attention_xla(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS):
     return out_BxTxKxGxD.reshape(b, t, h, d)
 
 
-def _attention_cudnn(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS):
+def _attention_cudnn(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS, q_offset):
     if jax.default_backend() != "gpu":
         raise ValueError(
             f"model.attention='cudnn' needs a CUDA GPU but the backend is {jax.default_backend()!r}; "
             "use model.attention='xla'."
         )
+    square = isinstance(q_offset, int) and q_offset == 0 and q_BxTxHxD.shape[1] == k_BxSxKxD.shape[1]
+    if square:
+        # cuDNN applies causality itself (and skips the masked blocks); the bias carries documents.
+        mask_BxTxS = (segment_q_BxT[:, :, None] == segment_k_BxS[:, None, :]) & (segment_k_BxS[:, None, :] != 0)
+    else:
+        mask_BxTxS = _segment_mask(segment_q_BxT, segment_k_BxS, q_offset)
     return jax.nn.dot_product_attention(
-        q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask=mask_BxTxS[:, None], implementation="cudnn"
+        q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask=mask_BxTxS[:, None], is_causal=square, implementation="cudnn"
     )
 
 
@@ -279,9 +285,7 @@ def attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS, imp
     if impl == "xla":
         return _attention_xla(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, _segment_mask(segment_q_BxT, segment_k_BxS, q_offset))
     if impl == "cudnn":
-        return _attention_cudnn(
-            q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, _segment_mask(segment_q_BxT, segment_k_BxS, q_offset)
-        )
+        return _attention_cudnn(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS, q_offset)
     if impl == "splash":
         if q_BxTxHxD.shape[1] != k_BxSxKxD.shape[1]:
             # Cached decoding attends a few queries to many keys: the plain path is the right tool.
