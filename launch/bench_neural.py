@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--chunk_bytes", type=int, default=256)
     ap.add_argument("--min_segment_bytes", type=int, default=1)
     ap.add_argument("--batch_rows", type=int, default=64)
+    ap.add_argument("--exact", action="store_true", help="also count exact-arithmetic windows (slow)")
     ap.add_argument("--device", action="store_true", help="run on the default accelerator (else force CPU)")
     args = ap.parse_args()
 
@@ -58,7 +59,8 @@ def main() -> None:
     from proxy_jax import model as model_lib
     from proxy_jax import vocab
     from proxy_jax.data import corpus
-    from proxy_jax.proxies.neural import NeuralProxy, m1 as m1_lib, segment
+    from proxy_jax.proxies.neural import NeuralProxy, quantize, reference, segment
+    from proxy_jax.proxies.neural import m1 as m1_lib
 
     if args.m1_workdir:
         m1 = m1_lib.load(args.m1_workdir)
@@ -103,6 +105,25 @@ def main() -> None:
     n_windows = sum(int((c[0] >= vocab.COMP_OFFSET).sum()) for c in coded)
     n_segs = sum(len(s) for s in segs)
 
+    # Where the bits go (untimed): ideal -log2 q of every byte under its segment's tables, and the windows
+    # an exact-arithmetic coder with the same rule would emit (reference.exact_window_count).
+    flat = [s for ss in segs for s in ss]
+    ideal_bits, exact_windows = 0.0, 0
+    for idx, _, tokens, data in m1_lib.batches(flat, args.batch_rows, args.chunk_bytes):
+        freq, _ = m1_lib.tables(m1.args, proxy._params, tokens, precision=proxy.precision)
+        freq = np.asarray(freq)
+        for j, i in enumerate(idx):
+            n = len(flat[i])
+            ideal_bits += float(quantize.ideal_bits_np(freq[j, :n], data[j, :n]).sum())
+            if args.exact:
+                exact_windows += reference.exact_window_count(data[j, :n], freq[j, :n])[0]
+    rows = [c for d in docs for c in segment.chunks(d, args.chunk_bytes)]
+    chunk_ideal = 0.0  # the same with M1's context running over whole chunks (no segment restarts)
+    for idx, _, tokens, data in m1_lib.batches(rows, args.batch_rows, args.chunk_bytes):
+        freq = np.asarray(m1_lib.tables(m1.args, proxy._params, tokens, precision=proxy.precision)[0])
+        for j, i in enumerate(idx):
+            n = len(rows[i])
+            chunk_ideal += float(quantize.ideal_bits_np(freq[j, :n], data[j, :n]).sum())
     args_m = m1.args
     n_params = model_lib.count_params(args_m, include_embedding=False)
     attn = 4 * args_m.num_layers * args_m.num_heads * args_m.head_dim * args.chunk_bytes / 2
@@ -118,7 +139,12 @@ def main() -> None:
         "mean_segment_bytes": total / n_segs,
         "ids": n_ids,
         "bytes_per_id": total / n_ids,
-        "bits_per_byte_of_view": 16 * n_windows / total + 16 * (n_ids - n_windows) / total,
+        "windows": n_windows,
+        "passthrough_bytes": n_ids - n_windows,
+        "bits_per_byte_of_view": 16 * n_ids / total,
+        "ideal_bits_per_byte_segment_context": ideal_bits / total,
+        "ideal_bits_per_byte_chunk_context": chunk_ideal / total,
+        "exact_arithmetic_windows": exact_windows if args.exact else None,
         "entropy_pass_bytes_per_s": total / t_seg,
         "coding_pass_bytes_per_s": total / t_code,
         "encode_bytes_per_s": total / (t_seg + t_code),

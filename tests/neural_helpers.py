@@ -26,8 +26,21 @@ def tiny_args(d_model: int = 32, num_layers: int = 1) -> ModelArgs:
 
 
 def init_params(args: ModelArgs, seed: int = 0):
+    """Random parameters in numpy with the model's tree structure (shapes by tracing, no compile)."""
     z = jnp.zeros((1, 8), jnp.int32)
-    return nn.unbox(Transformer(args).init(jax.random.key(seed), z, z + 1, z)["params"])
+    shapes = jax.eval_shape(lambda key: nn.unbox(Transformer(args).init(key, z, z + 1, z)["params"]), jax.random.key(0))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = jax.tree_util.keystr(path)
+        if len(s.shape) == 1 or "norm" in name:
+            return np.zeros(s.shape, s.dtype)
+        if "embedding" in name:
+            return rng.normal(0.0, 1.0, s.shape).astype(s.dtype)
+        std = (2.0 if "head" in name else 1.0) / np.sqrt(s.shape[0])  # fan-in first (layers are not scanned)
+        return rng.normal(0.0, std, s.shape).astype(s.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def train_params(args: ModelArgs, files: list[str], *, steps: int = 200, seq_len: int = 64, batch: int = 16, seed: int = 0):

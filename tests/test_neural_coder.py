@@ -29,35 +29,6 @@ def _encode(data_BxL, freq_BxLx256, lengths_B, window_bits, precision=16):
     return jax.tree.map(np.asarray, out), np.asarray(cum), np.asarray(fr)
 
 
-def _exact_window_count(data, freq_Lx256, window_bits, precision=16):
-    """Windows produced by the same rule with exact (unbounded) arithmetic: the ideal code plus padding."""
-    cum_table = quantize.cumulative_np(freq_Lx256)
-    windows, passthrough = 0, 0
-    lo, width, denom_bits, count = 0, 1, 0, 0  # interval [lo, lo + width) / 2**denom_bits
-
-    def fits(lo, hi, denom_bits):
-        # is there k with lo <= k * 2**(denom_bits - W) < hi ?
-        s = denom_bits - window_bits
-        if s <= 0:
-            return hi > lo  # every integer grid point is a code point
-        first = -(-lo >> s) << s
-        return first < hi
-
-    for t, b in enumerate(data):
-        c, f = int(cum_table[t, b]), int(cum_table[t, b + 1] - cum_table[t, b])
-        n_lo, n_w, n_bits = (lo << precision) + width * c, width * f, denom_bits + precision
-        if fits(n_lo, n_lo + n_w, n_bits):
-            lo, width, denom_bits, count = n_lo, n_w, n_bits, count + 1
-            continue
-        windows += count > 0
-        if fits(c, c + f, precision):
-            lo, width, denom_bits, count = c, f, precision, 1
-        else:
-            passthrough += 1
-            lo, width, denom_bits, count = 0, 1, 0, 0
-    return windows + (count > 0), passthrough
-
-
 def test_quantize_numpy_and_jax_agree_bit_for_bit_and_sum_to_2p():
     rng = np.random.default_rng(0)
     logits = np.concatenate(
@@ -184,7 +155,7 @@ def test_code_length_is_within_2_percent_of_ideal_plus_padding(concentration):
     data = _sample_bytes(rng, freq)
     out, _, _ = _encode(data, freq, [L] * B, 16)
     ours = int((out.ids_BxL >= vocab.COMP_OFFSET).sum())
-    exact = sum(_exact_window_count(data[b], freq[b], 16)[0] for b in range(B))
+    exact = sum(reference.exact_window_count(data[b], freq[b], 16)[0] for b in range(B))
     assert abs(ours - exact) <= 0.02 * exact, (ours, exact)
     ideal_bits = quantize.ideal_bits_np(freq, data).sum()
     assert 16 * exact >= 0.85 * ideal_bits  # padding can only cost, minus lucky alignment

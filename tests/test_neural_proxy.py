@@ -3,12 +3,10 @@
 import numpy as np
 import pytest
 
-from proxy_jax import vocab
-from proxy_jax.proxies.neural import NeuralProxy, quantize
-from proxy_jax.proxies.neural import m1 as m1_lib
-from proxy_jax.proxies.neural import segment
 import neural_helpers as nh
-from test_neural_coder import _exact_window_count
+from proxy_jax import vocab
+from proxy_jax.proxies.neural import NeuralProxy, reference, segment
+from proxy_jax.proxies.neural import m1 as m1_lib
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +75,7 @@ def test_trained_m1_round_trip_and_code_length_within_2_percent_of_ideal_plus_pa
     """Held-out stdlib files coded with a briefly trained M1.
 
     Prediction ("ideal plus padding"): for every segment, the windows that the same window rule emits
-    with exact arithmetic on the same quantised probabilities (``_exact_window_count``), W bits each.
+    with exact arithmetic on the same quantised probabilities (``reference.exact_window_count``), W bits each.
     Tolerance: our window count is within 2% of it.
     """
     files = nh.stdlib_files()
@@ -96,7 +94,7 @@ def test_trained_m1_round_trip_and_code_length_within_2_percent_of_ideal_plus_pa
             tokens = m1_lib.rows_to_tokens([seg], m1_lib.bucket_length(len(seg), 64))
             freq, _ = m1_lib.tables(proxy.model.args, proxy.model.params, tokens, precision=16)
             data = np.frombuffer(seg, np.uint8)
-            exact += _exact_window_count(data, np.asarray(freq)[0, : len(seg)], 16)[0]
+            exact += reference.exact_window_count(data, np.asarray(freq)[0, : len(seg)], 16)[0]
     assert abs(ours - exact) <= 0.02 * exact, (ours, exact)
 
 
@@ -127,6 +125,11 @@ def test_m1_from_the_trainer_and_preprocessing_twice_is_byte_identical(tmp_path)
     c.proxy.entropy_sample_bytes, c.proxy.m1_batch_rows, c.proxy.min_segment_bytes = 8192, 16, 16
     proxy = NeuralProxy.from_config(c)
     assert proxy.model.context == 64 and proxy.entropy_threshold > 0
+    assert proxy.manifest()["m1_params_sha256"] == NeuralProxy.from_config(c).manifest()["m1_params_sha256"]
+    c.proxy.chunk_bytes = 128
+    with pytest.raises(ValueError, match="chunk_bytes=128 exceeds the 64-byte context"):
+        NeuralProxy.from_config(c)
+    c.proxy.chunk_bytes = 64
 
     def files(out):
         return {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()

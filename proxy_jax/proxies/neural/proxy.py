@@ -94,6 +94,11 @@ class NeuralProxy(Proxy):
             min_segment_bytes=p.min_segment_bytes,
             batch_rows=p.m1_batch_rows,
         )
+        if proxy.chunk_bytes > proxy.model.context:
+            raise ValueError(
+                f"proxy.chunk_bytes={proxy.chunk_bytes} exceeds the {proxy.model.context}-byte context M1 was "
+                f"trained on; set --config.proxy.chunk_bytes={proxy.model.context} (or less)."
+            )
         if proxy.entropy_threshold is None:
             if sample_docs is None:
                 sample_docs = corpus_sample(config.data, int(p.entropy_sample_bytes))

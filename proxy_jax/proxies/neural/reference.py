@@ -127,3 +127,42 @@ def decode_lane(
 def decode_with_tables(ids, nbytes, freq_Nx256: np.ndarray, *, window_bits: int = 16, precision: int = 16) -> bytes:
     """Decode a lane whose tables do not depend on the data (synthetic distributions)."""
     return decode_lane(ids, nbytes, lambda prefix: freq_Nx256[len(prefix)], window_bits=window_bits, precision=precision)
+
+
+def _cumulative(freq_Lx256):
+    freq = np.asarray(freq_Lx256, np.int64)
+    return np.concatenate([np.zeros(freq.shape[:-1] + (1,), np.int64), np.cumsum(freq, -1)], -1)
+
+
+def exact_window_count(data, freq_Lx256, window_bits: int = 16, precision: int = 16) -> tuple[int, int]:
+    """``(windows, passthrough bytes)`` of the same window rule in exact (unbounded) arithmetic.
+
+    The interval is the exact product of the quantised probabilities and the code points are the exact
+    multiples of ``2**-W``: what an ideal coder with these tables emits, W bits per window. Comparing it
+    with :func:`encode_lane` isolates the cost of the 31-bit state.
+    """
+    cum_table = _cumulative(freq_Lx256)
+    windows, passthrough = 0, 0
+    lo, width, denom_bits, count = 0, 1, 0, 0  # interval [lo, lo + width) / 2**denom_bits
+
+    def fits(lo, hi, denom_bits):
+        # is there k with lo <= k * 2**(denom_bits - W) < hi ?
+        s = denom_bits - window_bits
+        if s <= 0:
+            return hi > lo  # every integer grid point is a code point
+        first = -(-lo >> s) << s
+        return first < hi
+
+    for t, b in enumerate(data):
+        c, f = int(cum_table[t, b]), int(cum_table[t, b + 1] - cum_table[t, b])
+        n_lo, n_w, n_bits = (lo << precision) + width * c, width * f, denom_bits + precision
+        if fits(n_lo, n_lo + n_w, n_bits):
+            lo, width, denom_bits, count = n_lo, n_w, n_bits, count + 1
+            continue
+        windows += count > 0
+        if fits(c, c + f, precision):
+            lo, width, denom_bits, count = c, f, precision, 1
+        else:
+            passthrough += 1
+            lo, width, denom_bits, count = 0, 1, 0, 0
+    return windows + (count > 0), passthrough

@@ -57,11 +57,14 @@ def entropy_threshold(entropies: list[np.ndarray], quantile: float) -> float:
 
 def segment_starts(entropy_N: np.ndarray, threshold: float, chunk_bytes: int, min_segment_bytes: int = 1) -> list[int]:
     """Start offsets of a document's segments (the first is 0; none for an empty document)."""
+    high = np.asarray(entropy_N) > threshold
+    high[::chunk_bytes] = True
+    if min_segment_bytes <= 1:
+        return np.flatnonzero(high).tolist()
     starts: list[int] = []
     last = -chunk_bytes
-    high = np.asarray(entropy_N) > threshold
-    for i in range(len(entropy_N)):
-        if i % chunk_bytes == 0 or (high[i] and i - last >= min_segment_bytes):
+    for i in np.flatnonzero(high).tolist():
+        if i % chunk_bytes == 0 or i - last >= min_segment_bytes:
             starts.append(i)
             last = i
     return starts
