@@ -1,5 +1,7 @@
 """NeuralProxy end to end: M1 -> segmentation -> quantisation -> coder -> decoder, on stdlib files."""
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -38,6 +40,8 @@ def test_round_trip_batching_and_manifest(random_m1):
     # A document's view does not depend on what it is batched with.
     assert np.array_equal(proxy.encode(docs[1]), codes[1].ids)
     assert [c.ids.tolist() for c in codes] == [i.tolist() for i in proxy.encode_batch(docs)]
+    clone = pickle.loads(pickle.dumps(proxy))
+    assert np.array_equal(clone.encode(docs[0]), codes[0].ids)
     with pytest.raises(ValueError, match="not self-delimiting"):
         proxy.decode(codes[0].ids)
     m = proxy.manifest()

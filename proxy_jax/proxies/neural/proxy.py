@@ -72,6 +72,15 @@ class NeuralProxy(Proxy):
         self.batch_rows = int(batch_rows)
         self._params = jax.device_put(model.params)
 
+    def __getstate__(self):  # picklable for data-loader worker processes: parameters travel as numpy
+        state = dict(self.__dict__)
+        state.pop("_params")
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._params = jax.device_put(self.model.params)
+
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
     def from_params(cls, args, params, *, context: int = 2048, **kwargs) -> "NeuralProxy":
