@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from proxy_jax import vocab
+from proxy_jax.proxies.neural import quantize
 
 STATE_BITS = 31
 
@@ -129,11 +130,6 @@ def decode_with_tables(ids, nbytes, freq_Nx256: np.ndarray, *, window_bits: int 
     return decode_lane(ids, nbytes, lambda prefix: freq_Nx256[len(prefix)], window_bits=window_bits, precision=precision)
 
 
-def _cumulative(freq_Lx256):
-    freq = np.asarray(freq_Lx256, np.int64)
-    return np.concatenate([np.zeros(freq.shape[:-1] + (1,), np.int64), np.cumsum(freq, -1)], -1)
-
-
 def exact_window_count(data, freq_Lx256, window_bits: int = 16, precision: int = 16) -> tuple[int, int]:
     """``(windows, passthrough bytes)`` of the same window rule in exact (unbounded) arithmetic.
 
@@ -141,7 +137,7 @@ def exact_window_count(data, freq_Lx256, window_bits: int = 16, precision: int =
     multiples of ``2**-W``: what an ideal coder with these tables emits, W bits per window. Comparing it
     with :func:`encode_lane` isolates the cost of the 31-bit state.
     """
-    cum_table = _cumulative(freq_Lx256)
+    cum_table = quantize.cumulative_np(freq_Lx256)
     windows, passthrough = 0, 0
     lo, width, denom_bits, count = 0, 1, 0, 0  # interval [lo, lo + width) / 2**denom_bits
 
