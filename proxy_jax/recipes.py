@@ -40,11 +40,12 @@ def with_preset(preset: str | None) -> ml_collections.ConfigDict:
     c.train.steps = steps
     c.opt.lr = lr
     c.opt.warmup_steps = warmup
+    # Score with no more context than the model was trained on (the paper: 4096-token windows, 16k training).
+    c.train.eval_window = min(4096, seq_len)
     if preset in ("tiny", "small"):
         c.train.eval_every = steps // 2
         c.train.checkpoint_every = max(100, steps // 4)
         c.train.log_every = 10
-        c.train.eval_window = 1024 if preset == "tiny" else 4096
         c.train.eval_batch_size = 16
         c.model.scan_layers = False
     return c
