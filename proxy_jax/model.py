@@ -51,6 +51,7 @@ SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(d_model=128, d_ff=512, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=32),
     "m1_tiny": dict(d_model=128, d_ff=256, num_layers=4, num_heads=2, num_kv_heads=2, head_dim=64),
     "m1_small": dict(d_model=256, d_ff=1024, num_layers=6, num_heads=4, num_kv_heads=4, head_dim=64),
+    "m1_40m": dict(d_model=512, d_ff=2048, num_layers=10, num_heads=8, num_kv_heads=8, head_dim=64),
     "small": dict(d_model=512, d_ff=2048, num_layers=6, num_heads=8, num_kv_heads=8, head_dim=64),
     "0.5B": dict(d_model=1024, d_ff=4096, num_layers=28, num_heads=8, num_kv_heads=8, head_dim=128),
     "1.5B": dict(d_model=2048, d_ff=8192, num_layers=20, num_heads=16, num_kv_heads=16, head_dim=128),

@@ -21,7 +21,12 @@ PRESETS = {
     "4b": ("4B", 16_384, 128, 50_000, 6e-4, 500, "bfloat16"),
     "7b": ("7B", 16_384, 128, 50_000, 5e-4, 500, "bfloat16"),
     "14b": ("14B", 16_384, 128, 50_000, 5e-4, 500, "bfloat16"),
+    # M1, the neural proxy's byte model (configs/m1.py): ~0.75M for CPUs, ~6M and ~40M as in the paper.
+    "m1_tiny": ("m1_tiny", 256, 16, 400, 3e-3, 40, "float32"),
+    "m1_6m": ("m1_small", 2048, 64, 20_000, 1e-3, 500, "bfloat16"),
+    "m1_40m": ("m1_40m", 2048, 64, 50_000, 8e-4, 500, "bfloat16"),
 }
+SMALL_PRESETS = ("tiny", "small", "m1_tiny", "m1_6m", "m1_40m")
 
 
 def with_preset(preset: str | None) -> ml_collections.ConfigDict:
@@ -42,12 +47,12 @@ def with_preset(preset: str | None) -> ml_collections.ConfigDict:
     c.opt.warmup_steps = warmup
     # Score with no more context than the model was trained on (the paper: 4096-token windows, 16k training).
     c.train.eval_window = min(4096, seq_len)
-    if preset in ("tiny", "small"):
-        c.train.eval_every = steps // 2
+    if preset in SMALL_PRESETS:
+        c.train.eval_every = steps  # one evaluation, at the end
         c.train.checkpoint_every = max(100, steps // 4)
         c.train.log_every = 10
         c.train.eval_batch_size = 16
-        c.model.scan_layers = False
+        c.model.scan_layers = preset not in ("tiny", "m1_tiny")
     return c
 
 
