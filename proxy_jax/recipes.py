@@ -52,6 +52,9 @@ def with_preset(preset: str | None) -> ml_collections.ConfigDict:
         c.train.checkpoint_every = max(100, steps // 4)
         c.train.log_every = 10
         c.train.eval_batch_size = 16
+        # Small batches are filled from a handful of documents; cutting long files into pieces lets
+        # the shuffle put several places of the corpus into every step.
+        c.data.max_doc_bytes = 2048
         c.model.scan_layers = preset not in ("tiny", "m1_tiny")
     return c
 

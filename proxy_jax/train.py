@@ -114,10 +114,13 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
                train_step, eval_step, pipeline)
 
 
-def heldout_docs(config: ml_collections.ConfigDict, max_docs: int = 0) -> list[bytes]:
+def heldout_docs(config: ml_collections.ConfigDict, max_docs: int = 0, *, split: str = "validation") -> list[bytes]:
+    """The documents evaluation scores: whole documents of ``split`` (the first ``max_docs`` if > 0)."""
     from proxy_jax.data import corpus
 
-    source = corpus.load_split(config.data, "validation")
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    data.max_doc_bytes = 0  # training may cut documents into pieces; evaluation scores whole ones
+    source = corpus.load_split(data, split)
     n = len(source) if max_docs <= 0 else min(max_docs, len(source))
     return [source[i] for i in range(n)]
 
@@ -285,19 +288,9 @@ def sample(run: Run, prompts: list[bytes], max_new_bytes: int, **kwargs) -> list
 
 def evaluate_workdir(workdir: str, *, data: str = "", data_glob: str = "**/*.py", max_docs: int = 0,
                      window: int = 0, step: int | None = None) -> dict[str, Any]:
-    """Restores a run's parameters and scores raw bytes of its held-out split (or of ``data``)."""
+    """Restores a run's parameters and scores raw bytes of its held-out split (or every document of ``data``)."""
     config = load_config(workdir)
-    if data:
-        with config.unlocked():
-            config.data.path = data
-            if data.endswith((".jsonl", ".jsonl.gz")):
-                config.data.source = "jsonl"
-            elif data.endswith(".array_record"):
-                config.data.source = "arrayrecord"
-            else:
-                config.data.source = "dir"
-                config.data.glob = data_glob
-            config.data.val_fraction = 1.0  # every document of --data is scored
+    # The run's own proxy fixes the vocabulary (its tokenizer is cached in the workdir): build first.
     run = build(config, workdir, with_pipeline=False)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
     restored_step, state = checkpointer.restore(run.state, None, step=step)
@@ -305,7 +298,18 @@ def evaluate_workdir(workdir: str, *, data: str = "", data_glob: str = "**/*.py"
     if state is None:
         raise FileNotFoundError(f"No checkpoint could be restored from {workdir}/checkpoints.")
     run.state = state
-    docs = heldout_docs(config, max_docs)
+    split = "validation"
+    if data:
+        split = "train"  # with val_fraction 0 every document of --data lands in "train"
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.data.path, config.data.val_fraction = data, 0.0
+        if data.endswith((".jsonl", ".jsonl.gz")):
+            config.data.source = "jsonl"
+        elif data.endswith(".array_record"):
+            config.data.source = "arrayrecord"
+        else:
+            config.data.source, config.data.glob = "dir", data_glob
+    docs = heldout_docs(config, max_docs, split=split)
     result = {"workdir": workdir, "step": int(restored_step), "data": data or "held-out split"}
     result.update(evaluate_run(run, docs, window=window or None))
     result.update(eval_lib.compressor_bpb(docs))
