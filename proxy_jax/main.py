@@ -34,7 +34,10 @@ def report(summary: dict, config, workdir: str) -> dict:
         out.update({f"eval/{k}": v for k, v in evaluate.compressor_bpb(docs).items()})
     if config.train.sample_prompt and config.train.sample_bytes > 0:
         prompt = config.train.sample_prompt.encode()
-        text = train.sample(run, [prompt], config.train.sample_bytes)[0]
+        import jax
+
+        text = train.sample(run, [prompt], config.train.sample_bytes, temperature=config.train.sample_temperature,
+                            top_p=config.train.sample_top_p, rng=jax.random.key(config.seed))[0]
         out["sample"] = (prompt + text).decode("utf-8", errors="replace")
     return out
 
