@@ -35,7 +35,7 @@ def finish(tmp_path, name, proc, timeout=600):
     return json.loads((tmp_path / f"{name}.json").read_text())
 
 
-@pytest.mark.slow  # ~40 s on 2 cores: three processes each compile the model
+# ~40 s on 2 cores (three processes each compile the model); kept in the default run: multi-host is a core path.
 def test_two_processes_match_one(tmp_path):
     port = free_port()
     procs = {f"worker{i}": launch(tmp_path, f"worker{i}", "--mode", "worker", "--process_id", str(i), "--port", str(port))
