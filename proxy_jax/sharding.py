@@ -85,11 +85,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ValueError(
             f"data.batch_size={batch} must be divisible by the {process_count} processes; change the batch size."
         )
-    if m.num_kv_heads < 1 or m.num_heads % m.num_kv_heads:
-        raise ValueError(
-            f"model.num_heads={m.num_heads} must be a multiple of model.num_kv_heads={m.num_kv_heads}; "
-            "pick num_kv_heads dividing num_heads."
-        )
+    from proxy_jax import model as model_lib, vocab  # the model's own checks (heads, GQA, remat, ...)
+
+    model_lib.ModelArgs.from_config(m, vocab.RAW_VOCAB_SIZE)  # raises for what the model cannot build
     for key in ("num_heads", "num_kv_heads", "d_ff"):
         if int(m[key]) % tensor:
             raise ValueError(
