@@ -138,7 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.tensorboard = True
     t.sample_prompt = "def fibonacci(n):\n"  # printed sample at the end of training ('' = none)
     t.sample_bytes = 200
-    t.sample_temperature = 0.8  # 0 = greedy (small models then tend to repeat one byte)
+    t.sample_temperature = 1.0  # 0 = greedy (small models then tend to repeat one byte, often a space)
     t.sample_top_p = 0.95
     return c
 
