@@ -88,10 +88,18 @@ def raw_bpb(
     window: int,
     extra: int,
     batch_size: int,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Raw-byte bits per byte of ``docs``; ``eval_step(batch) -> {"sum_nll_raw", "raw_count"}`` (host floats)."""
     total_nll, total_count = 0.0, 0.0
-    for batch in batched(eval_rows(docs, window, extra), batch_size):
+    batches = batched(eval_rows(docs, window, extra), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        tokens = sum(len(d) + 4 for d in docs)
+        batches = tqdm(batches, total=-(-max(tokens - 1, 0) // (window * batch_size)), desc="eval", unit="batch",
+                       leave=False, dynamic_ncols=True)
+    for batch in batches:
         out = eval_step(batch)
         total_nll += float(out["sum_nll_raw"])
         total_count += float(out["raw_count"])

@@ -135,13 +135,14 @@ def make_host_eval(run: Run) -> Callable[[dict[str, np.ndarray]], dict[str, floa
     return host_eval
 
 
-def evaluate_run(run: Run, docs: list[bytes], *, window: int | None = None) -> dict[str, float]:
+def evaluate_run(run: Run, docs: list[bytes], *, window: int | None = None, progress: bool = True) -> dict[str, float]:
     """Raw-byte BPB of ``docs`` under the run's current parameters."""
     window = window or int(run.config.train.eval_window)
     batch = int(run.config.train.eval_batch_size)
     # Each process scores the same documents; the eval batch is the global one. Only head 0 is scored,
     # so rows carry one token beyond the window.
-    return eval_lib.raw_bpb(make_host_eval(run), docs, window=window, extra=1, batch_size=batch)
+    return eval_lib.raw_bpb(make_host_eval(run), docs, window=window, extra=1, batch_size=batch,
+                            progress=progress and jax.process_index() == 0)
 
 
 def _step_scalars(run: Run, raw: dict[str, float], step_time: float, data_wait: float,
