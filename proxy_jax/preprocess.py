@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+import ml_collections
+
 from proxy_jax.data import corpus, records
 from proxy_jax.proxies import PREPROCESSED_TOKENIZER, TokenizerProxy, TokensAsBytesProxy, make_proxy, proxy_settings
 
@@ -146,7 +148,11 @@ def preprocess(config, output: str, workdir: str | None = None, num_shards: int 
         manifest["tokenizer_model"] = PREPROCESSED_TOKENIZER
     complete = True
     for split in splits:
-        src = corpus.load_split(config.data, split)
+        data_config = config.data
+        if split != "train":  # evaluation scores whole documents: only training documents are cut
+            data_config = ml_collections.ConfigDict(config.data.to_dict())
+            data_config.max_doc_bytes = 0
+        src = corpus.load_split(data_config, split)
         n = len(src)
         identity = hashlib.sha256(_json_bytes([FORMAT_VERSION, proxy_manifest, settings, src.fingerprint(),
                                                split, num_shards])).hexdigest()

@@ -202,3 +202,17 @@ def test_command_line(tmp_path, reference):
     m = json.load(open(out / "manifest.json"))
     assert list(m["splits"]) == ["validation"]
     assert m["splits"]["validation"] == reference[1]["splits"]["validation"]
+
+
+def test_cutting_applies_to_training_documents_only(tmp_path):
+    c = _config()
+    c.data.max_doc_bytes = 1024
+    manifest = _run(tmp_path, config=c, num_shards=2)
+    whole = corpus.load_split(_config().data, "validation")
+    cut_train = corpus.load_split(c.data, "train")
+    pre_val = corpus.load_split(pp_data(tmp_path), "validation", proxy_config=c.proxy)
+    pre_train = corpus.load_split(pp_data(tmp_path), "train", proxy_config=c.proxy)
+    # Held-out documents stay whole (evaluation scores them so); training ones are cut to 1 KiB pieces.
+    assert [pre_val[i] for i in range(len(pre_val))] == [whole[i] for i in range(len(whole))]
+    assert len(pre_train) == len(cut_train) == manifest["splits"]["train"]["documents"]
+    assert max(len(pre_train[i]) for i in range(len(pre_train))) == 1024
