@@ -5,8 +5,9 @@
 Trains on raw stdlib bytes only (proxy "bytes", vanilla mode, rate 0) and prints raw bits per byte on
 the held-out files beside gzip and xz, then a sample. ``tiny`` (~0.75M parameters, 256-byte context,
 400 steps) takes about 12 minutes on a busy 2-core CPU and reaches about 3.4 raw bits/byte on the
-held-out files (gzip -9: 1.75); good enough to test the coder, not to compress well. ``6m`` (~6.3M, the paper's compression M1) and ``40m``
-(~42M, the paper's entropy scorer) are for an accelerator. The neural proxy then reads this workdir:
+held-out files (gzip -9: 1.75); good enough to test the coder, not to compress well. ``6m`` (~6.3M,
+the paper's compression M1) and ``40m`` (~42M, the paper's entropy scorer) are for an accelerator.
+The neural proxy then reads this workdir:
 
     python -m proxy_jax.main --config=configs/proxy_neural.py:tiny \
         --config.proxy.m1_workdir=/tmp/m1_tiny --workdir=/tmp/proxy_neural

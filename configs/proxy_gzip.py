@@ -1,4 +1,4 @@
-"""The negative control: proxy compression with gzip -9 as the compressor (SPEC 3.3).
+"""The negative control: proxy compression with gzip -9 as the compressor.
 
     python -m proxy_jax.main --config=configs/proxy_gzip.py:tiny --workdir=/tmp/proxy_gzip
 

@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     p.quantize_bits = 16  # neural: P, M1 probabilities become integer frequencies summing to 2**P
     p.m1_batch_rows = 64  # neural: rows per M1 call (fixed shapes keep encoder and decoder bit-identical)
 
-    # ---- mixing and its schedule (SPEC sections 4-5) ------------------------------------
+    # ---- mixing and its schedule ------------------------------------
     c.mix = m = ml_collections.ConfigDict()
     m.warmup_steps = 10_000  # W: r ramps r0 -> rp, mode = mode_warmup
     m.steady_steps = 40_000  # T: r = rp, mode = mode_steady

@@ -1,4 +1,4 @@
-"""Raw-byte evaluation (SPEC section 8) and the classical compressors beside it.
+"""Raw-byte evaluation and the classical compressors beside it.
 
 Bits per byte on RAW bytes only: each held-out document is ``1 12 bytes 13 2``; the documents are
 concatenated and cut into windows of ``window`` tokens with stride ``window`` (attention stays inside each

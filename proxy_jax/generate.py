@@ -1,4 +1,4 @@
-"""Byte-level text generation: the model reads ``1 12 <prompt bytes>`` and writes raw bytes (SPEC 8).
+"""Byte-level text generation: the model reads ``1 12 <prompt bytes>`` and writes raw bytes.
 
 Prompts of different lengths share one batch by left-padding: padding slots have segment id 0 (no
 one attends to them) and every row's positions start at 0 on its own BOS, so a row's output does not

@@ -1,7 +1,7 @@
 """The decoder-only Transformer that reads bytes and compressed symbols from one embedding table.
 
-Architecture (SPEC section 7): pre-norm blocks, RMSNorm with a ``(1 + w)`` scale (``w`` starts at 0),
-SwiGLU MLP, rotary position embeddings driven by the per-document ``positions`` input, optional
+Architecture: the paper's EvaByte decoder with exact attention in place of EVA's pooled summaries of
+distant chunks: pre-norm blocks, RMSNorm with a ``(1 + w)`` scale (``w`` starts at 0), SwiGLU MLP, rotary position embeddings driven by the per-document ``positions`` input, optional
 grouped-query attention, no biases, untied output heads. Parameters are float32; compute runs in
 ``config.model.dtype`` (bfloat16 by default); attention logits and softmax are always float32.
 
@@ -46,7 +46,7 @@ REMAT_POLICIES = {
     "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
-# (d_model, d_ff, num_layers, num_heads); head_dim is 128 for the paper's sizes (SPEC section 7).
+# (d_model, d_ff, num_layers, num_heads); head_dim is 128 for the paper's sizes.
 SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(d_model=128, d_ff=512, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=32),
     "m1_tiny": dict(d_model=128, d_ff=256, num_layers=4, num_heads=2, num_kv_heads=2, head_dim=64),

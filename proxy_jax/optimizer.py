@@ -1,4 +1,4 @@
-"""AdamW with global-norm clipping and a linear warm-up + cosine schedule (SPEC section 7).
+"""AdamW with global-norm clipping and a linear warm-up + cosine schedule.
 
 Gradient accumulation is not done here: ``train_step`` scans over ``config.opt.grad_accum_steps``
 micro-batches inside one jitted step and applies this optimiser once to the averaged gradient, so

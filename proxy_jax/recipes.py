@@ -1,7 +1,7 @@
 """Size presets shared by the experiment files in ``configs/``.
 
 A preset fixes the model size, context, batch, steps and learning rate; the experiment file then says
-which proxy and which mixing recipe to use. The paper-scale presets follow SPEC section 7: 50k steps of
+which proxy and which mixing recipe to use. The paper-scale presets follow the paper: 50k steps of
 ~2M symbols (128 rows x 16k), AdamW, cosine with 500 warm-up steps, lr 1.2e-3 at 0.5B down to 5e-4 at
 7B/14B (1.5B and 4B are interpolated). ``tiny`` and ``small`` are for CPUs and a single GPU.
 """

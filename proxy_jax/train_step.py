@@ -14,7 +14,7 @@ The loss, exactly:
   is a raw byte (64..319) and the input at t is not padding.
 * The loss at a position is the mean cross-entropy over the heads active there; the batch loss is
   the mean over positions with at least one active head. With one head this is plain token-level
-  cross-entropy over every non-pad target (sentinels, BOS and EOS included), as in SPEC section 7.
+  cross-entropy over every non-pad target (sentinels, BOS and EOS included), as in the paper.
 
 Metrics: ``loss`` (above), ``raw_loss`` / ``comp_loss`` (main head 0 only, averaged over its raw-byte
 / compressed targets), ``grad_norm`` (before clipping), ``lr`` (of the step being taken), and the

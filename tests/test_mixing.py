@@ -1,4 +1,4 @@
-"""Per-document mixing: exact SPEC layouts, calibrated compressed-stream fractions, pure draws."""
+"""Per-document mixing: exact layouts, calibrated compressed-stream fractions, pure draws."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Per-document mixing of raw bytes and the compressed view (SPEC 4).
+"""Per-document mixing of raw bytes and the compressed view.
 
 Each document draws once, from uniforms that are a pure function of (seed, document index, epoch, step):
 no generator state is carried anywhere, so draws survive restarts, resharding and worker counts.

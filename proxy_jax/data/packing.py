@@ -1,4 +1,4 @@
-"""Mixing and packing in one sequential stage: per-document elements -> batches of packed rows (SPEC 6).
+"""Mixing and packing in one sequential stage: per-document elements -> batches of packed rows.
 
 The stage knows how many tokens it has emitted, hence which batch (= optimiser step) the first token
 of the next document lands in, and draws that document's layout with the rate and mode of exactly that

@@ -1,4 +1,4 @@
-"""The training input pipeline: documents -> per-document views -> mixed, packed batches (SPEC 4-6).
+"""The training input pipeline: documents -> per-document views -> mixed, packed batches.
 
     MapDataset.range(num_docs)[process_index::process_count]     this host's documents
       .shuffle(seed).repeat(num_epochs)                          reshuffled every epoch

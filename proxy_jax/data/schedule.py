@@ -1,4 +1,4 @@
-"""The schedule of the compression rate r and of the mixing mode over optimiser steps (SPEC 5).
+"""The schedule of the compression rate r and of the mixing mode over optimiser steps.
 
 Phases by step c, with W = warmup_steps, T = steady_steps, D = decay_steps:
 

@@ -30,7 +30,7 @@ class BytesProxy(Proxy):
 
 
 class GzipProxy(Proxy):
-    """The bytes of a deterministic gzip stream (no file name, mtime 0) as 256 symbols (SPEC 3.3)."""
+    """The bytes of a deterministic gzip stream (no file name, mtime 0) as 256 symbols."""
 
     name = "gzip"
     num_symbols = 256

@@ -1,4 +1,4 @@
-"""SentencePiece BPE as a proxy (SPEC 3.1), lossless on any bytes, and its 2-bytes-per-token variant.
+"""SentencePiece BPE as a proxy, lossless on any bytes, and its 2-bytes-per-token variant.
 
 Losslessness. SentencePiece works on text, so a document is split into runs of valid UTF-8 and single
 bytes that SentencePiece cannot carry: bytes of invalid UTF-8 and the UTF-8 of U+2581 (the character

@@ -1,4 +1,4 @@
-"""The neural proxy (SPEC 3.2): a small byte LM (M1) + arithmetic coding with equal-information windows.
+"""The neural proxy: a small byte LM (M1) + arithmetic coding with equal-information windows.
 
 Modules: ``quantize`` (probabilities -> integer frequencies), ``coder`` (the jitted coder),
 ``reference`` (the same rule in plain Python, and the decoder), ``m1`` (loading and running M1),

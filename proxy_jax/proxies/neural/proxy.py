@@ -46,7 +46,7 @@ def _code_batch(freq_BxLx256, bytes_BxL, lengths_B, *, window_bits: int, precisi
 
 
 class NeuralProxy(Proxy):
-    """The neural proxy of SPEC 3.2 (``num_symbols = 2**window_bits``)."""
+    """The neural proxy (``num_symbols = 2**window_bits``)."""
 
     name = "neural"
     lossless = False  # decoding needs the side information of ``encode_detailed``

@@ -5,8 +5,8 @@ rule is integer arithmetic from the first step after reading the logits:
 
 1. ``a_i = rint((max(l) - l_i) * log2(e) * 2**Q)``: each logit's distance below the largest one, in
    log2 units on a grid of ``2**-Q`` (``Q = LOG2_GRID_BITS = 8``), clipped to ``[0, 32 * 2**Q - 1]``;
-   NaN logits count as ``-1e30`` and infinities are clipped to ``+-1e30`` first. This is the only floating-point step (one subtraction and
-   one multiplication, both correctly rounded in IEEE float32 on every backend).
+   NaN logits count as ``-1e30`` and infinities are clipped to ``+-1e30`` first. This is the only
+   floating-point step (one subtraction and one multiplication, both correctly rounded in IEEE float32 on every backend).
 2. ``e_i = EXP2_TABLE[a_i mod 2**Q] >> (a_i // 2**Q)`` with ``EXP2_TABLE[r] = round(2**16 * 2**(-r / 2**Q))``:
    an integer ``2**16 * 2**(-a_i / 2**Q)``; the most likely byte gets exactly ``2**16``.
 3. ``f_i = 1 + (e_i * (2**P - 256)) // sum(e)``: every byte at least 1, products below ``2**32``.
