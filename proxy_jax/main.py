@@ -74,6 +74,9 @@ def main(argv) -> None:
         sys.exit(2)
     if jax.process_index() != 0:
         return
+    if "preempted_at" in summary:
+        print(f"stopped by SIGTERM at step {summary['preempted_at']}; run the same command to resume.")
+        return
     out = report(summary, config, workdir)
     sample = out.pop("sample", None)
     print(json.dumps(out, indent=2, default=str))

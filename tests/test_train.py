@@ -101,3 +101,33 @@ def test_cli_rejects_batch_the_mesh_cannot_split(tmp_path):
     assert out.returncode != 0
     assert "batch_size" in out.stderr and "3" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
+    import signal
+    import time
+
+    wd = tmp_path / "preempt"
+    args = ["--config=configs/bytes.py:tiny", f"--workdir={wd}", "--config.train.steps=400",
+            "--config.train.log_every=1", "--config.data.seq_len=64", "--config.data.batch_size=8",
+            "--config.train.eval_every=0", "--config.train.sample_prompt=", "--config.train.tensorboard=False"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy_jax.main", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (wd / "metrics.jsonl").exists() and len((wd / "metrics.jsonl").read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped by SIGTERM at step" in out
+    stopped = int(out.split("stopped by SIGTERM at step")[1].split(";")[0])
+    assert 3 <= stopped < 400
+    assert str(stopped) in os.listdir(wd / "checkpoints")
+    # The same command (shortened to 5 more steps) resumes from the saved step.
+    resumed = run_cli(*[a if not a.startswith("--config.train.steps") else f"--config.train.steps={stopped + 5}"
+                        for a in args])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f'"start_step": {stopped}' in resumed.stdout and f'"final_step": {stopped + 5}' in resumed.stdout
