@@ -85,6 +85,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ValueError(
             f"data.batch_size={batch} must be divisible by the {process_count} processes; change the batch size."
         )
+    eval_batch = int(config.train.eval_batch_size)
+    if eval_batch % math.lcm(data * fsdp, process_count):
+        raise ValueError(
+            f"train.eval_batch_size={eval_batch} must be divisible by data*fsdp={data * fsdp} and by the "
+            f"{process_count} processes; change it to a multiple of {math.lcm(data * fsdp, process_count)}."
+        )
     from proxy_jax import model as model_lib, vocab  # the model's own checks (heads, GQA, remat, ...)
 
     model_lib.ModelArgs.from_config(m, vocab.RAW_VOCAB_SIZE)  # raises for what the model cannot build

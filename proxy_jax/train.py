@@ -128,8 +128,13 @@ def heldout_docs(config: ml_collections.ConfigDict, max_docs: int = 0, *, split:
 def make_host_eval(run: Run) -> Callable[[dict[str, np.ndarray]], dict[str, float]]:
     from proxy_jax import sharding
 
+    count, index = jax.process_count(), jax.process_index()
+
     def host_eval(batch):
-        out = run.eval_step(run.state.params, sharding.host_to_global(batch, run.mesh))
+        # Every process builds the same global batch; each contributes its own slice of the rows.
+        rows = batch["tokens"].shape[0] // count
+        local = {k: v[index * rows : (index + 1) * rows] for k, v in batch.items()}
+        out = run.eval_step(run.state.params, sharding.host_to_global(local, run.mesh))
         return metrics_lib.to_python(out)
 
     return host_eval

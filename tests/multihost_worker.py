@@ -79,8 +79,19 @@ def main():
         local = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         state, metrics = step(state, sharding_lib.host_to_global(local, mesh))
         history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    # Raw-byte evaluation as the trainer runs it: every process builds the same batches, each feeds its rows.
+    import types
+
+    from proxy_jax import train as train_lib
+
+    c.train.eval_window, c.train.eval_batch_size = 64, 4
+    run = types.SimpleNamespace(config=c, state=state, mesh=mesh,
+                                eval_step=train_step_lib.make_eval_step(c, model, mesh, shardings, vocab_size))
+    docs = [d[:300] for d in train_lib.heldout_docs(c, 6)]
+    evaluation = train_lib.evaluate_run(run, docs, progress=False)
     with open(args.out, "w") as f:
-        json.dump({"process_count": jax.process_count(), "devices": jax.device_count(), "metrics": history}, f)
+        json.dump({"process_count": jax.process_count(), "devices": jax.device_count(), "metrics": history,
+                   "eval": evaluation}, f)
     if args.mode == "worker":
         jax.distributed.shutdown()
     return 0

@@ -60,3 +60,8 @@ def test_two_processes_match_one(tmp_path):
             for key in ("tokens", "raw_targets", "comp_targets"):
                 assert a[key] == b[key], (i, step, key)
     assert ref["metrics"][0]["comp_targets"] > 0 and ref["metrics"][0]["raw_targets"] > 0
+    # Evaluation over two processes scores every byte once and agrees with one process.
+    for i in range(2):
+        got = results[f"worker{i}"]["eval"]
+        assert got["raw_bytes"] == ref["eval"]["raw_bytes"] > 0
+        np.testing.assert_allclose(got["raw_bpb"], ref["eval"]["raw_bpb"], rtol=RTOL)
