@@ -72,12 +72,13 @@ def main(argv) -> None:
     except (ValueError, train.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if "preempted_at" in summary:
+        if jax.process_index() == 0:
+            print(f"stopped by SIGTERM at step {summary['preempted_at']}; run the same command to resume.")
+        return
+    out = report(summary, config, workdir)  # every process: sampling runs on the whole mesh
     if jax.process_index() != 0:
         return
-    if "preempted_at" in summary:
-        print(f"stopped by SIGTERM at step {summary['preempted_at']}; run the same command to resume.")
-        return
-    out = report(summary, config, workdir)
     sample = out.pop("sample", None)
     print(json.dumps(out, indent=2, default=str))
     if "eval/raw_bpb" in out:
