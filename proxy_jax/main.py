@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from proxy_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:preset]).",
                                           lock_config=True)
@@ -90,23 +91,9 @@ def main(argv) -> None:
         print("\nsample from a raw prompt:\n" + sample)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors for a bad flag or a misspelt ``--config.key``."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f"error: {e} (see --helpshort)")
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        text = " ".join(re.sub(r"\\[n']", " ", str(e)).replace("\\", "").strip("'\" ").split())
-        unknown = re.match(r"'?(\w+)'?\s+(Did you mean .*)", text)
-        if unknown:
-            text = f"--config has no key {unknown[1]!r}. {unknown[2]}"
-        sys.exit(f"error: bad command line: {text}")
-
-
 def run() -> None:
     flags.mark_flag_as_required("workdir")
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

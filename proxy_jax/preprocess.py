@@ -235,5 +235,8 @@ def _define_flags():
 
 if __name__ == "__main__":
     from absl import app
+
+    from proxy_jax import cli
+
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)
