@@ -22,27 +22,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# Dense bf16 peak FLOP/s per chip.
-PEAK_FLOPS = {
-    "h100": 989e12,  # H100 SXM
-    "h200": 989e12,
-    "a100": 312e12,
-    "tpu v5p": 459e12,
-    "tpu v5 lite": 197e12,  # v5e reports itself as "TPU v5 lite"
-    "tpu v5e": 197e12,
-    "tpu v4": 275e12,
-}
-
-
 def peak_flops(device) -> float | None:
-    """Peak bf16 FLOP/s of ``device`` from PEAK_FLOPS, or None when unknown (CPU)."""
-    kind = str(getattr(device, "device_kind", "")).lower()
-    if device.platform == "cpu":
-        return None
-    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
-        if key in kind:
-            return PEAK_FLOPS[key]
-    return None
+    """Peak bf16 FLOP/s of ``device`` (the table in proxy_jax.metrics), or None when unknown (CPU)."""
+    from proxy_jax import metrics
+
+    return metrics.peak_flops_per_device(device)
 
 
 def synthetic_batch(batch: int, length: int, doc_len: int, seed: int = 0) -> dict:

@@ -162,13 +162,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Checks values that do not depend on the devices; raises one sentence naming the bad value."""
     _choice(config.data.source, SOURCES, "data.source")
     _choice(config.proxy.name, PROXIES, "proxy.name")
-    for key in ("mode_warmup", "mode_steady", "mode_final"):
-        _choice(config.mix[key], MODES, f"mix.{key}")
-    for key in ("rate_init", "rate_peak", "rate_final"):
-        if not 0.0 <= config.mix[key] <= 1.0:
-            raise ValueError(f"--config.mix.{key}={config.mix[key]} must lie in [0, 1].")
-    for key in ("warmup_steps", "steady_steps", "decay_steps"):
-        _positive(config.mix[key], f"mix.{key}", zero_ok=True)
+    from proxy_jax.data import schedule  # the mix (modes, rates, phase lengths) is the schedule's to check
+
+    schedule.validate_mix(config.mix)
     for key in ("seq_len", "batch_size"):
         _positive(config.data[key], f"data.{key}")
     _positive(config.data.num_workers, "data.num_workers", zero_ok=True)

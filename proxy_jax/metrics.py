@@ -34,12 +34,12 @@ PEAK_FLOPS = {
 def peak_flops_per_device(device=None) -> float | None:
     """Peak bf16 FLOP/s of one device, or None where unknown (CPU, unlisted chips)."""
     device = device or jax.devices()[0]
-    if device.platform == "cpu":
+    if getattr(device, "platform", "cpu") == "cpu":
         return None
-    kind = device.device_kind.lower()
-    for key, value in PEAK_FLOPS.items():
+    kind = str(device.device_kind).lower()
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # most specific name first
         if key in kind:
-            return value
+            return PEAK_FLOPS[key]
     return None
 
 

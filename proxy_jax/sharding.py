@@ -110,24 +110,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ValueError(f"data.seq_len={config.data.seq_len} must be a multiple of 128 for splash attention.")
 
 
-def init_train_state(config, model, tx, mesh: Mesh, rng):
-    """Initialise parameters and optimiser state directly in their sharded layout.
-
-    Returns ``(state, state_shardings)``; ``state_shardings`` mirrors ``state`` with NamedShardings.
-    """
+def _boxed_init(model, tx):
+    """``key -> TrainState`` with logically-annotated (boxed) parameters."""
     zeros_1x1 = jnp.zeros((1, 1), jnp.int32)
 
-    def init_boxed(key):
+    def init(key):
         params = model.init(key, zeros_1x1, zeros_1x1, zeros_1x1)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    rules = logical_rules(config)
-    abstract = jax.eval_shape(init_boxed, rng)
-    specs = nn.get_partition_spec(abstract)
-    shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state = jax.jit(lambda key: nn.unbox(init_boxed(key)), out_shardings=shardings)(rng)
-    return state, shardings
+    return init
 
 
 def abstract_train_state(config, model, tx, mesh: Mesh):
@@ -135,16 +126,21 @@ def abstract_train_state(config, model, tx, mesh: Mesh):
 
     Returns ``(abstract_state, state_shardings)``; leaves are ``jax.ShapeDtypeStruct`` with shardings.
     """
-    zeros_1x1 = jnp.zeros((1, 1), jnp.int32)
-
-    def init_boxed(key):
-        params = model.init(key, zeros_1x1, zeros_1x1, zeros_1x1)["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-    abstract = jax.eval_shape(init_boxed, jax.random.key(0))
+    abstract = jax.eval_shape(_boxed_init(model, tx), jax.random.key(0))
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, logical_rules(config))
-    unboxed = nn.unbox(abstract)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unboxed, shardings)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(abstract), shardings)
+    return state, shardings
+
+
+def init_train_state(config, model, tx, mesh: Mesh, rng):
+    """Initialise parameters and optimiser state directly in their sharded layout.
+
+    Returns ``(state, state_shardings)``; ``state_shardings`` mirrors ``state`` with NamedShardings.
+    """
+    _, shardings = abstract_train_state(config, model, tx, mesh)
+    init = _boxed_init(model, tx)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(logical_rules(config)):
+        state = jax.jit(lambda key: nn.unbox(init(key)), out_shardings=shardings)(rng)
     return state, shardings
 
 

@@ -105,7 +105,7 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
     tx, lr_schedule = opt_lib.make_optimizer(config.opt, config.train.steps)
     rng = jax.random.key(config.seed)
     state, state_shardings = sharding.init_train_state(config, model, tx, mesh, rng)
-    train_step = step_lib.make_train_step(config, model, tx, mesh, state_shardings, true_vocab)
+    train_step = step_lib.make_train_step(config, model, tx, mesh, state_shardings, true_vocab, lr_schedule)
     eval_step = step_lib.make_eval_step(config, model, mesh, state_shardings, true_vocab)
     pipeline = None
     if with_pipeline:
@@ -155,7 +155,6 @@ def _step_scalars(run: Run, raw: dict[str, float], step_time: float, data_wait: 
     c = run.config
     symbols = c.data.batch_size * c.data.seq_len
     out = {f"train/{k}": v for k, v in raw.items()}
-    out["train/lr"] = float(run.lr_schedule(int(raw.get("step", 0)))) if "lr" not in raw else raw["lr"]
     if raw.get("num_streams", 0) > 0:  # realised fraction of compressed streams in this step's batch
         out["train/compression_rate"] = raw["num_comp_streams"] / raw["num_streams"]
     out.pop("train/num_comp_streams", None)
