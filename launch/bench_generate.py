@@ -37,10 +37,11 @@ def main(argv=None) -> list[dict]:
     from proxy_jax import config as config_lib
     from proxy_jax import generate as generate_lib
     from proxy_jax import model as model_lib
+    from proxy_jax import recipes
     from proxy_jax import vocab
 
     c = config_lib.base_config()
-    model_lib.apply_size(c, args.size)
+    recipes.apply_size(c, args.size)
     c.model.dtype = args.dtype
     model = model_lib.Transformer(model_lib.ModelArgs.from_config(c.model, vocab.RAW_VOCAB_SIZE))
     z = jnp.zeros((1, 1), jnp.int32)

@@ -49,12 +49,13 @@ def bench_one(args, attention: str) -> dict:
 
     from proxy_jax import config as config_lib
     from proxy_jax import model as model_lib
+    from proxy_jax import recipes
     from proxy_jax import optimizer as optimizer_lib
     from proxy_jax import sharding as sharding_lib
     from proxy_jax import train_step as train_step_lib
 
     c = config_lib.base_config()
-    model_lib.apply_size(c, args.size)
+    recipes.apply_size(c, args.size)
     c.model.attention = attention
     c.model.dtype = args.dtype
     c.model.remat_policy = args.remat
@@ -71,7 +72,7 @@ def bench_one(args, attention: str) -> dict:
     state, shardings = sharding_lib.init_train_state(c, model, tx, mesh, jax.random.key(0))
     step = train_step_lib.make_train_step(c, model, tx, mesh, shardings, args.vocab_size, schedule)
     batch = sharding_lib.host_to_global(
-        synthetic_batch(args.batch, args.seq_len + margs.num_targets, min(args.doc_len, args.seq_len)), mesh
+        synthetic_batch(args.batch, args.seq_len + config_lib.num_targets(c), min(args.doc_len, args.seq_len)), mesh
     )
 
     t0 = time.perf_counter()
@@ -113,7 +114,7 @@ def bench_one(args, attention: str) -> dict:
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", default="0.5B", help="a key of proxy_jax.model.SIZES")
+    p.add_argument("--size", default="0.5B", help="a key of proxy_jax.recipes.SIZES")
     p.add_argument("--seq_len", type=int, default=4096)
     p.add_argument("--batch", type=int, default=4, help="global batch (rows)")
     p.add_argument("--vocab_size", type=int, default=96960, help="320 + proxy symbols (default: a 96,640-id BPE)")

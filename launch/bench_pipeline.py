@@ -26,7 +26,7 @@ import psutil
 from absl import flags
 
 from proxy_jax import config as config_lib
-from proxy_jax import preprocess as preprocess_lib
+from proxy_jax import assemble
 from proxy_jax.data import pipeline
 
 
@@ -48,7 +48,7 @@ def shards(workdir: str) -> str:
     out = os.path.join(workdir, "stdlib-tok4k")
     if not os.path.exists(os.path.join(out, "manifest.json")):
         t0 = time.perf_counter()
-        preprocess_lib.preprocess(base(workdir), out, workdir=os.path.join(workdir, "work"), num_shards=4,
+        assemble.preprocess(base(workdir), out, workdir=os.path.join(workdir, "work"), num_shards=4,
                                   splits=("train",), progress_bar=False)
         print(f"preprocessed {out} in {time.perf_counter() - t0:.1f} s")
     return out
@@ -69,7 +69,8 @@ def _cpu_seconds() -> dict[int, float]:
 
 def time_pipeline(c, batches: int, warmup: int = 5) -> tuple[float, float, float]:
     """(symbols per second, CPU cores busy, compressed-stream share)."""
-    it = iter(pipeline.make_pipeline(c, "train", workdir=None, process_index=0, process_count=1))
+    proxy = assemble.make_proxy(c) if pipeline.needs_compression(c) and c.data.source != "preprocessed" else None
+    it = iter(pipeline.make_pipeline(c, "train", proxy=proxy, process_index=0, process_count=1))
     for _ in range(warmup):
         next(it)
     comp = streams = 0

@@ -56,7 +56,7 @@ def main() -> None:
 
     flags.FLAGS.mark_as_parsed()
     from proxy_jax import config as config_lib
-    from proxy_jax import proxies
+    from proxy_jax import assemble
     from proxy_jax.data import corpus
 
     base = config_lib.base_config()
@@ -77,7 +77,7 @@ def main() -> None:
         c.proxy.chunk_bytes = args.chunk_bytes
         c.proxy.min_segment_bytes = args.min_segment_bytes
         t0 = time.time()
-        proxy = proxies.make_proxy(c, os.path.join(workdir, name))
+        proxy = assemble.make_proxy(c, os.path.join(workdir, name))
         fx = proxy.encode_batch(docs)
         fy = proxy.encode_batch(edited)
         scores = [edit_distance(a, b) / max(len(a), len(b), 1) for a, b in zip(fx, fy)]

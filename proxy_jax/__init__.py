@@ -1,6 +1,8 @@
 """proxy_jax: proxy compression for language modeling in JAX.
 
-Layout, in the order data flows: ``vocab`` -> ``proxies`` -> ``data`` -> ``model`` -> ``train`` -> ``evaluate``.
+Layers, each importing only from those before it: ``vocab``/``config`` -> ``model`` (a leaf network
+library) -> ``proxies`` -> ``data`` -> steps, sharding, checkpoints -> ``workdir`` -> ``assemble`` ->
+``train`` / ``evaluation.score`` -> commands (``main``, ``evaluate``, ``preprocess``).
 """
 
 __version__ = "0.1.0"

@@ -26,7 +26,7 @@ from proxy_jax.model import ModelArgs, Transformer, init_cache
 STOP_IDS = (vocab.RAW_CLOSE, vocab.EOS)
 
 
-def _allowed_mask(padded_vocab_size: int) -> np.ndarray:
+def allowed_mask(padded_vocab_size: int) -> np.ndarray:
     ids = np.arange(padded_vocab_size)
     allowed = (ids >= vocab.BYTE_OFFSET) & (ids < vocab.COMP_OFFSET)
     allowed[list(STOP_IDS)] = True
@@ -35,7 +35,7 @@ def _allowed_mask(padded_vocab_size: int) -> np.ndarray:
 
 def sample_next(logits_BxV, rng, temperature, top_p, *, greedy: bool):
     """Next id per row from head-0 logits, only bytes and stop ids allowed."""
-    allowed = jnp.asarray(_allowed_mask(logits_BxV.shape[-1]))
+    allowed = jnp.asarray(allowed_mask(logits_BxV.shape[-1]))
     logits_BxV = jnp.where(allowed, logits_BxV.astype(jnp.float32), -jnp.inf)
     if greedy:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)

@@ -25,23 +25,6 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
                                "(TPU metadata, SLURM, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
 
 
-def report(summary: dict, config, workdir: str) -> dict:
-    """Final evaluation beside gzip/xz and a raw-prompt sample, as printed at the end of a run."""
-    from proxy_jax import evaluate, train
-
-    run = summary["run"]
-    out = {k: v for k, v in summary.items() if k != "run"}
-    if "eval/raw_bpb" in summary:
-        docs = train.heldout_docs(config, config.train.eval_docs)
-        out.update({f"eval/{k}": v for k, v in evaluate.compressor_bpb(docs).items()})
-    if config.train.sample_prompt and config.train.sample_bytes > 0:
-        prompt = config.train.sample_prompt.encode()
-        import jax
-
-        text = train.sample(run, [prompt], config.train.sample_bytes, temperature=config.train.sample_temperature,
-                            top_p=config.train.sample_top_p, rng=jax.random.key(config.seed))[0]
-        out["sample"] = (prompt + text).decode("utf-8", errors="replace")
-    return out
 
 
 def main(argv) -> None:
@@ -78,7 +61,7 @@ def main(argv) -> None:
         if jax.process_index() == 0:
             print(f"stopped by SIGTERM at step {summary['preempted_at']}; run the same command to resume.")
         return
-    out = report(summary, config, workdir)  # every process: sampling runs on the whole mesh
+    out = train.report(summary)  # every process: sampling runs on the whole mesh
     if jax.process_index() != 0:
         return
     sample = out.pop("sample", None)

@@ -12,6 +12,29 @@ import ml_collections
 
 from proxy_jax import config as config_lib
 
+# Model shapes (d_model, d_ff, num_layers, heads, kv heads, head_dim); head_dim is 128 at the paper's sizes.
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=128, d_ff=512, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=32),
+    "m1_tiny": dict(d_model=128, d_ff=256, num_layers=4, num_heads=2, num_kv_heads=2, head_dim=64),
+    "m1_small": dict(d_model=256, d_ff=1024, num_layers=6, num_heads=4, num_kv_heads=4, head_dim=64),
+    "m1_40m": dict(d_model=512, d_ff=2048, num_layers=10, num_heads=8, num_kv_heads=8, head_dim=64),
+    "small": dict(d_model=512, d_ff=2048, num_layers=6, num_heads=8, num_kv_heads=8, head_dim=64),
+    "0.5B": dict(d_model=1024, d_ff=4096, num_layers=28, num_heads=8, num_kv_heads=8, head_dim=128),
+    "1.5B": dict(d_model=2048, d_ff=8192, num_layers=20, num_heads=16, num_kv_heads=16, head_dim=128),
+    "4B": dict(d_model=3072, d_ff=9216, num_layers=32, num_heads=24, num_kv_heads=24, head_dim=128),
+    "7B": dict(d_model=4096, d_ff=12288, num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128),
+    "14B": dict(d_model=5120, d_ff=16384, num_layers=40, num_heads=40, num_kv_heads=40, head_dim=128),
+}
+
+
+def apply_size(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Set ``config.model``'s shape fields to the preset ``name`` (a key of ``SIZES``); returns config."""
+    if name not in SIZES:
+        raise ValueError(f"Unknown model size {name!r}; choose one of {sorted(SIZES)}.")
+    for key, value in SIZES[name].items():
+        config.model[key] = value
+    return config
+
 # preset: (model size, seq_len, global batch, steps, lr, opt warm-up, compute dtype)
 PRESETS = {
     "tiny": ("tiny", 256, 16, 800, 3e-3, 50, "float32"),  # 2-core CPU: about 6 minutes
@@ -31,14 +54,12 @@ SMALL_PRESETS = ("tiny", "small", "m1_tiny", "m1_6m", "m1_40m")
 
 def with_preset(preset: str | None) -> ml_collections.ConfigDict:
     """The base config with a size preset applied (``None`` or '' means ``tiny``)."""
-    from proxy_jax import model as model_lib
-
     preset = (preset or "tiny").lower()
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (config.py:PRESET).")
     size, seq_len, batch, steps, lr, warmup, dtype = PRESETS[preset]
     c = config_lib.base_config()
-    model_lib.apply_size(c, size)
+    apply_size(c, size)
     c.model.dtype = dtype
     c.data.seq_len = seq_len
     c.data.batch_size = batch

@@ -68,14 +68,17 @@ def logical_rules(config: ml_collections.ConfigDict) -> tuple:
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int | None = None) -> None:
-    """Check that the config fits the devices; raise one sentence naming the values and the fix."""
+    """Every check that depends on the devices or processes (and only those); raises one sentence.
+
+    Batch and eval-batch divisibility by the mesh and the processes, model widths by the fsdp/tensor axes,
+    sequence length by the splash block. Ranges of single values are ``config.validate``'s, the model's
+    own constraints ``ModelArgs.check``'s.
+    """
     process_count = jax.process_count() if process_count is None else process_count
     data, fsdp, tensor = mesh_shape(config, num_devices)
     m = config.model
     batch = int(config.data.batch_size)
     accum = int(config.opt.grad_accum_steps)
-    if accum < 1:
-        raise ValueError(f"opt.grad_accum_steps={accum} must be >= 1.")
     if batch % (data * fsdp * accum):
         raise ValueError(
             f"data.batch_size={batch} must be divisible by data*fsdp*grad_accum_steps={data}*{fsdp}*{accum}; "
@@ -91,9 +94,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
             f"train.eval_batch_size={eval_batch} must be divisible by data*fsdp={data * fsdp} and by the "
             f"{process_count} processes; change it to a multiple of {math.lcm(data * fsdp, process_count)}."
         )
-    from proxy_jax import model as model_lib, vocab  # the model's own checks (heads, GQA, remat, ...)
-
-    model_lib.ModelArgs.from_config(m, vocab.RAW_VOCAB_SIZE)  # raises for what the model cannot build
     for key in ("num_heads", "num_kv_heads", "d_ff"):
         if int(m[key]) % tensor:
             raise ValueError(
@@ -104,8 +104,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ValueError(
             f"model.d_model={m.d_model} is not divisible by the fsdp axis size {fsdp}; change mesh.shape."
         )
-    if int(m.head_dim) % 2:
-        raise ValueError(f"model.head_dim={m.head_dim} must be even for rotary embeddings.")
     if m.attention == "splash" and int(config.data.seq_len) % 128:
         raise ValueError(f"data.seq_len={config.data.seq_len} must be a multiple of 128 for splash attention.")
 

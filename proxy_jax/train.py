@@ -1,30 +1,27 @@
 """The training loop: data -> sharded step -> metrics -> checkpoints -> evaluation.
 
 The loop dispatches step t and only then reads step t-1's metrics, so the host never makes the device
-wait. Everything it touches is built by a small library function that can be used on its own (in Colab,
-in tests): :func:`build` makes the run's pieces, :func:`train` runs the loop, :func:`evaluate_workdir`
-scores a finished run.
+wait. The run's pieces come from ``proxy_jax.assemble.build``; the workdir's files from
+``proxy_jax.workdir``. :func:`train` is what ``python -m proxy_jax.main`` calls (and what Colab and
+tests import).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
-import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
+from proxy_jax import assemble
 from proxy_jax import checkpoint as ckpt_lib
-from proxy_jax import config as config_lib
-from proxy_jax import evaluate as eval_lib
 from proxy_jax import metrics as metrics_lib
-from proxy_jax import vocab
+from proxy_jax import workdir as workdir_lib
+from proxy_jax.model import flops_per_token
 
 log = logging.getLogger(__name__)
 
@@ -33,124 +30,7 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a step's loss is NaN or infinite; the newest checkpoint is the last good state."""
 
 
-@dataclasses.dataclass
-class Run:
-    """Everything a training run is made of (each piece also usable alone)."""
-
-    config: ml_collections.ConfigDict
-    workdir: str
-    proxy: Any
-    vocab_size: int  # logical size: 320 + proxy symbols
-    model: Any
-    mesh: Any
-    tx: Any
-    lr_schedule: Callable[[int], float]
-    state: Any
-    state_shardings: Any
-    train_step: Callable
-    eval_step: Callable
-    pipeline: Any
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    if jax.process_index() != 0:
-        return
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: --workdir must be a directory written by proxy_jax.main.")
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    config = config_lib.base_config()
-    _merge(config, saved)
-    return config
-
-
-def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
-    for key, value in saved.items():
-        if isinstance(value, dict) and key in config and isinstance(config[key], ml_collections.ConfigDict):
-            _merge(config[key], value)
-        else:
-            with config.unlocked():
-                current = config.get(key)
-                config[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(
-                    current, tuple) and isinstance(value, list) else value
-
-
-def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: bool = True) -> Run:
-    """Makes the proxy, model, mesh, optimiser, sharded state, jitted steps and the input pipeline."""
-    from proxy_jax import model as model_lib
-    from proxy_jax import optimizer as opt_lib
-    from proxy_jax import proxies
-    from proxy_jax import sharding
-    from proxy_jax import train_step as step_lib
-    from proxy_jax.data import pipeline as pipeline_lib
-
-    config_lib.validate(config)
-    sharding.validate(config, jax.device_count())
-    proxy = proxies.make_proxy(config, workdir)
-    true_vocab = vocab.vocab_size(proxy.num_symbols)
-    model_vocab = config.model.vocab_size or vocab.padded_vocab_size(proxy.num_symbols)
-    if model_vocab < true_vocab:
-        raise ValueError(f"config.model.vocab_size={model_vocab} is smaller than the proxy's vocabulary "
-                         f"{true_vocab}; set it to 0 to derive it.")
-    args = model_lib.ModelArgs.from_config(config.model, model_vocab)
-    model = model_lib.Transformer(args)
-    mesh = sharding.make_mesh(config)
-    tx, lr_schedule = opt_lib.make_optimizer(config.opt, config.train.steps)
-    rng = jax.random.key(config.seed)
-    state, state_shardings = sharding.init_train_state(config, model, tx, mesh, rng)
-    train_step = step_lib.make_train_step(config, model, tx, mesh, state_shardings, true_vocab, lr_schedule)
-    eval_step = step_lib.make_eval_step(config, model, mesh, state_shardings, true_vocab)
-    pipeline = None
-    if with_pipeline:
-        pipeline = pipeline_lib.make_pipeline(config, "train", proxy=proxy, workdir=workdir)
-    return Run(config, workdir, proxy, true_vocab, model, mesh, tx, lr_schedule, state, state_shardings,
-               train_step, eval_step, pipeline)
-
-
-def heldout_docs(config: ml_collections.ConfigDict, max_docs: int = 0, *, split: str = "validation") -> list[bytes]:
-    """The documents evaluation scores: whole documents of ``split`` (the first ``max_docs`` if > 0)."""
-    from proxy_jax.data import corpus
-
-    data = ml_collections.ConfigDict(config.data.to_dict())
-    data.max_doc_bytes = 0  # training may cut documents into pieces; evaluation scores whole ones
-    source = corpus.load_split(data, split)
-    n = len(source) if max_docs <= 0 else min(max_docs, len(source))
-    return [source[i] for i in range(n)]
-
-
-def make_host_eval(run: Run) -> Callable[[dict[str, np.ndarray]], dict[str, float]]:
-    from proxy_jax import sharding
-
-    count, index = jax.process_count(), jax.process_index()
-
-    def host_eval(batch):
-        # Every process builds the same global batch; each contributes its own slice of the rows.
-        rows = batch["tokens"].shape[0] // count
-        local = {k: v[index * rows : (index + 1) * rows] for k, v in batch.items()}
-        out = run.eval_step(run.state.params, sharding.host_to_global(local, run.mesh))
-        return metrics_lib.to_python(out)
-
-    return host_eval
-
-
-def evaluate_run(run: Run, docs: list[bytes], *, window: int | None = None, progress: bool = True) -> dict[str, float]:
-    """Raw-byte BPB of ``docs`` under the run's current parameters."""
-    window = window or int(run.config.train.eval_window)
-    batch = int(run.config.train.eval_batch_size)
-    # Each process scores the same documents; the eval batch is the global one. Only head 0 is scored,
-    # so rows carry one token beyond the window.
-    return eval_lib.raw_bpb(make_host_eval(run), docs, window=window, extra=1, batch_size=batch,
-                            progress=progress and jax.process_index() == 0)
-
-
-def _step_scalars(run: Run, raw: dict[str, float], step_time: float, data_wait: float,
+def _step_scalars(run: assemble.Run, raw: dict[str, float], step_time: float, data_wait: float,
                   flops_per_step: float | None, peak: float | None) -> dict[str, float]:
     c = run.config
     symbols = c.data.batch_size * c.data.seq_len
@@ -173,14 +53,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     ``stop_after`` ends the loop early after that many steps of this call (used to test resumption);
     the run can be continued later from its checkpoint.
     """
-    from proxy_jax import model as model_lib
     from proxy_jax import sharding
 
-    save_config(config, workdir)
-    run = build(config, workdir)
+    workdir_lib.save_config(config, workdir)
+    run = assemble.build(config, workdir)
+    workdir_lib.save_model(run.model.args, run.vocab_size, workdir)
     c = run.config
     data_iter = iter(run.pipeline)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.train.keep_checkpoints)
+    checkpointer = workdir_lib.checkpointer(workdir, c)
     start_step, restored = checkpointer.restore(run.state, data_iter)
     if restored is not None:
         run.state = restored
@@ -189,10 +69,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     else:
         start_step = 0
     writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard)
-    flops_per_step = model_lib.flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
+    flops_per_step = flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
     peak = metrics_lib.peak_flops_per_device()
     end_step = c.train.steps if stop_after is None else min(c.train.steps, start_step + stop_after)
-    eval_docs = heldout_docs(c, c.train.eval_docs) if c.train.eval_every > 0 else []
+    eval_docs = assemble.heldout_docs(c, c.train.eval_docs) if c.train.eval_every > 0 else []
 
     bar = None
     if progress and jax.process_index() == 0:
@@ -259,7 +139,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
                 pending = (step, dev_metrics, step_time, data_wait)
                 if c.train.eval_every > 0 and (step + 1) % c.train.eval_every == 0 and step + 1 < end_step:
                     finish_pending()
-                    ev = evaluate_run(run, eval_docs)
+                    ev = run.bpb(eval_docs)
                     writer.write(step + 1, {"eval/raw_bpb": ev["raw_bpb"]})
                     log.info("step %d: eval raw bpb %.4f", step + 1, ev["raw_bpb"])
             else:
@@ -277,7 +157,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     if last is not None:
         summary["final_loss"] = last["loss"]
     if final_step >= c.train.steps and c.train.eval_every > 0 and eval_docs:
-        ev = evaluate_run(run, eval_docs)
+        ev = run.bpb(eval_docs)
         writer.write(final_step, {"eval/raw_bpb": ev["raw_bpb"]})
         summary.update({f"eval/{k}": v for k, v in ev.items()})
     writer.close()
@@ -285,37 +165,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     return summary
 
 
-def sample(run: Run, prompts: list[bytes], max_new_bytes: int, **kwargs) -> list[bytes]:
-    from proxy_jax import generate
+def report(summary: dict[str, Any]) -> dict[str, Any]:
+    """The end of a run as printed by the command: the summary, gzip/xz beside the final evaluation, and a
+    sample from the raw prompt ``train.sample_prompt`` (every process takes part; the mesh samples)."""
+    from proxy_jax.evaluation import bpb
 
-    return generate.generate(run.model, run.state.params, prompts, max_new_bytes=max_new_bytes, **kwargs)
-
-
-def evaluate_workdir(workdir: str, *, data: str = "", data_glob: str = "**/*.py", max_docs: int = 0,
-                     window: int = 0, step: int | None = None) -> dict[str, Any]:
-    """Restores a run's parameters and scores raw bytes of its held-out split (or every document of ``data``)."""
-    config = load_config(workdir)
-    # The run's own proxy fixes the vocabulary (its tokenizer is cached in the workdir): build first.
-    run = build(config, workdir, with_pipeline=False)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
-    restored_step, state = checkpointer.restore(run.state, None, step=step)
-    checkpointer.close()
-    if state is None:
-        raise FileNotFoundError(f"No checkpoint could be restored from {workdir}/checkpoints.")
-    run.state = state
-    split = "validation"
-    if data:
-        split = "train"  # with val_fraction 0 every document of --data lands in "train"
-        config = ml_collections.ConfigDict(config.to_dict())
-        config.data.path, config.data.val_fraction = data, 0.0
-        if data.endswith((".jsonl", ".jsonl.gz")):
-            config.data.source = "jsonl"
-        elif data.endswith(".array_record"):
-            config.data.source = "arrayrecord"
-        else:
-            config.data.source, config.data.glob = "dir", data_glob
-    docs = heldout_docs(config, max_docs, split=split)
-    result = {"workdir": workdir, "step": int(restored_step), "data": data or "held-out split"}
-    result.update(evaluate_run(run, docs, window=window or None))
-    result.update(eval_lib.compressor_bpb(docs))
-    return result
+    run = summary["run"]
+    config = run.config
+    out = {k: v for k, v in summary.items() if k != "run"}
+    if "eval/raw_bpb" in summary:
+        docs = assemble.heldout_docs(config, config.train.eval_docs)
+        out.update({f"eval/{k}": v for k, v in bpb.compressor_bpb(docs).items()})
+    if config.train.sample_prompt and config.train.sample_bytes > 0:
+        prompt = config.train.sample_prompt.encode()
+        text = run.sample([prompt], config.train.sample_bytes, temperature=config.train.sample_temperature,
+                          top_p=config.train.sample_top_p, rng=jax.random.key(config.seed))[0]
+        out["sample"] = (prompt + text).decode("utf-8", errors="replace")
+    return out

@@ -98,9 +98,11 @@ def _split_inputs(batch, num_targets: int):
     )
 
 
-def make_loss_fn(model, vocab_size: int):
-    """``loss_fn(params, batch) -> (loss_sum, terms)`` with the terms of :func:`loss_terms`."""
-    num_targets = model.args.num_targets
+def make_loss_fn(model, vocab_size: int, num_targets: int):
+    """``loss_fn(params, batch) -> (loss_sum, terms)`` with the terms of :func:`loss_terms`.
+
+    ``num_targets`` (K, from ``config.num_targets``) is how many columns past the inputs a row carries.
+    """
 
     def loss_fn(params, batch):
         tokens_BxL, segment_ids_BxL, positions_BxL = _split_inputs(batch, num_targets)
@@ -143,12 +145,8 @@ def make_train_step(
     if lr_schedule is None:
         lr_schedule = optimizer_lib.make_schedule(config.opt, int(config.train.steps))
     accum = int(config.opt.grad_accum_steps)
-    if model.args.num_targets != config_lib.num_targets(config):
-        raise ValueError(
-            f"The model has {model.args.num_targets} heads but the config asks for "
-            f"{config_lib.num_targets(config)} targets; build the model from the same config."
-        )
-    grad_fn = jax.value_and_grad(make_loss_fn(model, vocab_size), has_aux=True)
+    loss_fn = make_loss_fn(model, vocab_size, config_lib.num_targets(config))
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     rules = sharding_lib.logical_rules(config)
 
     def micro_step(params, batch):

@@ -72,7 +72,9 @@ def main():
         hosts = [args.process_id]
     else:
         hosts = [0, 1]
-    iters = [iter(pipeline_lib.make_pipeline(c, process_index=h, process_count=2)) for h in hosts]
+    from proxy_jax.proxies import GzipProxy
+
+    iters = [iter(pipeline_lib.make_pipeline(c, proxy=GzipProxy(), process_index=h, process_count=2)) for h in hosts]
     history = []
     for _ in range(args.steps):
         parts = [next(it) for it in iters]
@@ -80,15 +82,14 @@ def main():
         state, metrics = step(state, sharding_lib.host_to_global(local, mesh))
         history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
     # Raw-byte evaluation as the trainer runs it: every process builds the same batches, each feeds its rows.
-    import types
-
-    from proxy_jax import train as train_lib
+    from proxy_jax import assemble
 
     c.train.eval_window, c.train.eval_batch_size = 64, 4
-    run = types.SimpleNamespace(config=c, state=state, mesh=mesh,
-                                eval_step=train_step_lib.make_eval_step(c, model, mesh, shardings, vocab_size))
-    docs = [d[:300] for d in train_lib.heldout_docs(c, 6)]
-    evaluation = train_lib.evaluate_run(run, docs, progress=False)
+    run = assemble.Run(config=c, workdir="", proxy=None, vocab_size=vocab_size, model=model, mesh=mesh, tx=tx,
+                       lr_schedule=schedule, state=state, state_shardings=shardings, train_step=step,
+                       eval_step=train_step_lib.make_eval_step(c, model, mesh, shardings, vocab_size), pipeline=None)
+    docs = [d[:300] for d in assemble.heldout_docs(c, 6)]
+    evaluation = run.bpb(docs, progress=False)
     with open(args.out, "w") as f:
         json.dump({"process_count": jax.process_count(), "devices": jax.device_count(), "metrics": history,
                    "eval": evaluation}, f)

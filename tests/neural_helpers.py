@@ -1,21 +1,19 @@
 """Small M1 models for the neural proxy tests: random-init (fast) and briefly trained (slow tests)."""
 
-import glob
-import sysconfig
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from helpers import stdlib_paths
 from proxy_jax import config as config_lib
 from proxy_jax import vocab
 from proxy_jax.model import ModelArgs, Transformer
 
 
 def stdlib_files() -> list[str]:
-    return sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/*.py"))
+    return [str(p) for p in stdlib_paths()]
 
 
 def tiny_args(d_model: int = 32, num_layers: int = 1) -> ModelArgs:

@@ -7,21 +7,12 @@ tokens; segment ids number documents within a row (a new one at every BOS), posi
 
 from __future__ import annotations
 
-import pathlib
-import sysconfig
-
 import numpy as np
 
+from helpers import stdlib_docs
 from proxy_jax import vocab
 
 
-def stdlib_files(limit: int = 64) -> list[pathlib.Path]:
-    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    return sorted(root.glob("*.py"))[:limit]
-
-
-def stdlib_docs(limit: int = 64, max_bytes: int = 4000) -> list[bytes]:
-    return [p.read_bytes()[:max_bytes] for p in stdlib_files(limit)]
 
 
 def segments_and_positions(tokens_BxT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

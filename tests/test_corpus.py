@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 
 from proxy_jax.config import base_config
+from helpers import config_with
 from proxy_jax.data import corpus
 
 
 def _data(**kw):
-    d = base_config().data
-    for k, v in kw.items():
-        d[k] = v
-    return d
+    return config_with(**{f"data.{k}": v for k, v in kw.items()}).data
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +256,12 @@ def test_config_errors():
         corpus.load_split(_data(), "test")
     with pytest.raises(ValueError, match="source"):
         corpus.load_split(_data(source="s3"), "train")
-    with pytest.raises(ValueError, match="val_fraction"):
-        corpus.load_split(_data(val_fraction=1.5), "train")
+    from proxy_jax import config as config_lib
+
+    for bad in (1.0, 1.5, -0.1):  # one range, [0, 1), checked where the value enters
+        c = config_lib.base_config()
+        c.data.val_fraction = bad
+        with pytest.raises(ValueError, match="val_fraction"):
+            config_lib.validate(c)
     with pytest.raises(ValueError, match="manifest.json"):
         corpus.load_split(_data(source="preprocessed", path="/nonexistent"), "train")

@@ -6,17 +6,13 @@ import sysconfig
 import numpy as np
 import pytest
 
-from proxy_jax import evaluate, vocab
+import helpers
+from proxy_jax import vocab
+from proxy_jax.evaluation import bpb as evaluate
 
 
 def stdlib_docs(n, max_bytes=6000):
-    root = sysconfig.get_paths()["stdlib"]
-    paths = sorted(p for p in os.listdir(root) if p.endswith(".py"))[:n]
-    docs = []
-    for p in paths:
-        with open(os.path.join(root, p), "rb") as f:
-            docs.append(f.read()[:max_bytes])
-    return docs
+    return helpers.stdlib_docs(n, max_bytes)
 
 
 @pytest.mark.parametrize("window,extra", [(64, 1), (257, 2), (4096, 1)])
@@ -70,10 +66,11 @@ def test_bpb_matches_an_independent_per_document_computation():
 
     from proxy_jax import config as config_lib
     from proxy_jax import model as model_lib
+    from proxy_jax import recipes
     from proxy_jax import optimizer, sharding, train_step
 
     config = config_lib.base_config()
-    model_lib.apply_size(config, "tiny")
+    recipes.apply_size(config, "tiny")
     config.model.dtype = "float32"
     config.model.num_layers = 1
     window, batch_size = 64, 8

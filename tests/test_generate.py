@@ -10,7 +10,7 @@ from proxy_jax import config as config_lib
 from proxy_jax import generate as generate_lib
 from proxy_jax import model as model_lib
 from proxy_jax import vocab
-from stdlib_batches import stdlib_docs
+from helpers import stdlib_docs
 
 NEW = 12
 
@@ -78,7 +78,7 @@ def test_sampling_only_emits_bytes_or_stop_ids():
     ok = vocab.is_raw_byte(ids) | np.isin(ids, generate_lib.STOP_IDS)
     assert ok.all()
     greedy = np.asarray(generate_lib.sample_next(jnp.asarray(logits), None, 1.0, 1.0, greedy=True))
-    masked = np.where(generate_lib._allowed_mask(640), logits, -np.inf)
+    masked = np.where(generate_lib.allowed_mask(640), logits, -np.inf)
     np.testing.assert_array_equal(greedy, masked.argmax(-1))
 
 

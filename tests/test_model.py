@@ -12,18 +12,17 @@ import pytest
 from proxy_jax import config as config_lib
 from proxy_jax import model as model_lib
 from proxy_jax import optimizer as optimizer_lib
+from proxy_jax import recipes
 from proxy_jax import sharding as sharding_lib
 from proxy_jax import train_step as train_step_lib
 from proxy_jax import vocab
+from proxy_jax.model import attention as attention_lib
+from helpers import config_with
 from stdlib_batches import packed_batches, segments_and_positions
 
 
 def tiny_config(**model_overrides):
-    c = config_lib.base_config()
-    c.model.dtype = "float32"
-    for k, v in model_overrides.items():
-        c.model[k] = v
-    return c
+    return config_with(**{"model.dtype": "float32", **{f"model.{k}": v for k, v in model_overrides.items()}})
 
 
 def make_model(config, vocab_size=576):
@@ -62,11 +61,11 @@ def test_count_params_matches_init_and_flops_formula():
 def test_paper_sizes_have_their_stated_scale():
     config = config_lib.base_config()
     for name, low, high in (("0.5B", 0.4e9, 0.8e9), ("1.5B", 1.2e9, 2.0e9), ("7B", 6e9, 8e9), ("14B", 12e9, 17e9)):
-        model_lib.apply_size(config, name)
+        recipes.apply_size(config, name)
         args = model_lib.ModelArgs.from_config(config.model, 320 + 65536)
         assert low < model_lib.count_params(args, include_embedding=False) < high, name
     with pytest.raises(ValueError, match="Unknown model size"):
-        model_lib.apply_size(config, "3B")
+        recipes.apply_size(config, "3B")
 
 
 def _stdlib_row(length):
@@ -281,19 +280,14 @@ def test_bench_mfu_smoke_on_cpu(capsys):
 
 
 def test_splash_kernel_matches_xla_attention_in_interpret_mode():
-    """The TPU kernel, run by the Pallas interpreter, agrees with the einsum path (alone and per shard)."""
+    """The TPU kernel, run by the Pallas interpreter, agrees with the einsum path (per shard: tests/multidevice)."""
     rng = np.random.default_rng(0)
     b, length, heads, kv_heads, d = 4, 128, 4, 2, 32
     q = jnp.asarray(rng.normal(size=(b, length, heads, d)), jnp.float32)
     k, v = (jnp.asarray(rng.normal(size=(b, length, kv_heads, d)), jnp.float32) for _ in range(2))
     segments = np.ones((b, length), np.int32)
     segments[:, 50:], segments[:, 100:], segments[1, 110:] = 2, 3, 0
-    want = np.asarray(model_lib.attention(q, k, v, segments, segments, "xla"))
+    want = np.asarray(attention_lib.attention(q, k, v, segments, segments, "xla"))
     real = segments != 0  # splash lets padding attend to padding; those rows are never used
-    splash = jax.jit(lambda *x: model_lib._attention_splash(*x, interpret=True))
+    splash = jax.jit(lambda *x: attention_lib.splash_attention(*x, interpret=True))
     np.testing.assert_allclose(np.asarray(splash(q, k, v, segments, segments))[real], want[real], atol=2e-5)
-    config = config_lib.base_config()
-    config.mesh.shape = (2, 2, 2)
-    with jax.set_mesh(sharding_lib.make_mesh(config)):
-        sharded = jax.jit(lambda *x: model_lib._attention_splash(*x, interpret=True))
-        np.testing.assert_allclose(np.asarray(sharded(q, k, v, segments, segments))[real], want[real], atol=2e-5)

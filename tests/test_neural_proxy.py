@@ -67,11 +67,13 @@ def test_small_windows_pass_bytes_through_and_still_round_trip(random_m1):
 def test_from_config_names_a_missing_m1_workdir(tmp_path):
     from proxy_jax import config as config_lib
 
+    from proxy_jax import assemble
+
     c = config_lib.base_config()
     c.proxy.name = "neural"
     c.proxy.m1_workdir = str(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="m1_workdir=.*configs/m1.py"):
-        NeuralProxy.from_config(c, str(tmp_path))
+        assemble.make_proxy(c, str(tmp_path))
 
 
 @pytest.mark.slow
@@ -109,7 +111,7 @@ def test_m1_from_the_trainer_and_preprocessing_twice_is_byte_identical(tmp_path)
     import os
     import sysconfig
 
-    from proxy_jax import preprocess, train
+    from proxy_jax import assemble, train
     from proxy_jax.config import base_config
 
     spec = importlib.util.spec_from_file_location("m1_config", os.path.join(os.path.dirname(__file__), "..",
@@ -127,19 +129,19 @@ def test_m1_from_the_trainer_and_preprocessing_twice_is_byte_identical(tmp_path)
     c.data.source, c.data.path, c.data.glob, c.data.val_fraction = "dir", sysconfig.get_paths()["stdlib"], "json/*.py", 0.2
     c.proxy.name, c.proxy.m1_workdir, c.proxy.chunk_bytes = "neural", m1_dir, 64
     c.proxy.entropy_sample_bytes, c.proxy.m1_batch_rows, c.proxy.min_segment_bytes = 8192, 16, 16
-    proxy = NeuralProxy.from_config(c)
+    proxy = assemble.make_proxy(c)
     assert proxy.model.context == 64 and proxy.entropy_threshold > 0
-    assert proxy.manifest()["m1_params_sha256"] == NeuralProxy.from_config(c).manifest()["m1_params_sha256"]
+    assert proxy.manifest()["m1_params_sha256"] == assemble.make_proxy(c).manifest()["m1_params_sha256"]
     c.proxy.chunk_bytes = 128
     with pytest.raises(ValueError, match="chunk_bytes=128 exceeds the 64-byte context"):
-        NeuralProxy.from_config(c)
+        assemble.make_proxy(c)
     c.proxy.chunk_bytes = 64
 
     def files(out):
         return {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
                 for d, _, fs in os.walk(out) for f in fs if not os.path.relpath(d, out).startswith("work")}
 
-    a = preprocess.preprocess(c, str(tmp_path / "a"), num_shards=2, progress_bar=False)
-    b = preprocess.preprocess(c, str(tmp_path / "b"), num_shards=2, progress_bar=False)
+    a = assemble.preprocess(c, str(tmp_path / "a"), num_shards=2, progress_bar=False)
+    b = assemble.preprocess(c, str(tmp_path / "b"), num_shards=2, progress_bar=False)
     assert a == b
     assert files(tmp_path / "a") == files(tmp_path / "b")

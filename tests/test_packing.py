@@ -1,23 +1,20 @@
 """Packing: rows cut from one stream with a K-token overlap, segment ids, positions, step-exact draws."""
 
 import functools
-import glob
 import json
 import gzip
-import sysconfig
 
 import grain
 import numpy as np
 import pytest
 
-from proxy_jax import config as config_lib
+from helpers import mix_config, stdlib_paths
 from proxy_jax import vocab
 from proxy_jax.data import mixing
 from proxy_jax.data import packing
 from proxy_jax.data import schedule
 
-STDLIB = sysconfig.get_paths()["stdlib"]
-PATHS = sorted(glob.glob(f"{STDLIB}/*.py"))[:120]
+PATHS = [str(p) for p in stdlib_paths(120)]
 
 
 def _load(i, short=False):
@@ -39,11 +36,7 @@ def _docs(short=False, n=3 * len(PATHS)):
 
 
 def _mix(mode="translation_random", w=40):
-    mix = config_lib.base_config().mix
-    mix.warmup_steps, mix.steady_steps, mix.decay_steps = w, 5, 0
-    mix.rate_init, mix.rate_peak, mix.rate_final = 0.05, 0.95, 0.95
-    mix.mode_warmup, mix.mode_steady, mix.mode_final = mode, "sentinel", "sentinel"
-    return mix
+    return mix_config(warmup=w, modes=(mode, "sentinel", "sentinel"))
 
 
 def _packer(*, L=50, K=2, B=3, mode="translation_random", seed=0, start_step=0, hook=None, short=False):
@@ -205,7 +198,7 @@ def test_finite_parent_ends_cleanly():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="seq_len=0"):
-        packing.PackedBatchDataset(_docs(), seq_len=0, num_targets=1, rows=1, seed=0, mix=_mix())
+    with pytest.raises(ValueError, match="rows=0"):
+        packing.PackedBatchDataset(_docs(), seq_len=8, num_targets=1, rows=0, seed=0, mix=_mix())
     with pytest.raises(ValueError, match="start_step=-2"):
         packing.PackedBatchDataset(_docs(), seq_len=8, num_targets=1, rows=1, seed=0, mix=_mix(), start_step=-2)

@@ -7,7 +7,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from proxy_jax import config as config_lib
+from helpers import config_with
 from proxy_jax import vocab
 from proxy_jax.data import corpus
 from proxy_jax.data import pipeline
@@ -15,17 +15,11 @@ from proxy_jax.proxies.simple import GzipProxy
 
 
 def _config(**data):
-    c = config_lib.base_config()
-    c.data.source = "stdlib"
-    c.data.seq_len = 96
-    c.data.batch_size = 4
-    c.data.max_doc_bytes = 600  # many short documents keep the tests fast
-    c.mix.warmup_steps, c.mix.steady_steps, c.mix.decay_steps = 6, 4, 0
-    c.mix.mode_warmup = "parallel_random"
-    c.model.num_pred_heads, c.model.num_raw_pred_heads = 1, 1
-    for k, v in data.items():
-        c.data[k] = v
-    return c
+    # Many short documents (600-byte pieces) keep the tests fast.
+    return config_with(**{"data.seq_len": 96, "data.batch_size": 4, "data.max_doc_bytes": 600,
+                          "mix.warmup_steps": 6, "mix.steady_steps": 4, "mix.decay_steps": 0,
+                          "mix.mode_warmup": "parallel_random", "model.num_raw_pred_heads": 1,
+                          **{f"data.{k}": v for k, v in data.items()}})
 
 
 @pytest.fixture(scope="module")
@@ -187,28 +181,33 @@ def test_byte_baseline_never_compresses(source):
 
 
 @pytest.mark.parametrize("field,value,needle", [
-    ("batch_size", 6, "batch_size=6 is not divisible by the 4 processes"),
+    ("batch_size", 6, "batch_size=6 must be divisible by the 4 processes"),  # one device per process
     ("seq_len", 0, "seq_len=0"),
     ("num_workers", -1, "num_workers=-1"),
+    ("source", "s3", "source='s3' is not one of"),
 ])
-def test_config_errors(source, field, value, needle):
+def test_config_errors(field, value, needle):
+    """Data settings the pipeline cannot honour stop before anything is built, in one sentence."""
+    from proxy_jax import assemble
+
     c = _config()
+    c.data.path = "/data"  # a source other than stdlib needs a path; the name is what is wrong here
     c.data[field] = value
     with pytest.raises(ValueError, match=needle):
-        _pipe(c, source, process_index=0, process_count=4)
+        assemble.validate(c, num_devices=1, process_count=4)
 
 
 def test_preprocessed_shards_give_the_same_batches_as_online_compression(tmp_path):
     import os
     import sysconfig
 
-    from proxy_jax import preprocess
+    from proxy_jax import assemble
 
     c = _config()
     c.data.source, c.data.path, c.data.max_doc_bytes = "dir", os.path.join(sysconfig.get_paths()["stdlib"], "json"), 0
     c.proxy.name = "gzip"
     out = str(tmp_path / "shards")
-    preprocess.preprocess(c, out, num_shards=2, splits=("train",), progress_bar=False)
+    assemble.preprocess(c, out, num_shards=2, splits=("train",), progress_bar=False)
     online = pipeline.make_pipeline(c, proxy=GzipProxy(), process_index=0, process_count=1)
     c.data.source, c.data.path = "preprocessed", out
     stored = pipeline.make_pipeline(c, process_index=0, process_count=1)  # no proxy needed: views are stored

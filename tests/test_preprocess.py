@@ -6,30 +6,22 @@ import pickle
 import shutil
 import subprocess
 import sys
-import sysconfig
 
 import numpy as np
 import pytest
 
-from proxy_jax import preprocess as pp
-from proxy_jax.config import base_config
-from proxy_jax.data import corpus, records
-from proxy_jax.proxies import make_proxy
+from helpers import STDLIB, config_with
+from proxy_jax import assemble
+from proxy_jax.assemble import make_proxy
+from proxy_jax.data import corpus, records, shard_writer, shards, sources
 
-STDLIB = sysconfig.get_paths()["stdlib"]
 
 
 def _config(proxy="gzip", **proxy_kw):
     """A small real corpus: the standard library's email package (about 30 files)."""
-    c = base_config()
-    c.data.source = "dir"
-    c.data.path = STDLIB
-    c.data.glob = "email/**/*.py"
-    c.data.val_fraction = 0.2
-    c.proxy.name = proxy
-    for k, v in proxy_kw.items():
-        c.proxy[k] = v
-    return c
+    return config_with(**{"data.source": "dir", "data.path": STDLIB, "data.glob": "email/**/*.py",
+                          "data.val_fraction": 0.2, "proxy.name": proxy,
+                          **{f"proxy.{k}": v for k, v in proxy_kw.items()}})
 
 
 def _files(out):
@@ -38,7 +30,7 @@ def _files(out):
 
 
 def _run(out, config=None, **kw):
-    return pp.preprocess(config or _config(), str(out), progress_bar=False, **kw)
+    return assemble.preprocess(config or _config(), str(out), progress_bar=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +61,7 @@ def test_manifest_counts_and_ratio(reference):
         assert (info["bytes"], info["symbols"]) == (n_bytes, n_sym)
         assert info["ratio"] == pytest.approx(n_bytes / n_sym, rel=1e-5)
         assert pre.fingerprint() == src.fingerprint()
-        assert isinstance(pre, corpus.DocumentSource) and pre.stats["documents"] == len(pre)
+        assert isinstance(pre, sources.DocumentSource) and pre.stats["documents"] == len(pre)
         clone = pickle.loads(pickle.dumps(pre))  # Grain workers receive the source pickled
         assert clone.record(len(pre) - 1) == pre.record(-1)
         with pytest.raises(IndexError):
@@ -79,7 +71,7 @@ def test_manifest_counts_and_ratio(reference):
 
 
 def pp_data(out):
-    d = base_config().data
+    d = config_with().data
     d.source, d.path = "preprocessed", str(out)
     return d
 
@@ -95,14 +87,14 @@ def test_resume_after_interruption(reference, tmp_path, monkeypatch):
     _, _, files = reference
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
-    os.remove(out / corpus.shard_name("train", 1, 3))  # a lost shard
-    os.rename(out / corpus.shard_name("validation", 2, 3),  # killed while writing: only a temp file
-              out / (corpus.shard_name("validation", 2, 3) + ".tmp999"))
-    os.remove(out / pp.STATS_DIR / (corpus.shard_name("train", 2, 3) + ".json"))  # killed before its stats
+    os.remove(out / shards.shard_name("train", 1, 3))  # a lost shard
+    os.rename(out / shards.shard_name("validation", 2, 3),  # killed while writing: only a temp file
+              out / (shards.shard_name("validation", 2, 3) + ".tmp999"))
+    os.remove(out / shard_writer.STATS_DIR / (shards.shard_name("train", 2, 3) + ".json"))  # killed before its stats
     os.remove(out / "manifest.json")
     written = []
-    real = pp._write_shard
-    monkeypatch.setattr(pp, "_write_shard", lambda o, split, shard, *a: written.append((split, shard))
+    real = shard_writer.write_shard
+    monkeypatch.setattr(shard_writer, "write_shard", lambda o, split, shard, *a: written.append((split, shard))
                         or real(o, split, shard, *a))
     manifest = _run(out, num_shards=3)
     assert sorted(written) == [("train", 1), ("train", 2), ("validation", 2)]
@@ -127,7 +119,7 @@ def test_two_processes_cover_every_document_once(reference, tmp_path):
     m1 = _run(tmp_path, num_shards=3, process_index=1, process_count=2)
     assert not m1["complete"] and not (tmp_path / "manifest.json").exists()
     written = sorted(f for f in os.listdir(tmp_path) if f.endswith(".array_record"))
-    assert written == sorted(corpus.shard_name(s, 1, 3) for s in ("train", "validation"))
+    assert written == sorted(shards.shard_name(s, 1, 3) for s in ("train", "validation"))
     m0 = _run(tmp_path, num_shards=3, process_index=0, process_count=2)
     assert m0 == manifest and _files(tmp_path) == files
     for split in ("train", "validation"):

@@ -12,9 +12,10 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from proxy_jax import vocab
-from proxy_jax.config import PROXIES, base_config
+from helpers import config_with
+from proxy_jax import assemble, vocab
 from proxy_jax.data import corpus
+from proxy_jax.proxies import NAMES as PROXIES
 from proxy_jax.proxies import (BytesProxy, GzipProxy, TokenizerProxy, TokensAsBytesProxy, make_proxy,
                                tokenizer as tokmod, train_tokenizer)
 
@@ -24,12 +25,12 @@ TRAIN_BYTES = 3_000_000
 
 @pytest.fixture(scope="module")
 def train_split():
-    return corpus.load_split(base_config().data, "train")
+    return corpus.load_split(config_with().data, "train")
 
 
 @pytest.fixture(scope="module")
 def val_split():
-    return corpus.load_split(base_config().data, "validation")
+    return corpus.load_split(config_with().data, "validation")
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +39,13 @@ def workdir(tmp_path_factory):
 
 
 def _config(name="tokenizer", **proxy):
-    c = base_config()
-    c.proxy.name = name
-    c.proxy.vocab_size = VOCAB
-    c.proxy.train_max_bytes = TRAIN_BYTES
-    for k, v in proxy.items():
-        c.proxy[k] = v
-    return c
+    return config_with(**{"proxy.name": name, "proxy.vocab_size": VOCAB, "proxy.train_max_bytes": TRAIN_BYTES,
+                          **{f"proxy.{k}": v for k, v in proxy.items()}})
 
 
 @pytest.fixture(scope="module")
 def tokenizer(workdir):
-    return make_proxy(_config(), workdir=workdir)
+    return assemble.make_proxy(_config(), workdir=workdir)
 
 
 def _hostile_docs():
@@ -78,8 +74,8 @@ def proxies(tokenizer, workdir):
         "bytes": BytesProxy(),
         "gzip": GzipProxy(9),
         "tokenizer": tokenizer,
-        "tokens_as_bytes": make_proxy(_config("tokens_as_bytes"), workdir=workdir),
-        "tokens_as_bytes_gray": make_proxy(_config("tokens_as_bytes", gray_code=True), workdir=workdir),
+        "tokens_as_bytes": assemble.make_proxy(_config("tokens_as_bytes"), workdir=workdir),
+        "tokens_as_bytes_gray": assemble.make_proxy(_config("tokens_as_bytes", gray_code=True), workdir=workdir),
     }
 
 
@@ -105,7 +101,7 @@ def test_deterministic_across_instances_and_pickling(name, proxies, train_split,
     elif name == "gzip":
         other = GzipProxy(9)
     else:
-        other = make_proxy(_config("tokens_as_bytes" if name != "tokenizer" else "tokenizer",
+        other = assemble.make_proxy(_config("tokens_as_bytes" if name != "tokenizer" else "tokenizer",
                                    gray_code=name.endswith("gray")), workdir=workdir)
     clone = pickle.loads(pickle.dumps(proxy))
     for doc in _sample(train_split, every=97) + _hostile_docs():
@@ -162,7 +158,7 @@ def test_tokenizer_ratio_on_held_out_stdlib(tokenizer, val_split):
 
 def test_tokenizer_never_emits_unk(tokenizer):
     docs = _hostile_docs() + [bytes(range(256)) * 4, "\U0010fffd\U000e0100 \uffff".encode()]
-    unk = tokenizer._sp.unk_id() + 320
+    unk = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto).unk_id() + 320  # independent reader
     for doc in docs:
         assert unk not in tokenizer.encode(doc).tolist()
 
@@ -171,7 +167,7 @@ def test_tokenizer_cache_is_reused(workdir, monkeypatch, tokenizer):
     files = os.listdir(os.path.join(workdir, "proxy"))
     assert any(f.startswith(f"tokenizer-v{VOCAB}-") and f.endswith(".model") for f in files)
     monkeypatch.setattr(tokmod, "train_tokenizer", lambda *a, **k: pytest.fail("retrained a cached tokenizer"))
-    again = make_proxy(_config(), workdir=workdir)
+    again = assemble.make_proxy(_config(), workdir=workdir)
     assert again.model_sha256 == tokenizer.model_sha256
     # A different setting is a different cache entry (fingerprint includes the settings).
     assert tokmod.tokenizer_fingerprint(VOCAB, TRAIN_BYTES, "x") != tokmod.tokenizer_fingerprint(VOCAB + 1,
@@ -192,16 +188,16 @@ def test_training_is_deterministic(tmp_path, train_split):
 def test_train_docs_callable_and_model_path(tmp_path, train_split, monkeypatch):
     docs = [train_split[i] for i in range(40)]
     with pytest.raises(ValueError, match="raise it to at least"):
-        make_proxy(_config(vocab_size=300, train_max_bytes=200_000), train_docs=lambda: iter(docs))
+        make_proxy(_config(vocab_size=300, train_max_bytes=200_000).proxy, train_docs=lambda: iter(docs))
     c = _config(vocab_size=500, train_max_bytes=200_000)
-    p = make_proxy(c, workdir=str(tmp_path), train_docs=lambda: iter(docs))
+    p = make_proxy(c.proxy, workdir=str(tmp_path), train_docs=lambda: iter(docs))
     assert p.num_symbols == 500
     (path,) = [os.path.join(tmp_path, "proxy", f) for f in os.listdir(tmp_path / "proxy")]
     c2 = _config(model_path=path, vocab_size=12345)  # vocab_size is ignored with a model_path
-    q = make_proxy(c2)
+    q = make_proxy(c2.proxy)
     assert q.model_sha256 == p.model_sha256 and q.num_symbols == 500
     with pytest.raises(FileNotFoundError, match="model_path"):
-        make_proxy(_config(model_path=str(tmp_path / "missing.model")))
+        make_proxy(_config(model_path=str(tmp_path / "missing.model")).proxy)
 
 
 def test_user_model_normaliser_is_made_lossless(tmp_path, tokenizer):
@@ -259,15 +255,15 @@ def test_tokens_as_bytes_layout(proxies):
 def test_registry_errors_and_neural_dispatch(monkeypatch):
     c = _config("nope")
     with pytest.raises(ValueError) as e:
-        make_proxy(c)
+        make_proxy(c.proxy)
     for name in PROXIES:
         assert name in str(e.value)
     seen = {}
 
     class FakeNeural:
         @classmethod
-        def from_config(cls, config, workdir):
-            seen["args"] = (config.proxy.name, workdir)
+        def from_settings(cls, proxy_config, m1, sample_docs):
+            seen["args"] = (proxy_config.name, m1, sample_docs)
             return "neural proxy"
 
     fake = types.ModuleType("proxy_jax.proxies.neural")
@@ -275,11 +271,11 @@ def test_registry_errors_and_neural_dispatch(monkeypatch):
     monkeypatch.setitem(sys.modules, "proxy_jax.proxies.neural", fake)
     import proxy_jax.proxies as pkg
     monkeypatch.setattr(pkg, "neural", fake, raising=False)
-    assert make_proxy(_config("neural"), workdir="/w") == "neural proxy"
-    assert seen["args"] == ("neural", "/w")
-    assert isinstance(make_proxy(_config("bytes")), BytesProxy)
-    assert make_proxy(_config("gzip", gzip_level=1)).level == 1
-    assert vocab.vocab_size(make_proxy(_config("gzip")).num_symbols) == 576
+    assert make_proxy(_config("neural").proxy, m1="m1", sample_docs=[b"x"]) == "neural proxy"
+    assert seen["args"] == ("neural", "m1", [b"x"])
+    assert isinstance(make_proxy(_config("bytes").proxy), BytesProxy)
+    assert make_proxy(_config("gzip", gzip_level=1).proxy).level == 1
+    assert vocab.vocab_size(make_proxy(_config("gzip").proxy).num_symbols) == 576
 
 
 def test_proxy_settings_name_what_determines_the_output():

@@ -3,16 +3,12 @@
 import numpy as np
 import pytest
 
-from proxy_jax import config as config_lib
+from helpers import mix_config
 from proxy_jax.data import schedule
 
 
 def _mix(w=10, t=20, d=8, r0=0.4, rp=0.9, rf=0.2):
-    mix = config_lib.base_config().mix
-    mix.warmup_steps, mix.steady_steps, mix.decay_steps = w, t, d
-    mix.rate_init, mix.rate_peak, mix.rate_final = r0, rp, rf
-    mix.mode_warmup, mix.mode_steady, mix.mode_final = "translation_random", "parallel_raw_first", "sentinel"
-    return mix
+    return mix_config(w, t, d, (r0, rp, rf), ("translation_random", "parallel_raw_first", "sentinel"))
 
 
 def test_phase_boundaries():

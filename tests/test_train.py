@@ -84,8 +84,8 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path):
     assert steps, "at least one good checkpoint was expected before the blow-up"
 
 
-def run_cli(*args, timeout=300):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def run_cli(*args, timeout=300, devices=1):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     return subprocess.run([sys.executable, "-m", "proxy_jax.main", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -98,7 +98,7 @@ def test_cli_rejects_misspelt_override(tmp_path):
 
 
 def test_cli_rejects_batch_the_mesh_cannot_split(tmp_path):
-    out = run_cli("--config=configs/bytes.py:tiny", f"--workdir={tmp_path}", "--config.data.batch_size=3")
+    out = run_cli("--config=configs/bytes.py:tiny", f"--workdir={tmp_path}", "--config.data.batch_size=3", devices=2)
     assert out.returncode != 0
     assert "batch_size" in out.stderr and "3" in out.stderr
     assert "Traceback" not in out.stderr

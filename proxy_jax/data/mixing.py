@@ -26,6 +26,17 @@ import numpy as np
 
 from proxy_jax import vocab
 
+MODES = (
+    "sentinel",  # raw: 1 12 bytes 13 2   comp: 1 14 symbols 15 2
+    "translation_raw_first",  # 1 12 bytes 13 14 symbols 15 2 (one document)
+    "translation_comp_first",
+    "translation_random",
+    "parallel_raw_first",  # 1 12 bytes 13 2 1 14 symbols 15 2 (two documents)
+    "parallel_comp_first",
+    "parallel_random",
+    "vanilla",  # one representation, no sentinels: 1 bytes 2 or 1 symbols 2
+)
+
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _TO_UNIT = 2.0**-53

@@ -86,16 +86,12 @@ class PackedBatchDataset(grain.IterDataset):
                  num_workers: int = 0, worker_buffer_size: int = 16,
                  on_document: Callable[..., None] | None = None):
         super().__init__(documents)
-        if seq_len < 1:
-            raise ValueError(f"seq_len={seq_len} must be >= 1; set config.data.seq_len to a positive length.")
         if rows < 1:
             raise ValueError(f"rows={rows} must be >= 1; the local batch needs at least one row.")
         if num_targets < 0:
             raise ValueError(f"num_targets={num_targets} must be >= 0.")
         if start_step < 0:
             raise ValueError(f"start_step={start_step} is negative; steps count from 0.")
-        if num_workers < 0:
-            raise ValueError(f"num_workers={num_workers} must be >= 0 (0 = in-process).")
         schedule.validate_mix(mix)
         self._documents = documents
         self._kwargs = dict(seq_len=int(seq_len), num_targets=int(num_targets), rows=int(rows), seed=int(seed),

@@ -68,25 +68,6 @@ def needs_compression(config: ml_collections.ConfigDict) -> bool:
     return config.proxy.name != "bytes" and schedule.max_rate(config.mix) > 0.0
 
 
-def validate_pipeline_config(config: ml_collections.ConfigDict, process_count: int) -> None:
-    """Raises one clear ValueError for data settings the pipeline cannot honour."""
-    d = config.data
-    if int(d.seq_len) < 1:
-        raise ValueError(f"config.data.seq_len={d.seq_len} must be >= 1; set it to the model context length.")
-    if int(d.batch_size) < 1:
-        raise ValueError(f"config.data.batch_size={d.batch_size} must be >= 1.")
-    if int(d.batch_size) % process_count:
-        raise ValueError(f"config.data.batch_size={d.batch_size} is not divisible by the {process_count} "
-                         f"processes; set it to a multiple of {process_count}.")
-    if int(d.num_workers) < 0:
-        raise ValueError(f"config.data.num_workers={d.num_workers} must be >= 0 (0 = in-process).")
-    if int(d.num_epochs) < 0:
-        raise ValueError(f"config.data.num_epochs={d.num_epochs} must be >= 0 (0 = repeat forever).")
-    if config_lib.num_targets(config) < 1:
-        raise ValueError(f"config.model.num_pred_heads={config.model.num_pred_heads} must be >= 1.")
-    schedule.validate_mix(config.mix)
-
-
 def document_stage(config: ml_collections.ConfigDict, source: Any, proxy: Any, *, process_index: int,
                    process_count: int, compress: bool) -> grain.MapDataset:
     """This host's documents, shuffled per epoch and loaded (with their compressed view when needed)."""
@@ -102,13 +83,13 @@ def document_stage(config: ml_collections.ConfigDict, source: Any, proxy: Any, *
     ds = ds.repeat(int(d.num_epochs) or None)
     from_records = d.source == "preprocessed" and hasattr(source, "record")
     if compress and not from_records and proxy is None:
-        raise ValueError("The pipeline needs a proxy to compress documents; pass proxy= or use "
-                         "config.data.source='preprocessed'.")
+        raise ValueError(f"config.proxy.name={config.proxy.name!r} compresses documents, so the pipeline needs "
+                         "proxy= (proxy_jax.assemble.make_proxy(config, workdir)) or preprocessed shards.")
     return ds.map_with_index(LoadDocument(source, proxy, docs_per_epoch=docs_per_epoch, compress=compress,
                                           from_records=from_records))
 
 
-def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, proxy=None, workdir=None,
+def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, proxy=None,
                   process_index: int | None = None, process_count: int | None = None, source=None,
                   start_step: int = 0, on_document: Callable[..., None] | None = None) -> grain.IterDataset:
     """The batches of ``split`` for this host, as a ``grain.IterDataset`` (see the module docstring).
@@ -116,8 +97,8 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
     Args:
       config: the run config (``data``, ``mix``, ``model`` heads, ``seed``, ``proxy``).
       split: the split given to ``corpus.load_split`` (ignored when ``source`` is given).
-      proxy: the compressor; built with ``proxies.make_proxy`` when needed and not given.
-      workdir: where a trained proxy (tokenizer) is cached.
+      proxy: the compressor (``proxy_jax.assemble.make_proxy(config, workdir)``); not needed for the byte
+        baseline or preprocessed shards, which carry their compressed views.
       process_index, process_count: this host and the number of hosts (default: from JAX).
       source: a document source to use instead of ``corpus.load_split(config.data, split)``.
       start_step: the first batch is this step's (re-reads earlier documents; prefer restoring state).
@@ -127,17 +108,11 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
     process_count = jax.process_count() if process_count is None else int(process_count)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count}).")
-    validate_pipeline_config(config, process_count)
     if source is None:
         from proxy_jax.data import corpus
 
         source = corpus.load_split(config.data, split, proxy_config=config.proxy)
     compress = needs_compression(config)
-    from_records = config.data.source == "preprocessed" and hasattr(source, "record")
-    if compress and proxy is None and not from_records:
-        from proxy_jax import proxies
-
-        proxy = proxies.make_proxy(config, workdir=workdir)
     if int(config.data.num_workers) > 0 and not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
     docs = document_stage(config, source, proxy, process_index=process_index, process_count=process_count,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from proxy_jax import config as config_lib
+from proxy_jax.data.mixing import MODES
 
 
 def validate_mix(mix: ml_collections.ConfigDict) -> None:
@@ -29,8 +29,8 @@ def validate_mix(mix: ml_collections.ConfigDict) -> None:
         if int(value) != value or int(value) < 0:
             raise ValueError(f"config.mix.{key}={value!r} must be a non-negative integer number of steps.")
     for key in ("mode_warmup", "mode_steady", "mode_final"):
-        if mix[key] not in config_lib.MODES:
-            raise ValueError(f"config.mix.{key}={mix[key]!r} is not a mode; use one of {', '.join(config_lib.MODES)}.")
+        if mix[key] not in MODES:
+            raise ValueError(f"config.mix.{key}={mix[key]!r} is not a mode; use one of {', '.join(MODES)}.")
 
 
 def schedule_at(step: int, mix: ml_collections.ConfigDict) -> tuple[float, str]:

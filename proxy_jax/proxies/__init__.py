@@ -15,18 +15,14 @@ import hashlib
 import os
 from typing import Any, Callable, Iterable
 
-import numpy as np
-
-from proxy_jax.config import PROXIES
 from proxy_jax.proxies.base import Proxy
 from proxy_jax.proxies.simple import BytesProxy, GzipProxy
 from proxy_jax.proxies.tokenizer import TokenizerProxy, TokensAsBytesProxy, cached_tokenizer, train_tokenizer
 
-__all__ = ["Proxy", "BytesProxy", "GzipProxy", "TokenizerProxy", "TokensAsBytesProxy", "make_proxy",
-           "proxy_settings", "train_tokenizer", "PREPROCESSED_TOKENIZER"]
+__all__ = ["NAMES", "Proxy", "BytesProxy", "GzipProxy", "TokenizerProxy", "TokensAsBytesProxy", "check_name",
+           "make_proxy", "proxy_settings", "train_tokenizer"]
 
-# A preprocessed folder carries the tokenizer its shards were made with, under this name.
-PREPROCESSED_TOKENIZER = "tokenizer.model"
+NAMES = ("bytes", "tokenizer", "tokens_as_bytes", "gzip", "neural")
 
 _SETTINGS = {
     "bytes": (),
@@ -38,11 +34,16 @@ _SETTINGS = {
 _NOT_NEURAL = {"name", "m1_workdir"} | {k for keys in _SETTINGS.values() for k in keys}
 
 
+def check_name(name: str) -> None:
+    """Raises one sentence unless ``name`` is a proxy of :data:`NAMES`."""
+    if name not in NAMES:
+        raise ValueError(f"--config.proxy.name={name!r} is not one of {', '.join(NAMES)}.")
+
+
 def proxy_settings(proxy_config) -> dict[str, Any]:
     """The ``config.proxy`` values that determine a proxy's output (recorded with preprocessed shards)."""
     name = proxy_config.name
-    if name not in PROXIES:
-        raise ValueError(f"config.proxy.name={name!r} is not one of {PROXIES}.")
+    check_name(name)
     keys = _SETTINGS[name] if name != "neural" else tuple(k for k in proxy_config if k not in _NOT_NEURAL)
     settings = {"name": name, **{k: proxy_config[k] for k in keys}}
     if name in ("tokenizer", "tokens_as_bytes"):
@@ -53,14 +54,6 @@ def proxy_settings(proxy_config) -> dict[str, Any]:
             del settings["vocab_size"], settings["train_max_bytes"]
             settings["model_file"] = os.path.basename(path)
     return settings
-
-
-def _train_docs_of_split(data_config) -> tuple[Callable[[], Iterable[bytes]], str]:
-    from proxy_jax.data import corpus
-    src = corpus.load_split(data_config, "train")
-    # A fixed permutation, so that a byte cap takes documents from the whole corpus, not its first files.
-    order = np.random.default_rng(0).permutation(len(src))
-    return (lambda: (src[int(i)] for i in order)), src.fingerprint()
 
 
 def _fingerprint_docs(docs: Iterable[bytes], max_bytes: int) -> str:
@@ -74,41 +67,39 @@ def _fingerprint_docs(docs: Iterable[bytes], max_bytes: int) -> str:
     return h.hexdigest()
 
 
-def _tokenizer(config, workdir: str | None, train_docs) -> TokenizerProxy:
-    p = config.proxy
+def _tokenizer(p, workdir: str | None, train_docs, corpus_fingerprint: str) -> TokenizerProxy:
     if p.model_path:
         return TokenizerProxy.from_file(p.model_path)
-    if config.data.source == "preprocessed":
-        from proxy_jax.data import corpus
-        manifest = corpus.read_manifest(config.data.path)
-        corpus.check_proxy_settings(manifest, p, config.data.path)
-        return TokenizerProxy.from_file(os.path.join(config.data.path, PREPROCESSED_TOKENIZER))
     vocab_size, max_bytes = int(p.vocab_size), int(p.train_max_bytes)
     if max_bytes <= 0:
         raise ValueError(f"config.proxy.train_max_bytes must be > 0, got {max_bytes}.")
     if train_docs is None:
-        train_docs, fingerprint = _train_docs_of_split(config.data)
-    else:
-        fingerprint = "docs:" + _fingerprint_docs(train_docs(), max_bytes)
+        raise ValueError(f"config.proxy.name={p.name!r} with no proxy.model_path trains a tokenizer and needs "
+                         "train_docs (proxy_jax.assemble.make_proxy passes the training split).")
+    fingerprint = corpus_fingerprint or "docs:" + _fingerprint_docs(train_docs(), max_bytes)
     return cached_tokenizer(workdir, vocab_size, max_bytes, fingerprint, train_docs)
 
 
-def make_proxy(config, workdir: str | None = None,
-               train_docs: Callable[[], Iterable[bytes]] | None = None) -> Proxy:
-    """The proxy ``config.proxy.name`` names.
+def make_proxy(proxy_config, *, workdir: str | None = None,
+               train_docs: Callable[[], Iterable[bytes]] | None = None, corpus_fingerprint: str = "",
+               m1=None, sample_docs: list[bytes] | None = None) -> Proxy:
+    """The proxy ``proxy_config.name`` names (``proxy_config`` is ``config.proxy``), from what it is handed.
 
-    The tokenizer proxies load ``config.proxy.model_path``, or the tokenizer stored with preprocessed
-    shards, or train on the training split (or on ``train_docs()``), cached under ``{workdir}/proxy``.
+    A proxy never reads a corpus or a workdir of another run itself: the tokenizer proxies load
+    ``proxy_config.model_path`` or train on ``train_docs()`` (cached under ``{workdir}/proxy``, keyed by
+    ``corpus_fingerprint`` or a hash of the documents); the neural proxy is handed its loaded ``m1``
+    (``proxies.neural.M1``) and, unless ``entropy_threshold`` is set, ``sample_docs`` to fit it on.
+    ``proxy_jax.assemble.make_proxy`` gathers all of these from a run's config.
     """
-    name = config.proxy.name
+    name = proxy_config.name
+    check_name(name)
     if name == "bytes":
         return BytesProxy()
     if name == "gzip":
-        return GzipProxy(int(config.proxy.gzip_level))
+        return GzipProxy(int(proxy_config.gzip_level))
     if name in ("tokenizer", "tokens_as_bytes"):
-        tok = _tokenizer(config, workdir, train_docs)
-        return tok if name == "tokenizer" else TokensAsBytesProxy(tok, bool(config.proxy.gray_code))
-    if name == "neural":
-        from proxy_jax.proxies import neural
-        return neural.NeuralProxy.from_config(config, workdir)
-    raise ValueError(f"config.proxy.name={name!r} is not a proxy; choose one of {PROXIES}.")
+        tok = _tokenizer(proxy_config, workdir, train_docs, corpus_fingerprint)
+        return tok if name == "tokenizer" else TokensAsBytesProxy(tok, bool(proxy_config.gray_code))
+    from proxy_jax.proxies import neural
+
+    return neural.NeuralProxy.from_settings(proxy_config, m1, sample_docs)

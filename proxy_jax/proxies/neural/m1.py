@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import os
 from typing import Any
 
 import jax
@@ -55,30 +54,6 @@ def params_hash(params: Any) -> str:
         h.update(f"{jax.tree_util.keystr(path)}|{arr.dtype.str}|{arr.shape}|".encode())
         h.update(arr.tobytes())
     return h.hexdigest()
-
-
-def load(workdir: str, step: int | None = None) -> M1:
-    """Restore M1 from a training workdir (its ``config.json`` and newest checkpoint, or ``step``)."""
-    from proxy_jax import checkpoint as ckpt_lib
-    from proxy_jax import train
-
-    if not workdir or not os.path.isdir(workdir):
-        raise FileNotFoundError(
-            f"proxy.m1_workdir={workdir!r} is not a directory; train M1 first with "
-            "`python -m proxy_jax.main --config=configs/m1.py:tiny --workdir=DIR` and pass that DIR."
-        )
-    config = train.load_config(workdir)
-    if config.proxy.name != "bytes":
-        raise ValueError(
-            f"{workdir} holds a {config.proxy.name!r} run; M1 must be a byte-only run (configs/m1.py)."
-        )
-    run = train.build(config, workdir, with_pipeline=False)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
-    restored_step, state = checkpointer.restore(run.state, None, step=step)
-    checkpointer.close()
-    if state is None:
-        raise FileNotFoundError(f"No M1 checkpoint could be restored from {workdir}/checkpoints.")
-    return M1.from_params(run.model.args, state.params, context=int(config.data.seq_len))
 
 
 def bucket_length(n: int, max_len: int) -> int:

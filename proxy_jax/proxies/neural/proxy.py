@@ -88,13 +88,15 @@ class NeuralProxy(Proxy):
         return cls(m1_lib.M1.from_params(args, params, context), **kwargs)
 
     @classmethod
-    def from_config(cls, config, workdir: str | None = None, sample_docs=None) -> "NeuralProxy":
-        """Loads M1 from ``config.proxy.m1_workdir``; the threshold is ``proxy.entropy_threshold`` if > 0,
-        else the ``entropy_quantile`` of entropies over a fixed sample of the training split."""
-        del workdir
-        p = config.proxy
+    def from_settings(cls, proxy_config, m1: "m1_lib.M1 | None", sample_docs: list[bytes] | None = None) -> "NeuralProxy":
+        """From ``config.proxy`` and a loaded M1; the threshold is ``proxy.entropy_threshold`` if > 0, else
+        the ``entropy_quantile`` of M1's entropies over ``sample_docs`` (a fixed sample of the training split)."""
+        p = proxy_config
+        if m1 is None:
+            raise ValueError("The neural proxy needs its M1: set --config.proxy.m1_workdir to a trained byte run "
+                             "(configs/m1.py); proxy_jax.assemble.make_proxy loads it from there.")
         proxy = cls(
-            m1_lib.load(p.m1_workdir),
+            m1,
             window_bits=p.window_bits,
             precision=p.quantize_bits,
             entropy_quantile=p.entropy_quantile,
@@ -109,8 +111,9 @@ class NeuralProxy(Proxy):
                 f"trained on; set --config.proxy.chunk_bytes={proxy.model.context} (or less)."
             )
         if proxy.entropy_threshold is None:
-            if sample_docs is None:
-                sample_docs = corpus_sample(config.data, int(p.entropy_sample_bytes))
+            if not sample_docs:
+                raise ValueError("proxy.entropy_threshold=0 asks for a threshold fitted on a corpus sample, but no "
+                                 "sample_docs were given; pass them or set --config.proxy.entropy_threshold.")
             proxy.fit_threshold(sample_docs)
         return proxy
 
@@ -224,17 +227,3 @@ class NeuralProxy(Proxy):
             "min_segment_bytes": self.min_segment_bytes,
             "m1_batch_rows": self.batch_rows,
         }
-
-
-def corpus_sample(data_config, sample_bytes: int, max_docs: int = 256) -> list[bytes]:
-    """A fixed sample of the training split: up to ``max_docs`` documents spread evenly over it, each cut to
-    an equal share of ``sample_bytes`` (the same sample for the same corpus, whatever the run)."""
-    from proxy_jax.data import corpus
-
-    source = corpus.load_split(data_config, "train")
-    n = len(source)
-    if n == 0:
-        raise ValueError("The training split is empty; the neural proxy needs documents to set its threshold.")
-    picks = sorted({int(i * n / min(n, max_docs)) for i in range(min(n, max_docs))})
-    share = max(1, sample_bytes // len(picks))
-    return [bytes(source[i])[:share] for i in picks]

@@ -43,7 +43,7 @@ def setup_run(config, devices):
 def loss_and_grads(run, batch_np):
     batch = sharding_lib.host_to_global(batch_np, run["mesh"])
     grad_fn = jax.jit(
-        jax.grad(train_step_lib.make_loss_fn(run["model"], VOCAB), has_aux=True),
+        jax.grad(train_step_lib.make_loss_fn(run["model"], VOCAB, config_lib.num_targets(run["config"])), has_aux=True),
         in_shardings=(run["shardings"].params, sharding_lib.batch_sharding(run["mesh"])),
     )
     with jax.set_mesh(run["mesh"]), nn.logical_axis_rules(sharding_lib.logical_rules(run["config"])):
@@ -114,8 +114,14 @@ def test_gradient_accumulation_matches_full_batch(sharded, sharded_step, batch_n
     for key in ("loss", "raw_loss", "comp_loss", "grad_norm", "lr"):
         np.testing.assert_allclose(acc_metrics[key], metrics[key], rtol=RTOL)
     assert int(acc_metrics["tokens"]) == int(metrics["tokens"])
-    # Adam's first step divides by sqrt(v): tiny gradients amplify rounding, hence the looser atol.
-    assert_trees_close(acc_params, params, rtol=1e-3, atol=1e-5)
+    # Adam's first step is lr * g / (|g| + eps): for a gradient that is zero up to rounding its sign, hence a
+    # step of +-lr, depends on the summation order. Everything else must agree closely; such sign flips
+    # (a difference of at most 2 * lr) may touch at most one element in 10^4.
+    lr = float(metrics["lr"])
+    for a, b in zip(jax.tree.leaves(jax.device_get(acc_params)), jax.tree.leaves(jax.device_get(params))):
+        off = ~np.isclose(a, b, rtol=1e-3, atol=1e-5)
+        assert off.mean() <= 1e-4, f"{off.sum()} of {off.size} elements differ"
+        assert np.all(np.abs(a - b)[off] <= 2 * lr * (1 + 1e-3))
     moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), params, jax.device_get(sharded["state"].params))
     assert min(jax.tree.leaves(moved)) > 0  # every parameter was updated
 

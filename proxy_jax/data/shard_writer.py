@@ -1,0 +1,204 @@
+"""Writing preprocessed shards: a corpus compressed once into ArrayRecord files plus ``manifest.json``.
+
+The format (and reading it back) is ``proxy_jax.data.shards``'; the command is ``python -m
+proxy_jax.preprocess``. One ``records.Record`` per document, in split order; training documents may be
+cut into pieces (``data.max_doc_bytes``), held-out ones are kept whole for evaluation.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import ml_collections
+
+from proxy_jax import proxies
+from proxy_jax.data import corpus, records
+from proxy_jax.data.corpus import SPLITS
+from proxy_jax.data.shards import MANIFEST, TOKENIZER, shard_name
+
+FORMAT_VERSION = 1
+STATS_DIR = "shard_stats"
+_WRITER_OPTIONS = "group_size:1"  # random access: one record per chunk
+_CHUNK_DOCS = 64
+_CHUNK_BYTES = 8 << 20
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _data_settings(data_config) -> dict[str, Any]:
+    keys = ("source", "path", "glob", "text_field", "skip_malformed", "tfds_split", "tfds_data_dir",
+            "val_fraction", "max_doc_bytes")
+    return {k: data_config[k] for k in keys}
+
+
+def _shard_range(n: int, shard: int, num_shards: int) -> tuple[int, int]:
+    return shard * n // num_shards, (shard + 1) * n // num_shards
+
+
+def _stats_path(output: str, split: str, shard: int, num_shards: int) -> str:
+    return os.path.join(output, STATS_DIR, shard_name(split, shard, num_shards) + ".json")
+
+
+def _shard_done(output: str, split: str, shard: int, num_shards: int, identity: str, count: int) -> dict | None:
+    """The saved statistics of a finished, matching shard, else None."""
+    path = os.path.join(output, shard_name(split, shard, num_shards))
+    spath = _stats_path(output, split, shard, num_shards)
+    if not (os.path.isfile(path) and os.path.isfile(spath)):
+        return None
+    with open(spath, encoding="utf-8") as f:
+        stats = json.load(f)
+    if stats.get("identity") != identity or stats.get("documents") != count:
+        return None
+    from array_record.python import array_record_module
+    reader = array_record_module.ArrayRecordReader(path)
+    try:
+        ok = reader.num_records() == count
+    finally:
+        reader.close()
+    return stats if ok else None
+
+
+def write_shard(output, split, shard, num_shards, src, lo, hi, proxy, identity, progress) -> dict:
+    """Writes documents [lo, hi) of ``src`` as one shard (under a temporary name, renamed when complete)
+    and then its statistics; returns them."""
+    from array_record.python import array_record_module
+    path = os.path.join(output, shard_name(split, shard, num_shards))
+    for stale in glob.glob(glob.escape(path) + ".tmp*"):  # left by an interrupted run
+        os.remove(stale)
+    tmp = f"{path}.tmp{os.getpid()}"
+    writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)
+    n_bytes = n_symbols = 0
+    try:
+        i = lo
+        while i < hi:
+            idx, docs, size = [], [], 0
+            while i < hi and len(docs) < _CHUNK_DOCS and size < _CHUNK_BYTES:
+                docs.append(src[i])
+                idx.append(i)
+                size += len(docs[-1])
+                i += 1
+            for j, raw, comp in zip(idx, docs, proxy.encode_batch(docs)):
+                writer.write(records.encode_record(records.Record(j, src.key(j), raw, comp)))
+                n_symbols += int(comp.size)
+            n_bytes += size
+            progress(len(docs), size)
+    finally:
+        writer.close()
+    os.replace(tmp, path)
+    stats = {"identity": identity, "documents": hi - lo, "bytes": n_bytes, "symbols": n_symbols,
+             "first_index": lo}
+    os.makedirs(os.path.join(output, STATS_DIR), exist_ok=True)
+    _atomic_write(_stats_path(output, split, shard, num_shards), _json_bytes(stats))
+    return stats
+
+
+def _ratio(n_bytes: int, n_symbols: int) -> float:
+    return round(n_bytes / n_symbols, 6) if n_symbols else 0.0
+
+
+def write(config, output: str, proxy: proxies.Proxy, *, num_shards: int = 8, process_index: int = 0,
+          process_count: int = 1, splits: Sequence[str] = ("train", "validation"),
+          progress_bar: bool = True) -> dict[str, Any]:
+    """Writes this process's shards of every split of ``config.data``, compressed by ``proxy`` (made from
+    ``config.proxy``); returns the manifest (``complete`` once every shard is done).
+
+    Shard s of N holds documents [s*n/N, (s+1)*n/N) of its split; process i of P writes the shards with
+    s % P == i; whoever completes the last shard writes the manifest. Each shard is written under a
+    temporary name, renamed when complete, then its statistics are saved under ``shard_stats/``; a rerun
+    skips shards whose statistics match, so an interrupted run resumes.
+    """
+    from tqdm import tqdm
+    if config.data.source == "preprocessed":
+        raise ValueError("config.data.source='preprocessed' is already preprocessed; preprocess the original "
+                         "corpus source instead.")
+    if int(num_shards) < 1:
+        raise ValueError(f"--num_shards must be >= 1, got {num_shards}.")
+    if not 0 <= int(process_index) < int(process_count):
+        raise ValueError(f"--process_index={process_index} must be in [0, --process_count={process_count}).")
+    splits = tuple(splits)
+    bad = [s for s in splits if s not in SPLITS]
+    if bad or not splits:
+        raise ValueError(f"--splits={','.join(splits)!r} must name some of {SPLITS}.")
+    num_shards = int(num_shards)
+    os.makedirs(output, exist_ok=True)
+
+    tokenizer = proxy if isinstance(proxy, proxies.TokenizerProxy) else getattr(proxy, "tokenizer", None)
+    if isinstance(proxy, (proxies.TokenizerProxy, proxies.TokensAsBytesProxy)):
+        _atomic_write(os.path.join(output, TOKENIZER), tokenizer.model_proto)
+    settings = proxies.proxy_settings(config.proxy)
+    proxy_manifest = proxy.manifest()
+
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION, "proxy_name": proxy.name, "num_symbols": int(proxy.num_symbols),
+        "proxy": proxy_manifest, "proxy_settings": settings, "num_shards": num_shards,
+        "data": _data_settings(config.data), "splits": {},
+    }
+    if tokenizer is not None:
+        manifest["tokenizer_model"] = TOKENIZER
+    complete = True
+    for split in splits:
+        data_config = config.data
+        if split != "train":  # evaluation scores whole documents: only training documents are cut
+            data_config = ml_collections.ConfigDict(config.data.to_dict())
+            data_config.max_doc_bytes = 0
+        src = corpus.load_split(data_config, split)
+        n = len(src)
+        identity = hashlib.sha256(_json_bytes([FORMAT_VERSION, proxy_manifest, settings, src.fingerprint(),
+                                               split, num_shards])).hexdigest()
+        mine = [s for s in range(num_shards) if s % process_count == process_index]
+        todo = [s for s in mine if _shard_done(output, split, s, num_shards, identity,
+                                               _shard_range(n, s, num_shards)[1] - _shard_range(n, s, num_shards)[0]) is None]
+        total = sum(_shard_range(n, s, num_shards)[1] - _shard_range(n, s, num_shards)[0] for s in todo)
+        bar = tqdm(total=total, unit="doc", desc=f"{split}", disable=not progress_bar or not todo,
+                   file=sys.stderr, mininterval=1.0)
+        start, done_bytes = time.perf_counter(), 0
+
+        def progress(docs, size):
+            nonlocal done_bytes
+            done_bytes += size
+            bar.update(docs)
+            bar.set_postfix_str(f"{done_bytes / max(time.perf_counter() - start, 1e-9) / 1e6:.2f} MB/s",
+                                refresh=False)
+
+        for s in todo:
+            lo, hi = _shard_range(n, s, num_shards)
+            write_shard(output, split, s, num_shards, src, lo, hi, proxy, identity, progress)
+        bar.close()
+
+        shards = []
+        for s in range(num_shards):
+            lo, hi = _shard_range(n, s, num_shards)
+            shards.append(_shard_done(output, split, s, num_shards, identity, hi - lo))
+        if any(st is None for st in shards):
+            complete = False
+            continue
+        n_bytes = sum(st["bytes"] for st in shards)
+        n_symbols = sum(st["symbols"] for st in shards)
+        manifest["splits"][split] = {
+            **{k: v for k, v in src.stats.items() if k not in ("documents", "bytes")},
+            "documents": n, "bytes": n_bytes, "symbols": n_symbols, "ratio": _ratio(n_bytes, n_symbols),
+            "fingerprint": src.fingerprint(), "source": src.description,
+            "shards": [{k: st[k] for k in ("documents", "bytes", "symbols")} for st in shards],
+        }
+    manifest["complete"] = complete
+    if complete:
+        total_bytes = sum(v["bytes"] for v in manifest["splits"].values())
+        total_symbols = sum(v["symbols"] for v in manifest["splits"].values())
+        manifest["ratio"] = _ratio(total_bytes, total_symbols)
+        _atomic_write(os.path.join(output, MANIFEST), _json_bytes(manifest))
+    return manifest

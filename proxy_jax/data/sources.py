@@ -1,0 +1,306 @@
+"""Document sources: random-access, picklable collections of documents (bytes), and their readers.
+
+A :class:`DocumentSource` holds an index (key and location of every document, no contents); reading
+document ``i`` opens, seeks and reads just that document, so Grain workers can share a source by
+pickling it. Each ``scan_*`` function walks one kind of input once and yields
+``(key, size, file, position, line_size)`` per document; ``proxy_jax.data.corpus`` turns a scan into
+the documents of one split.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import sysconfig
+from typing import Any, Iterator
+
+import numpy as np
+
+_SCAN_BATCH = 1024
+
+
+class DocumentSource:
+    """Documents of one split. ``locs`` rows are (file, position, size, start, length), see subclasses."""
+
+    def __init__(self, description: str, keys: list[str], locs: np.ndarray, stats: dict[str, int]):
+        self.description = description
+        self._keys = keys
+        self._locs = locs
+        self.stats = stats
+        self._fingerprint = None
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _index(self, i) -> int:
+        i = int(i)
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"document index {i} out of range for a split of {n} documents.")
+        return i % n
+
+    def __getitem__(self, i) -> bytes:
+        i = self._index(i)
+        f, pos, size, start, length = (int(v) for v in self._locs[i])
+        doc = self._read(f, pos, size, start, length)
+        if len(doc) != length:
+            raise ValueError(f"document {self._keys[i]!r} has {len(doc)} bytes, {length} when the corpus was "
+                             "indexed; the source changed on disk, reload it.")
+        return doc
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def key(self, i) -> str:
+        return self._keys[self._index(i)]
+
+    def size(self, i) -> int:
+        """Length in bytes of document ``i`` (known from the index, nothing is read)."""
+        return int(self._locs[self._index(i), 4])
+
+    def fingerprint(self) -> str:
+        """A stable hash of the split's keys and sizes (identifies the data for caches)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for k, n in zip(self._keys, self._locs[:, 4].tolist()):
+                h.update(k.encode("utf-8", "surrogatepass") + b"\0" + str(n).encode() + b"\n")
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for k in self._unpicklable():
+            state[k] = None
+        return state
+
+    def _unpicklable(self) -> tuple[str, ...]:
+        return ()
+
+    def _read(self, f: int, pos: int, size: int, start: int, length: int) -> bytes:
+        raise TypeError(f"{type(self).__name__} does not read documents.")
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.description!r}, documents={len(self)})"
+
+
+class FileSource(DocumentSource):
+    """One document per file (``stdlib``, ``dir``); a piece reads only its own byte range."""
+
+    def __init__(self, files: list[str], **kw):
+        super().__init__(**kw)
+        self.files = files
+
+    def _read(self, f, pos, size, start, length):
+        with open(self.files[f], "rb") as fh:
+            fh.seek(start)
+            return fh.read(length)
+
+
+class JsonlSource(DocumentSource):
+    """One document per JSON line; ``position``/``size`` locate the line, found by one scan at load."""
+
+    def __init__(self, files: list[str], fields: tuple[str, ...], **kw):
+        super().__init__(**kw)
+        self.files = files
+        self.fields = fields
+
+    def _read(self, f, pos, size, start, length):
+        with open(self.files[f], "rb") as fh:
+            fh.seek(pos)
+            line = fh.read(size)
+        doc, _ = _jsonl_document(line, self.fields)
+        return doc[start:start + length]
+
+
+class ArrayRecordSource(DocumentSource):
+    """One document per ArrayRecord record; ``position`` is the record's global index."""
+
+    def __init__(self, files: list[str], **kw):
+        super().__init__(**kw)
+        self.files = files
+        self._ds = None
+
+    def _unpicklable(self):
+        return ("_ds",)
+
+    def _read(self, f, pos, size, start, length):
+        if self._ds is None:
+            self._ds = array_record_source(self.files)
+        return self._ds[pos][start:start + length]
+
+
+class TfdsSource(DocumentSource):
+    """Documents of a TFDS dataset prepared in ArrayRecord format, read with ``tfds.data_source``."""
+
+    def __init__(self, name: str, tfds_split: str, data_dir: str, **kw):
+        super().__init__(**kw)
+        self.name, self.tfds_split, self.data_dir = name, tfds_split, data_dir
+        self._ds = None
+
+    def _unpicklable(self):
+        return ("_ds",)
+
+    def _read(self, f, pos, size, start, length):
+        if self._ds is None:
+            self._ds = tfds_data_source(self.name, self.tfds_split, self.data_dir)
+        return _tfds_document(self._ds[pos], self.name, pos)[start:start + length]
+
+
+def array_record_source(files: list[str]):
+    import grain
+    return grain.sources.ArrayRecordDataSource(files)
+
+
+def tfds_data_source(name: str, split: str, data_dir: str):
+    import tensorflow_datasets as tfds
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir or None)
+    except Exception as e:  # TFDS raises many types for a missing or unprepared dataset
+        raise ValueError(f"cannot open TFDS dataset {name!r} split {split!r} (data_dir {data_dir or 'default'}): "
+                         f"{e}; prepare it with file_format='array_record' or fix config.data.path.") from e
+
+
+_TFDS_FIELDS = ("text", "content", "code")
+
+
+def _tfds_document(example: Any, name: str, i: int) -> bytes:
+    if isinstance(example, dict):
+        for field in _TFDS_FIELDS:
+            if field in example:
+                value = example[field]
+                if isinstance(value, np.ndarray) and value.shape == ():
+                    value = value.item()
+                if isinstance(value, str):
+                    return value.encode("utf-8", "surrogatepass")
+                if isinstance(value, (bytes, bytearray)):
+                    return bytes(value)
+                raise ValueError(f"TFDS {name} example {i}: field {field!r} is {type(value).__name__}, "
+                                 "expected text or bytes.")
+        fields = sorted(example)
+    else:
+        fields = type(example).__name__
+    raise ValueError(f"TFDS {name} example {i} has none of the fields {_TFDS_FIELDS} (it has {fields}); "
+                     "use a dataset with a text field.")
+
+
+def _jsonl_document(line: bytes, fields: tuple[str, ...]) -> tuple[bytes, str]:
+    """A JSONL line -> (document bytes, '') or (b'', reason it is malformed)."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as e:
+        return b"", f"bad JSON ({e})"
+    if not isinstance(obj, dict):
+        return b"", f"expected a JSON object, got {type(obj).__name__}"
+    for field in fields:
+        if field in obj:
+            value = obj[field]
+            if not isinstance(value, str):
+                return b"", f"field {field!r} is {type(value).__name__}, not a string"
+            return value.encode("utf-8", "surrogatepass"), ""
+    return b"", f"none of the fields {list(fields)} is present"
+
+
+def resolve_files(path: str, suffix: str, what: str) -> tuple[list[str], str]:
+    """A file, folder (searched recursively for ``suffix``) or glob -> (sorted files, base for keys)."""
+    if not path:
+        raise ValueError(f"config.data.path is empty; set it to a {what} file, folder or glob.")
+    if os.path.isfile(path):
+        return [path], os.path.dirname(path)
+    if os.path.isdir(path):
+        files = sorted(str(p) for p in pathlib.Path(path).rglob(f"*{suffix}") if p.is_file())
+        base = path
+    else:
+        files = sorted(p for p in globlib.glob(path, recursive=True) if os.path.isfile(p))
+        base = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in files]) if files else ""
+        files = [os.path.abspath(p) for p in files]
+    if not files:
+        raise ValueError(f"config.data.path={path!r} matches no {what} file ({suffix}); fix the path.")
+    files.sort(key=lambda p: os.path.relpath(p, base))
+    return files, base
+
+
+def _label(path: str, base: str) -> str:
+    return pathlib.PurePath(os.path.relpath(path, base)).as_posix()
+
+
+def stdlib_files() -> tuple[list[str], str]:
+    """Every ``*.py`` of this Python's standard library (no site-packages, no __pycache__), sorted."""
+    root = sysconfig.get_paths()["stdlib"]
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__")]
+        files.extend(os.path.join(dirpath, f) for f in filenames if f.endswith(".py"))
+    files.sort(key=lambda p: _label(p, root))
+    return files, root
+
+
+def dir_files(path: str, pattern: str) -> tuple[list[str], str]:
+    if not path or not os.path.isdir(path):
+        raise ValueError(f"config.data.path={path!r} is not a folder; the 'dir' source needs one.")
+    files = [str(p) for p in pathlib.Path(path).glob(pattern) if p.is_file()]
+    if not files:
+        raise ValueError(f"no file under {path!r} matches config.data.glob={pattern!r}; fix the glob.")
+    files.sort(key=lambda p: _label(p, path))
+    return files, path
+
+
+# Each scanner yields (key, size, file, position, line_size) for every document, in order, and may
+# count malformed entries in ``counts``.
+
+def scan_files(files, base, counts):
+    for f, p in enumerate(files):
+        size = os.path.getsize(p)
+        yield _label(p, base), size, f, 0, size
+
+
+def scan_jsonl(files, base, fields, skip_malformed, counts):
+    for f, p in enumerate(files):
+        if p.endswith(".gz"):
+            raise ValueError(f"{p} is gzipped; random access needs plain JSONL: decompress it with gunzip.")
+        label = _label(p, base)
+        offset = 0
+        with open(p, "rb") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                n = len(line)
+                if not line.strip():
+                    counts["skipped_blank_lines"] += 1
+                    offset += n
+                    continue
+                doc, reason = _jsonl_document(line, fields)
+                if reason:
+                    if not skip_malformed:
+                        raise ValueError(f"{p}:{lineno}: malformed JSONL line: {reason}; fix it or pass "
+                                         "--config.data.skip_malformed=True to skip (and count) such lines.")
+                    counts["skipped_malformed"] += 1
+                    if counts["skipped_malformed"] == 1:
+                        logging.warning("Skipping malformed JSONL line %s:%d (%s); more are only counted.",
+                                        p, lineno, reason)
+                else:
+                    yield f"{label}:{lineno}", len(doc), f, offset, n
+                offset += n
+
+
+def scan_array_record(files, base, counts):
+    from array_record.python import array_record_module
+    position = 0
+    for f, p in enumerate(files):
+        reader = array_record_module.ArrayRecordReader(p)
+        try:
+            n = reader.num_records()
+            label = _label(p, base)
+            for lo in range(0, n, _SCAN_BATCH):
+                for j, rec in enumerate(reader.read(list(range(lo, min(n, lo + _SCAN_BATCH))))):
+                    yield f"{label}:{lo + j}", len(rec), f, position + lo + j, 0
+        finally:
+            reader.close()
+        position += n
+
+
+def scan_tfds(ds, name, split, counts):
+    for i in range(len(ds)):
+        yield f"{name}/{split}/{i}", len(_tfds_document(ds[i], name, i)), 0, i, 0

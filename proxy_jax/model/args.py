@@ -1,0 +1,122 @@
+"""Static hyper-parameters of the decoder (``ModelArgs``), its exact parameter count and FLOP formula.
+
+``ModelArgs`` is built from ``config.model`` and the vocabulary the run's proxy needs; it is hashable, so
+it keys jit caches. Size presets (the paper's 0.5B..14B shapes) live in ``proxy_jax.recipes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+
+from proxy_jax import vocab
+
+ATTENTION_IMPLS = ("xla", "cudnn", "splash")
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelArgs:
+    """Static model hyper-parameters (hashable, so they can key jit caches)."""
+
+    vocab_size: int  # logical size: 320 + compressed symbols
+    padded_vocab_size: int  # embedding rows: vocab_size rounded up to a multiple of 128
+    num_layers: int
+    d_model: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    d_ff: int
+    rope_theta: float = 100_000.0
+    norm_eps: float = 1e-6
+    num_pred_heads: int = 1
+    num_raw_pred_heads: int = 0
+    attention: str = "xla"
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    scan_layers: bool = True
+    remat_policy: str = "none"
+
+    @classmethod
+    def from_config(cls, model_config: ml_collections.ConfigDict, vocab_size: int) -> "ModelArgs":
+        """Build from ``config.model``; ``vocab_size`` is used unless ``config.model.vocab_size`` is set."""
+        size = int(model_config.get("vocab_size", 0) or vocab_size)
+        if size < vocab.RAW_VOCAB_SIZE:
+            raise ValueError(
+                f"vocab_size {size} is smaller than the {vocab.RAW_VOCAB_SIZE} ids of specials and bytes; "
+                "pass 320 + the proxy's symbol count."
+            )
+        padded = -(-size // vocab.PAD_MULTIPLE) * vocab.PAD_MULTIPLE
+        args = cls(
+            vocab_size=size,
+            padded_vocab_size=padded,
+            num_layers=int(model_config.num_layers),
+            d_model=int(model_config.d_model),
+            num_heads=int(model_config.num_heads),
+            num_kv_heads=int(model_config.num_kv_heads),
+            head_dim=int(model_config.head_dim),
+            d_ff=int(model_config.d_ff),
+            rope_theta=float(model_config.rope_theta),
+            norm_eps=float(model_config.norm_eps),
+            num_pred_heads=int(model_config.num_pred_heads),
+            num_raw_pred_heads=int(model_config.num_raw_pred_heads),
+            attention=str(model_config.attention),
+            dtype=str(model_config.dtype),
+            param_dtype=str(model_config.param_dtype),
+            scan_layers=bool(model_config.scan_layers),
+            remat_policy=str(model_config.remat_policy),
+        )
+        args.check()
+        return args
+
+    def check(self) -> None:
+        """Raise one sentence for a hyper-parameter the model cannot be built with."""
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"model.attention={self.attention!r} is unknown; use one of {ATTENTION_IMPLS}.")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"model.remat_policy={self.remat_policy!r} is unknown; use one of {sorted(REMAT_POLICIES)}."
+            )
+        if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"model.num_heads={self.num_heads} is not a multiple of model.num_kv_heads={self.num_kv_heads}; "
+                "pick num_kv_heads dividing num_heads."
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"model.head_dim={self.head_dim} must be even for rotary embeddings.")
+        if self.num_pred_heads < 1 or self.num_raw_pred_heads < 0:
+            raise ValueError(
+                f"model.num_pred_heads={self.num_pred_heads} must be >= 1 and "
+                f"model.num_raw_pred_heads={self.num_raw_pred_heads} >= 0."
+            )
+
+
+def count_params(args: ModelArgs, *, include_embedding: bool = True) -> int:
+    """Exact parameter count of :class:`Transformer` (the embedding table is optional)."""
+    d, h, kv, hd, f = args.d_model, args.num_heads, args.num_kv_heads, args.head_dim, args.d_ff
+    per_layer = 2 * d + d * h * hd + 2 * d * kv * hd + h * hd * d + 3 * d * f
+    heads = d * args.num_pred_heads * args.padded_vocab_size + d * args.num_raw_pred_heads * vocab.RAW_VOCAB_SIZE
+    total = args.num_layers * per_layer + d + heads
+    if include_embedding:
+        total += args.padded_vocab_size * d
+    return total
+
+
+def flops_per_token(args: ModelArgs, seq_len: int) -> float:
+    """Training FLOPs per input token (forward + backward), for MFU.
+
+    ``6 * N + 12 * num_layers * num_heads * head_dim * seq_len`` where N counts every parameter that
+    takes part in a matmul (all but the embedding table, which is a lookup; the output heads are
+    included). The first term is 2 FLOPs per multiply-add, times 3 for forward + backward; the second
+    is the two attention matmuls (QK^T and AV, 2 * 2 * heads * head_dim * seq_len per layer forward),
+    times 3, counted over the full square as is conventional (causal masking is not discounted).
+    """
+    n = count_params(args, include_embedding=False)
+    return 6.0 * n + 12.0 * args.num_layers * args.num_heads * args.head_dim * seq_len
