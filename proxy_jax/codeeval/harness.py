@@ -53,6 +53,14 @@ def _read_finished(out_path: str | None) -> dict[str, dict]:
     return finished
 
 
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def _expected_outputs(todo: Sequence[problems_lib.Problem], base_only: bool, workers: int | None,
                       memory_mb: int) -> dict[str, str]:
     plus = [p for p in todo if p.is_plus]
@@ -93,6 +101,8 @@ def score(problems: Sequence[problems_lib.Problem], completions: Mapping[str, Se
     left = {p.task_id: len(completions[p.task_id]) for p in todo}
     new: dict[str, dict] = {}
     out = open(out_path, "a", encoding="utf-8") if out_path else None
+    if out is not None and not _ends_with_newline(out_path):
+        out.write("\n")  # end a line cut short by an interruption, or it swallows the next record
     try:
         for i, result in sandbox.iter_many(programs(), workers=workers, timeout_s=timeout_s, memory_mb=memory_mb):
             p, j = owner[i]
