@@ -1,0 +1,357 @@
+"""Run untrusted Python programs (model completions plus their tests) one per isolated process.
+
+``run_program(source)`` runs one complete program and returns a ``Result``; ``run_many(sources)`` runs
+many in parallel (one launch per program, ``workers`` at a time) and ``iter_many`` yields them as they
+finish. A program *passes* iff its process exits with code 0 AND the bootstrap wrote a per-run random
+nonce to a private pipe after the program's last statement ran; so ``sys.exit(0)`` / ``os._exit(0)``
+before the tests finish is a failure.
+
+Each program gets, from the harness side (these are the guarantees):
+- its own process, launched as a fresh ``python -I -B`` interpreter, in its own session and process
+  group, working directory a fresh temporary directory that is removed afterwards;
+- a wall-clock limit: on expiry the whole process group is SIGKILLed (status "timeout");
+- rlimits set before the program runs: CPU seconds, address space (``memory_mb``), file size (so
+  output is capped at ``max_output_bytes``: stdout and stderr go to a file, never into the harness's
+  memory beyond that cap; status "output_limit" when reached), open files, processes, no core dumps;
+- when the harness runs as root and ``unshare``/``setpriv`` exist (see ``isolation()``): a fresh network
+  namespace (no interface but a down loopback: no network at all) and a dedicated unprivileged uid per
+  concurrent run that keeps only CAP_DAC_READ_SEARCH (it can READ any file, so the interpreter and
+  site-packages under /root load, but it cannot write, delete or rename files it does not own, cannot
+  signal the harness or other runs, and RLIMIT_NPROC binds it); after the run every process of that
+  uid is killed, so even a fork loop that left its process group is reaped;
+- without root: ``unshare -rn`` (a user plus network namespace) when the kernel permits it, else
+  nothing at the OS level for the network; the process, rlimits and group kill still hold, but
+  RLIMIT_NPROC may not bind and the filesystem is open to whatever the harness's user may do.
+
+Inside the process a prelude (NOT a security boundary: ``ctypes`` or attribute archaeology get past
+it; it exists to turn common accidents into clean failures) replaces: ``socket.socket`` and friends,
+``os.fork``/``forkpty``/``posix_spawn*``/``spawn*``/``exec*``/``system``/``popen``, ``subprocess.Popen``,
+``os.kill``/``killpg``, ``os.setsid``, and the destructive path calls ``os.remove``/``unlink``/``rmdir``/
+``removedirs``/``rename``/``renames``/``replace``/``chmod``/``chown``/``truncate``/``link``/``symlink``,
+``shutil.rmtree``/``move`` and ``open``/``os.open`` for writing, which raise PermissionError when the
+target lies outside the temporary directory. What is NOT guaranteed: secrecy (with the uid drop every
+file on the machine is readable; without it, everything the harness's user can read), protection of
+world-writable places (e.g. /tmp) against ctypes-level writes, and fairness under CPU contention
+(the wall limit counts time spent waiting for a core).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import itertools
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Iterable, Iterator, Sequence
+
+STATUSES = ("passed", "failed", "timeout", "output_limit", "error")
+
+_NPROC = 64  # threads count too; OpenBLAS and friends are pinned to one thread below
+_NOFILE = 256
+_UID_BASE = 200_000  # unprivileged uids used per concurrent run; no /etc/passwd entry needed
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """Outcome of one program: ``status`` in STATUSES, a short ``detail``, the captured ``output``."""
+
+    status: str
+    detail: str
+    output: str
+    wall_s: float
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+# Runs inside the sandboxed interpreter. Reads one JSON header line and the program from stdin, sets
+# limits, installs the guard prelude, runs the program, then writes the nonce to the marker pipe.
+_BOOT = r'''
+import json, os, resource, sys
+_hdr = json.loads(sys.stdin.buffer.readline())
+_src = sys.stdin.buffer.read().decode("utf-8", "replace")
+_null = os.open(os.devnull, os.O_RDONLY); os.dup2(_null, 0); os.close(_null)
+for _name, _v in _hdr["limits"].items():
+    _lim = getattr(resource, _name)
+    try:
+        resource.setrlimit(_lim, (_v, _v))
+    except (ValueError, OSError):
+        pass
+
+def _guard(root):
+    import builtins, io, shutil, socket, subprocess
+    try:
+        import _posixsubprocess
+    except ImportError:
+        _posixsubprocess = None
+    realpath, sep, fspath = os.path.realpath, os.sep, os.fspath
+
+    def inside(path):
+        try:
+            p = realpath(fspath(path)) if not isinstance(path, int) else root
+        except TypeError:
+            return False
+        return p == root or p.startswith(root + sep)
+
+    def refuse(name):
+        def blocked(*args, **kwargs):
+            raise PermissionError(name + " is disabled in the sandbox")
+        return blocked
+
+    def confine(name, fn, n_paths=1):
+        def checked(*args, **kwargs):
+            for path in args[:n_paths]:
+                if not inside(path):
+                    raise PermissionError(name + " outside the sandbox directory is disabled")
+            return fn(*args, **kwargs)
+        return checked
+
+    for name in ("fork", "forkpty", "vfork", "posix_spawn", "posix_spawnp", "system", "popen",
+                 "kill", "killpg", "setsid", "setpgid", "execv", "execve", "execl", "execle",
+                 "execlp", "execlpe", "execvp", "execvpe", "spawnv", "spawnve", "spawnl", "spawnle",
+                 "spawnlp", "spawnlpe", "spawnvp", "spawnvpe", "plock"):
+        if hasattr(os, name):
+            setattr(os, name, refuse("os." + name))
+    subprocess.Popen = refuse("subprocess.Popen")
+    if _posixsubprocess is not None:
+        _posixsubprocess.fork_exec = refuse("fork_exec")
+    for name in ("remove", "unlink", "rmdir", "removedirs", "chmod", "chown", "lchown", "truncate",
+                 "mkfifo", "mknod"):
+        if hasattr(os, name):
+            setattr(os, name, confine("os." + name, getattr(os, name)))
+    for name in ("rename", "renames", "replace", "link", "symlink"):
+        setattr(os, name, confine("os." + name, getattr(os, name), n_paths=2))
+    shutil.rmtree = confine("shutil.rmtree", shutil.rmtree)
+    shutil.move = confine("shutil.move", shutil.move, n_paths=2)
+
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    os_open, io_open = os.open, io.open
+
+    def safe_os_open(path, flags, *args, **kwargs):
+        if flags & writes and not inside(path):
+            raise PermissionError("writing outside the sandbox directory is disabled")
+        return os_open(path, flags, *args, **kwargs)
+
+    def safe_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and not inside(file):
+            raise PermissionError("writing outside the sandbox directory is disabled")
+        return io_open(file, mode, *args, **kwargs)
+
+    os.open = safe_os_open
+    builtins.open = io.open = safe_open
+    for name in ("socket", "socketpair", "create_connection", "create_server", "fromfd"):
+        if hasattr(socket, name):
+            setattr(socket, name, refuse("socket." + name))
+
+_marker_fd, _nonce, _write, _exit = _hdr["marker_fd"], _hdr["nonce"].encode(), os.write, os._exit
+_guard(os.path.realpath(os.getcwd()))
+_code = compile(_src, "<program>", "exec")
+del _hdr, _src, _guard
+exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})
+sys.stdout.flush()
+sys.stderr.flush()
+_write(_marker_fd, _nonce)
+'''
+
+
+@functools.cache
+def isolation() -> dict:
+    """What this machine allows: {"netns": bool, "drop_uid": bool, "prefix": command prefix or None}."""
+    is_root = os.geteuid() == 0
+    have = lambda tool: shutil.which(tool) is not None  # noqa: E731
+    candidates = [["unshare", "-n"]] if is_root else [["unshare", "-r", "-n"]]
+    for prefix in candidates:
+        if have(prefix[0]):
+            try:
+                ok = subprocess.run(prefix + ["true"], capture_output=True, timeout=10).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                ok = False
+            if ok:
+                return {"netns": True, "drop_uid": is_root and have("setpriv"), "prefix": prefix}
+    return {"netns": False, "drop_uid": False, "prefix": None}
+
+
+class _UidPool:
+    """Hands out one unprivileged uid per concurrent run; distinct between harness processes by pid."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._busy: set[int] = set()
+
+    def acquire(self) -> int:
+        base = _UID_BASE + (os.getpid() % 100_000) * 256
+        with self._lock:
+            uid = next(base + i for i in range(256) if base + i not in self._busy)
+            self._busy.add(uid)
+            return uid
+
+    def release(self, uid: int) -> None:
+        with self._lock:
+            self._busy.discard(uid)
+
+
+_UIDS = _UidPool()
+
+
+def _setpriv(uid: int) -> list[str]:
+    caps = "-all,+dac_read_search"
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", f"--inh-caps={caps}",
+            f"--ambient-caps={caps}", f"--bounding-set={caps}"]
+
+
+def _uid_pids(uid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status") as f:
+                    uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+            except (OSError, StopIteration):
+                continue
+            if str(uid) in uids:
+                pids.append(int(entry))
+    return pids
+
+
+def _reap_uid(uid: int) -> None:
+    """SIGKILL every process running as ``uid`` (repeat: a fork loop may race the first sweep)."""
+    for _ in range(100):
+        pids = _uid_pids(uid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+
+
+def _read_marker(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 256)
+    except BlockingIOError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _check_args(timeout_s: float, memory_mb: int, max_output_bytes: int) -> None:
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s={timeout_s!r} must be a positive number of seconds.")
+    if not memory_mb >= 64:
+        raise ValueError(f"memory_mb={memory_mb!r} is too small for a Python interpreter; use at least 64.")
+    if not max_output_bytes >= 1:
+        raise ValueError(f"max_output_bytes={max_output_bytes!r} must be at least 1.")
+
+
+def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024,
+                max_output_bytes: int = 1 << 20) -> Result:
+    """Run ``source`` (a complete program) in a fresh isolated process; see the module docstring."""
+    _check_args(timeout_s, memory_mb, max_output_bytes)
+    iso = isolation()
+    uid = _UIDS.acquire() if iso["drop_uid"] else None
+    root = tempfile.mkdtemp(prefix="codeeval-")  # 0700, harness-private: holds input and output files
+    work = os.path.join(root, "work")
+    os.mkdir(work)
+    nonce = secrets.token_hex(16)
+    marker_r, marker_w = os.pipe()
+    header = {"nonce": nonce, "marker_fd": marker_w, "limits": {
+        "RLIMIT_CPU": int(timeout_s) + 1, "RLIMIT_AS": memory_mb << 20,
+        "RLIMIT_FSIZE": max_output_bytes + 1, "RLIMIT_CORE": 0, "RLIMIT_NOFILE": _NOFILE}}
+    if uid is not None:  # the process count is per uid: only a dedicated uid makes it a per-run bound
+        header["limits"]["RLIMIT_NPROC"] = _NPROC
+    cmd = [sys.executable, "-I", "-B", "-c", _BOOT]
+    if uid is not None:
+        os.chown(work, uid, uid)
+        cmd = iso["prefix"] + _setpriv(uid) + cmd
+    elif iso["prefix"] is not None:
+        cmd = iso["prefix"] + cmd
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work, "OPENBLAS_NUM_THREADS": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    in_path, out_path = os.path.join(root, "program"), os.path.join(root, "output")
+    with open(in_path, "wb") as f:
+        f.write(json.dumps(header).encode() + b"\n" + source.encode("utf-8", "replace"))
+    start = time.monotonic()
+    rc, timed_out = None, False
+    try:
+        with open(in_path, "rb") as fin, open(out_path, "wb") as fout:
+            try:
+                proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=subprocess.STDOUT, cwd=work,
+                                        env=env, pass_fds=(marker_w,), start_new_session=True)
+            except OSError as e:
+                return Result("error", f"could not launch the sandbox: {e}", "", 0.0)
+            finally:
+                os.close(marker_w)
+            try:
+                rc = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # stragglers too, not only the leader
+                except (ProcessLookupError, PermissionError):
+                    pass
+                proc.wait()
+                if uid is not None:
+                    _reap_uid(uid)
+        wall_s = time.monotonic() - start
+        marker = _read_marker(marker_r)
+        size = os.path.getsize(out_path)
+        with open(out_path, "rb") as f:
+            output = f.read(max_output_bytes).decode("utf-8", "replace")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        if uid is not None:
+            _UIDS.release(uid)
+    if timed_out:
+        return Result("timeout", f"still running after {timeout_s:g} s; killed", output, wall_s)
+    if size > max_output_bytes:
+        return Result("output_limit", f"output exceeded {max_output_bytes} bytes", output, wall_s)
+    if rc == 0 and marker == nonce.encode():
+        return Result("passed", "", output, wall_s)
+    if rc == 0:
+        return Result("failed", "exited with code 0 before the program finished", output, wall_s)
+    reason = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
+    return Result("failed", f"{reason}: {output[-1000:].strip()}", output, wall_s)
+
+
+def iter_many(sources: Iterable[str], *, workers: int | None = None, **kwargs) -> Iterator[tuple[int, Result]]:
+    """Yield ``(index, Result)`` for every source as runs finish, ``workers`` processes at a time.
+
+    ``sources`` may be a lazy iterable: at most 2 x workers programs are held in memory at once.
+    """
+    workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise ValueError(f"workers={workers!r} must be at least 1.")
+    _check_args(kwargs.get("timeout_s", 10.0), kwargs.get("memory_mb", 1024), kwargs.get("max_output_bytes", 1))
+    pending = enumerate(sources)
+    # Threads suffice: each one only waits on its child process.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        running = {pool.submit(run_program, s, **kwargs): i for i, s in itertools.islice(pending, 2 * workers)}
+        while running:
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                i = running.pop(future)
+                for j, s in itertools.islice(pending, 1):
+                    running[pool.submit(run_program, s, **kwargs)] = j
+                yield i, future.result()
+
+
+def run_many(sources: Sequence[str], *, workers: int | None = None, **kwargs) -> list[Result]:
+    """Run every source (in parallel, see ``iter_many``); results in the order of ``sources``."""
+    results: list[Result | None] = [None] * len(sources)
+    for i, result in iter_many(sources, workers=workers, **kwargs):
+        results[i] = result
+    return results
