@@ -230,26 +230,27 @@ def bootstrap(
 ) -> BootstrapResult:
     """Percentile intervals of E, A, alpha (and of ``L(predict_at)``) from ``n`` resampled refits.
 
-    Each refit starts from the full-data fit (``fit``, computed if not given), a resample being close
-    to the data, and from two far starts (small E with a steep exponent, large E with a flat one),
-    screened briefly with only the best run to convergence; a resample with fewer than 3 distinct C values is skipped (its slot in ``fits`` is
-    None) so that slots stay aligned across methods for paired comparisons.
+    Each refit starts from the full-data fit (``fit``, computed if not given) only: a resample is the
+    same data with some points repeated, so its optimum lies near the full-data one, and where a
+    resample leaves the law underdetermined the nearest optimum is the right pick (far starts would
+    add spurious spread). A resample with fewer than 3 distinct C values is skipped (its slot in
+    ``fits`` is None) so that slots stay aligned across methods for paired comparisons.
     """
     c, l = _points({"C": C, "L": L}, 3)
     if n < 2 or not 0 < level < 1:
         raise ValueError(f"n={n}, level={level}: use n >= 2 resamples and a level in (0, 1), e.g. 0.9.")
     fit = fit if fit is not None else fit_power_law(c, l, delta=delta)
-    min_l = float(np.min(l))
-    coarse = [(min_l * 0.1, min_l, 0.8), (min_l * 0.8, min_l * 0.2, 0.1)]
-    a_ref = fit.A * fit.c_ref ** -fit.alpha
-    starts_log = _grid_to_log([(fit.E, a_ref, fit.alpha), *coarse], "(E, A_ref, alpha)")
     logc, logl = np.log(c), np.log(l)
     rng = np.random.default_rng(seed)
     fits: list[PowerLawFit | None] = []
     for _ in range(n):
         idx = rng.integers(0, len(c), size=len(c))
-        ok = len(np.unique(c[idx])) >= 3
-        fits.append(_fit_power_law_logs(logc[idx], logl[idx], starts_log, delta, polish=1) if ok else None)
+        if len(np.unique(c[idx])) < 3:
+            fits.append(None)
+            continue
+        # (log E, log amplitude at the resample's c_ref, log alpha): the fit's own coordinates.
+        start = [[np.log(fit.E), np.log(fit.A) - fit.alpha * np.mean(logc[idx]), np.log(fit.alpha)]]
+        fits.append(_fit_power_law_logs(logc[idx], logl[idx], np.array(start), delta, polish=1))
     good = [f for f in fits if f is not None]
     if len(good) < 2:
         raise ValueError(f"only {len(good)} of {n} resamples had 3 distinct budgets; add runs at more budgets.")
