@@ -22,6 +22,10 @@ setup(
         "tqdm>=4.66",
         # TensorBoard event files without TensorFlow.
         "tensorboardX>=2.6,<3",
+        # proxy_jax.scaling: robust (Huber) least-squares fits of scaling laws, not a hand-written optimiser.
+        "scipy>=1.11",
+        # proxy_jax.scaling.report: the sweep report's plots (Agg canvas, no display needed).
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.8"],

@@ -123,7 +123,9 @@ def _points(named: dict[str, Sequence[float]], min_points: int) -> list[np.ndarr
         arrays.append(x)
     lengths = {len(x) for x in arrays}
     if len(lengths) != 1:
-        raise ValueError(f"{', '.join(named)} have different lengths {[len(x) for x in arrays]}; pass one value per run.")
+        raise ValueError(
+            f"{', '.join(named)} have different lengths {[len(x) for x in arrays]}; pass one value per run."
+        )
     if lengths.pop() < min_points:
         raise ValueError(
             f"got {len(arrays[0])} points but this law needs at least {min_points}; add runs at more budgets."
@@ -216,7 +218,9 @@ def fit_power_law(C, L, *, delta: float = 1e-3, grid=None) -> PowerLawFit:
     """
     c, l = _points({"C": C, "L": L}, 3)
     if len(np.unique(c)) < 3:
-        raise ValueError(f"C has only {len(np.unique(c))} distinct values; a power law needs runs at 3 or more budgets.")
+        raise ValueError(
+            f"C has only {len(np.unique(c))} distinct values; a power law needs runs at 3 or more budgets."
+        )
     if not delta > 0:
         raise ValueError(f"delta={delta} must be positive; 1e-3 is the usual Huber threshold in log space.")
     starts = _default_power_grid(float(np.min(l))) if grid is None else grid
@@ -273,7 +277,7 @@ def fit_chinchilla(N, D, L, *, delta: float = 1e-3, grid=None) -> ChinchillaFit:
     """Fit ``L(N, D) = E + A * N^-alpha + B * D^-beta`` (same rule as :func:`fit_power_law`).
 
     ``grid``: starting points ``(E, A_ref, alpha, B_ref, beta)`` with amplitudes at the geometric means
-    of N and D; default: 108 starts scaled to the data.
+    of N and D; default: 48 starts scaled to the data.
     """
     n_, d_, l = _points({"N": N, "D": D, "L": L}, 5)
     if len(np.unique(n_)) < 2 or len(np.unique(d_)) < 2:
@@ -294,8 +298,8 @@ def fit_chinchilla(N, D, L, *, delta: float = 1e-3, grid=None) -> ChinchillaFit:
 
     min_l = float(np.min(l))
     if grid is None:
-        amps = [min_l * 0.1, min_l]
-        grid = list(itertools.product([min_l * f for f in (0.1, 0.5, 0.9)], amps, (0.1, 0.4, 1.0), amps, (0.1, 0.4, 1.0)))
+        amps, exps = [min_l * 0.1, min_l], (0.15, 0.6)
+        grid = list(itertools.product([min_l * f for f in (0.1, 0.5, 0.9)], amps, exps, amps, exps))
     starts = _grid_to_log(grid, "(E, A_ref, alpha, B_ref, beta)")
     p, obj = _solve(residual_and_jac, starts, delta)
     e, a_ref, alpha, b_ref, beta = p[0], p[1], np.exp(p[2]), p[3], np.exp(p[4])
