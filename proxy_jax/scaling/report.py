@@ -246,6 +246,9 @@ def write_report(
             md.append(
                 f"- `{method}` ({point.n_points} points): E = {_interval(point.E, boot.E)}, "
                 f"A = {_interval(point.A, boot.A)}, alpha = {_interval(point.alpha, boot.alpha)}"
+                # Three parameters through three budgets: every usable resample is the same data.
+                + (" (3 budgets: the law passes through them, so the intervals say nothing)"
+                   if len(np.unique(points[method][0])) == 3 else "")
             )
     fig = plot_scaling(points, fits)
     fig.savefig(out / "scaling.png", dpi=120)
