@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import optimize
 
-_SCREEN_NFEV, _MAX_NFEV = 12, 1000
+_SCREEN_NFEV, _MAX_NFEV = 8, 1000
 
 
 @dataclasses.dataclass(frozen=True)
