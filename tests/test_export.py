@@ -36,19 +36,31 @@ def _args(scan_layers: bool) -> ModelArgs:
 
 
 def _random_params(args: ModelArgs, seed: int):
-    z = jnp.zeros((1, 1), jnp.int32)
-    params = nn.unbox(Transformer(args).init(jax.random.key(seed), z, z, z)["params"])
-    keys = iter(jax.random.split(jax.random.key(seed + 1), 64))
+    def make(key):
+        init_key, spread_key = jax.random.split(key)
+        z = jnp.zeros((1, 1), jnp.int32)
+        params = nn.unbox(Transformer(args).init(init_key, z, z, z)["params"])
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+        keys = jax.random.split(spread_key, len(leaves))
+        out = []
+        for (path, x), k in zip(leaves, keys):
+            name = jax.tree_util.keystr(path)
+            if "scale" in name:  # RMSNorm starts at w = 0; a random w tests the (1 + w) conversion
+                x = 0.5 * jax.random.normal(k, x.shape, x.dtype)
+            elif "head" in name:  # the 0.02 init gives near-flat logits; argmaxes must depend on context
+                x = jax.random.normal(k, x.shape, x.dtype) * 4.0 / np.sqrt(args.d_model)
+            out.append(x)
+        return jax.tree_util.tree_unflatten(treedef, out)
 
-    def spread(path, x):
-        name = jax.tree_util.keystr(path)
-        if "scale" in name:  # RMSNorm starts at w = 0; a random w tests the (1 + w) conversion
-            return 0.5 * jax.random.normal(next(keys), x.shape, x.dtype)
-        if "head" in name:  # the 0.02 init gives near-flat logits; this makes argmaxes depend on context
-            return jax.random.normal(next(keys), x.shape, x.dtype) * 4.0 / np.sqrt(args.d_model)
-        return x
+    return jax.jit(make)(jax.random.key(seed))
 
-    return jax.tree_util.tree_map_with_path(spread, params)
+
+def _unrolled(args: ModelArgs, params):
+    """The same model with one params entry per layer instead of a stacked ``layers`` entry."""
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(args.num_layers):
+        out[f"layer_{i}"] = jax.tree.map(lambda x: x[i], params["layers"])
+    return dataclasses.replace(args, scan_layers=False), out
 
 
 def _load_kwargs():
@@ -56,23 +68,36 @@ def _load_kwargs():
     return {"dtype" if major >= 5 else "torch_dtype": torch.float32}
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["scan", "unrolled"])
-def exported(request, tmp_path_factory):
-    args = _args(request.param)
-    params = _random_params(args, seed=3)
-    out = str(tmp_path_factory.mktemp("hf"))
+def _export_and_load(args, params, out):
     export.export_params(args, params, out)
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, **_load_kwargs()).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(out)
-    return args, params, out, hf, tok
+    return args, params, out, hf, transformers.AutoTokenizer.from_pretrained(out)
 
 
-def _ours(args, params, ids):
-    tokens = jnp.asarray([ids], jnp.int32)
-    logits, raw = Transformer(args).apply(
-        {"params": params}, tokens, jnp.ones_like(tokens), jnp.arange(len(ids))[None]
-    )
-    return np.asarray(logits[0]), np.asarray(raw[0])
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory):
+    args = _args(True)
+    return _export_and_load(args, _random_params(args, seed=3), str(tmp_path_factory.mktemp("hf_scan")))
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["scan", "unrolled"])
+def exported(request, scanned, tmp_path_factory):
+    if request.param:
+        return scanned
+    args, params = _unrolled(*scanned[:2])
+    return _export_and_load(args, params, str(tmp_path_factory.mktemp("hf_unrolled")))
+
+
+def _ours(args, params, prompts_ids: list[list[int]]):
+    """Our head logits [B, L, H, V] and raw-head logits [B, L, R, 320] for right-padded prompts."""
+    length = max(len(x) for x in prompts_ids)
+    tokens = np.zeros((len(prompts_ids), length), np.int32)
+    segments = np.zeros_like(tokens)
+    for row, ids in enumerate(prompts_ids):
+        tokens[row, : len(ids)], segments[row, : len(ids)] = ids, 1
+    positions = np.broadcast_to(np.arange(length), tokens.shape)
+    logits, raw = jax.jit(Transformer(args).apply)({"params": params}, tokens, segments, positions)
+    return np.asarray(logits), np.asarray(raw)
 
 
 def _prompt_ids(prompt: bytes) -> list[int]:
@@ -87,9 +112,10 @@ def test_logits_and_extra_heads_match(exported):
     assert sorted(extra) == ["head.1", "raw_head.0"]
     assert extra["head.1"].shape == (args.padded_vocab_size, args.d_model)
     assert extra["raw_head.0"].shape == (vocab.RAW_VOCAB_SIZE, args.d_model)
-    for prompt in PROMPTS:
-        ids = _prompt_ids(prompt)
-        logits_LxHxV, raw_LxRxC = _ours(args, params, ids)
+    prompts_ids = [_prompt_ids(p) for p in PROMPTS]
+    logits_BxLxHxV, raw_BxLxRxC = _ours(args, params, prompts_ids)
+    for row, ids in enumerate(prompts_ids):
+        logits_LxHxV, raw_LxRxC = logits_BxLxHxV[row, : len(ids)], raw_BxLxRxC[row, : len(ids)]
         with torch.no_grad():
             res = hf(torch.tensor([ids]), output_hidden_states=True)
         hf_logits_LxV = res.logits[0].numpy()
@@ -113,8 +139,8 @@ def _hf_greedy(hf, tok, prompts: list[bytes]) -> list[bytes]:
     return texts
 
 
-def test_greedy_generation_matches_byte_for_byte(exported):
-    args, params, _, hf, tok = exported
+def test_greedy_generation_matches_byte_for_byte(scanned):
+    args, params, _, hf, tok = scanned
     ours = generate.generate(Transformer(args), params, PROMPTS, max_new_bytes=NEW_BYTES, temperature=0.0)
     assert len(set(b"".join(ours))) > 3  # greedy is not a constant byte, so agreement means something
     # One left-padded batch (HF derives positions from the attention mask) and one prompt at a time.
@@ -122,8 +148,8 @@ def test_greedy_generation_matches_byte_for_byte(exported):
     assert [_hf_greedy(hf, tok, [p])[0] for p in PROMPTS] == ours
 
 
-def test_generation_config_allows_exactly_bytes_and_stops(exported):
-    args, _, out, hf, _ = exported
+def test_generation_config_allows_exactly_bytes_and_stops(scanned):
+    args, _, out, hf, _ = scanned
     with open(f"{out}/generation_config.json") as f:
         suppressed = set(json.load(f)["suppress_tokens"])
     allowed = set(range(args.padded_vocab_size)) - suppressed
@@ -131,8 +157,8 @@ def test_generation_config_allows_exactly_bytes_and_stops(exported):
     assert set(hf.generation_config.eos_token_id) == {vocab.EOS, vocab.RAW_CLOSE}
 
 
-def test_config_fields(exported):
-    args, _, out, hf, _ = exported
+def test_config_fields(scanned):
+    args, _, out, hf, _ = scanned
     c = hf.config
     assert (c.vocab_size, c.hidden_size, c.intermediate_size) == (512, 64, 96)
     assert (c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (2, 4, 2, 16)
@@ -144,8 +170,8 @@ def test_config_fields(exported):
     assert raw["proxy_jax"]["num_raw_pred_heads"] == 1
 
 
-def test_tokenizer_round_trip(exported):
-    *_, tok = exported
+def test_tokenizer_round_trip(scanned):
+    *_, tok = scanned
     text = "héllo\twörld\n  日本 <eos></raw><0x41>\x00"
     data = text.encode("utf-8")
     ids = tok(text)["input_ids"]
@@ -157,9 +183,12 @@ def test_tokenizer_round_trip(exported):
     assert tok.padding_side == "left" and tok.pad_token_id == vocab.PAD and tok.eos_token_id == vocab.EOS
 
 
-def test_single_head_model_writes_no_side_file(tmp_path):
-    args = dataclasses.replace(_args(True), num_pred_heads=1, num_raw_pred_heads=0, vocab_size=320, padded_vocab_size=384)
-    export.export_params(args, _random_params(args, seed=5), str(tmp_path))
+def test_single_head_model_writes_no_side_file(scanned, tmp_path):
+    args, params = scanned[:2]
+    args = dataclasses.replace(args, num_pred_heads=1, num_raw_pred_heads=0)
+    params = {k: v for k, v in params.items() if k != "raw_head"} | {"head": params["head"][:, :1]}
+    (tmp_path / export.EXTRA_HEADS_FILE).write_bytes(b"stale")
+    export.export_params(args, params, str(tmp_path))
     assert not (tmp_path / export.EXTRA_HEADS_FILE).exists()
     assert (tmp_path / "model.safetensors").exists()
 
