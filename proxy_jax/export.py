@@ -197,6 +197,8 @@ def write_tokenizer(out_dir: str, *, max_length: int = DEFAULT_MAX_POSITIONS) ->
         **specials,
         "additional_special_tokens": [names[i] for i in (vocab.RAW_OPEN, vocab.RAW_CLOSE, vocab.COMP_OPEN, vocab.COMP_CLOSE)],
         "padding_side": "left",
+        # Llama takes no token_type_ids; without this, transformers 4.x returns them and generate fails.
+        "model_input_names": ["input_ids", "attention_mask"],
         # Source code may contain "<eos>" literally: it must stay five bytes, not become id 2.
         "split_special_tokens": True,
         "clean_up_tokenization_spaces": False,

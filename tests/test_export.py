@@ -180,6 +180,7 @@ def test_tokenizer_round_trip(scanned):
     assert tok.decode(ids, skip_special_tokens=True) == text
     assert tok.decode([vocab.BOS, vocab.RAW_OPEN, 64 + ord("a"), vocab.RAW_CLOSE, vocab.EOS]) == "<bos><raw>a</raw><eos>"
     assert tok.convert_ids_to_tokens([0, 3, 14, 15, 64, 319]) == ["<pad>", "<special3>", "<comp>", "</comp>", "<0x00>", "<0xFF>"]
+    assert "token_type_ids" not in tok(text)  # Llama's generate rejects them
     assert tok.padding_side == "left" and tok.pad_token_id == vocab.PAD and tok.eos_token_id == vocab.EOS
 
 
