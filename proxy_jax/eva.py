@@ -277,7 +277,8 @@ def eva_decode_step(
     slot, win = pos % window, pos // window
     seg_B = segment_Bx1[:, 0].astype(jnp.int32)
     put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), slot, axis=1)
-    k_win, v_win, seg_win = put(cache.k_BxLxKxD, k_Bx1xKxD), put(cache.v_BxLxKxD, v_Bx1xKxD), put(cache.segment_BxL, segment_Bx1)
+    k_win, v_win = put(cache.k_BxLxKxD, k_Bx1xKxD), put(cache.v_BxLxKxD, v_Bx1xKxD)
+    seg_win = put(cache.segment_BxL, segment_Bx1)
 
     # Summary of the chunk this token falls in, over its tokens so far (later slots are stale).
     chunk_start = (slot // chunk) * chunk
