@@ -10,6 +10,11 @@ temperature=0, use_cache=True)`` and with ``speculative.generate_speculative``. 
 to compile and is timed on the second call. Reports bytes per forward pass (per row) and wall-clock
 bytes/s over the whole batch, and checks that both modes wrote the same bytes. Float32 throughout,
 so that the two modes agree byte for byte.
+
+Measured on a shared 2-core CPU (105 training steps fitted in the time budget, loss 2.96): batch 1
+plain 334 bytes/s, speculative 916 bytes/s at 3.94 bytes per pass; batch 8 plain 894, speculative
+1130 bytes/s at 3.91 bytes per pass; identical bytes. A model this undertrained writes repetitive
+text, which the heads draft easily, so the bytes per pass are an upper end, not a forecast.
 """
 
 from __future__ import annotations
