@@ -13,8 +13,8 @@ so that the two modes agree byte for byte.
 
 Measured on a shared 2-core CPU (105 training steps fitted in the time budget, loss 2.96): batch 1
 plain 334 bytes/s, speculative 916 bytes/s at 3.94 bytes per pass; batch 8 plain 894, speculative
-1130 bytes/s at 3.91 bytes per pass; identical bytes. A model this undertrained writes repetitive
-text, which the heads draft easily, so the bytes per pass are an upper end, not a forecast.
+1130 bytes/s at 3.91 bytes per pass; identical bytes. A model this undertrained is likely to write
+repetitive text, which the heads draft easily: read the bytes per pass as an upper end, not a forecast.
 """
 
 from __future__ import annotations
