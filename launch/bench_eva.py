@@ -54,7 +54,7 @@ def main(argv=None) -> list[dict]:
     import jax.numpy as jnp
     import numpy as np
 
-    from proxy_jax import eva
+    from proxy_jax.model import eva
 
     h, d, w, c = args.heads, args.head_dim, args.window, args.chunk
     mu, phi = eva.eva_init(jax.random.key(0), h, d)

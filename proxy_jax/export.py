@@ -249,13 +249,11 @@ def export_workdir(workdir: str, out: str, step: int | None = None) -> int:
     """Export the checkpoint ``step`` (newest when None) of a training workdir; returns the step."""
     from proxy_jax import workdir as workdir_lib
 
-    config, args, params, step = workdir_lib.restore_params(workdir, step)
-    extra: dict[str, Any] = {"proxy_jax_checkpoint_step": int(step)}
-    seq_len = config.get("data", {}).get("seq_len") if hasattr(config, "get") else None
-    if seq_len:
-        extra["max_position_embeddings"] = int(seq_len)
-    export_params(args, params, out, config_extra=extra)
-    return int(step)
+    restored = workdir_lib.restore(workdir, step)
+    extra: dict[str, Any] = {"proxy_jax_checkpoint_step": restored.step,
+                             "max_position_embeddings": int(restored.config.data.seq_len)}
+    export_params(restored.args, restored.params, out, config_extra=extra)
+    return restored.step
 
 
 def main(argv=None) -> None:

@@ -30,9 +30,13 @@ LAYERS = {
     "proxy_jax.metrics": 4,
     "proxy_jax.generate": 4,
     "proxy_jax.evaluation": 4,  # the package and its maths: they never see the training loop
+    "proxy_jax.codeeval": 4,  # sandboxed execution, pass@k, problem sets: leaves
+    "proxy_jax.speculative": 4,
+    "proxy_jax.scaling": 4,  # fits, compute matching and the report: no training code
     "proxy_jax.workdir": 5,
     "proxy_jax.assemble": 6,
     "proxy_jax.train": 7,
+    "proxy_jax.export": 7,
     "proxy_jax.evaluation.score": 7,
     "proxy_jax.cli": 8,
     "proxy_jax.main": 8,

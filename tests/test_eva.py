@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proxy_jax import eva
+from proxy_jax.model import eva
 
 B, H, KV, D = 2, 4, 2, 8
 
