@@ -98,11 +98,12 @@ def main(argv=None) -> list[dict]:
     from proxy_jax import config as config_lib
     from proxy_jax import generate as generate_lib
     from proxy_jax import model as model_lib
+    from proxy_jax import recipes
     from proxy_jax import speculative
     from proxy_jax import vocab
 
     c = config_lib.base_config()
-    model_lib.apply_size(c, "tiny")
+    recipes.apply_size(c, "tiny")
     c.model.dtype = "float32"
     c.model.num_pred_heads = 4
     c.model.num_raw_pred_heads = 0

@@ -128,6 +128,22 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def override(config: ml_collections.ConfigDict, **dotted) -> ml_collections.ConfigDict:
+    """Sets dotted keys (``override(c, **{"data.seq_len": 128})``) in place; returns ``config``.
+
+    A key that does not exist is an error naming it: overrides never add keys.
+    """
+    for key, value in dotted.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"Override {key!r} names no config key; see proxy_jax/config.py for the keys.")
+        node[leaf] = value
+    return config
+
+
 def num_targets(config: ml_collections.ConfigDict) -> int:
     """How many future tokens each position predicts: rows carry ``seq_len + num_targets`` tokens."""
     return int(config.model.num_pred_heads) + int(config.model.num_raw_pred_heads)

@@ -113,12 +113,4 @@ def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     config = module.get_config(preset) if preset else module.get_config()
-    for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for name in parents:
-            node = node[name]
-        if leaf not in node:
-            raise KeyError(f"Override {dotted!r} names no config key; see proxy_jax/config.py for the keys.")
-        node[leaf] = value
-    return config
+    return config_lib.override(config, **overrides)

@@ -34,16 +34,21 @@ def config_with(spec: str | None = None, **dotted) -> ml_collections.ConfigDict:
     ``config_with(**{"data.seq_len": 64, "proxy.name": "gzip"})``."""
     if spec:
         return recipes.load_config(os.path.join(ROOT, spec), **dotted)
-    config = config_lib.base_config()
-    for key, value in dotted.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        if leaf not in node:
-            raise KeyError(f"{key!r} names no config key")
-        node[leaf] = value
-    return config
+    return config_lib.override(config_lib.base_config(), **dotted)
+
+
+def packed_attention_inputs(b: int = 4, length: int = 128, heads: int = 4, kv_heads: int = 2, d: int = 32):
+    """Random float32 q [b, length, heads, d], k and v [b, length, kv_heads, d], and segment ids of packed rows:
+    three documents per row (the third cut short by padding in row 1)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(b, length, heads, d)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(b, length, kv_heads, d)), jnp.float32) for _ in range(2))
+    segments = np.ones((b, length), np.int32)
+    segments[:, 50:], segments[:, 100:], segments[1, 110:] = 2, 3, 0
+    return q, k, v, segments
 
 
 def mix_config(warmup: int = 40, steady: int = 5, decay: int = 0, rates=(0.05, 0.95, 0.95),

@@ -17,7 +17,7 @@ from proxy_jax import sharding as sharding_lib
 from proxy_jax import train_step as train_step_lib
 from proxy_jax import vocab
 from proxy_jax.model import attention as attention_lib
-from helpers import config_with
+from helpers import config_with, packed_attention_inputs
 from stdlib_batches import packed_batches, segments_and_positions
 
 
@@ -281,12 +281,7 @@ def test_bench_mfu_smoke_on_cpu(capsys):
 
 def test_splash_kernel_matches_xla_attention_in_interpret_mode():
     """The TPU kernel, run by the Pallas interpreter, agrees with the einsum path (per shard: tests/multidevice)."""
-    rng = np.random.default_rng(0)
-    b, length, heads, kv_heads, d = 4, 128, 4, 2, 32
-    q = jnp.asarray(rng.normal(size=(b, length, heads, d)), jnp.float32)
-    k, v = (jnp.asarray(rng.normal(size=(b, length, kv_heads, d)), jnp.float32) for _ in range(2))
-    segments = np.ones((b, length), np.int32)
-    segments[:, 50:], segments[:, 100:], segments[1, 110:] = 2, 3, 0
+    q, k, v, segments = packed_attention_inputs()
     want = np.asarray(attention_lib.attention(q, k, v, segments, segments, "xla"))
     real = segments != 0  # splash lets padding attend to padding; those rows are never used
     splash = jax.jit(lambda *x: attention_lib.splash_attention(*x, interpret=True))
