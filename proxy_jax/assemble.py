@@ -181,6 +181,7 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
 def restore(workdir: str, step: int | None = None) -> Run:
     """A finished run read back from ``workdir`` (newest checkpoint that loads, or ``step``), ready to
     evaluate and sample; no proxy or pipeline is built."""
+    sharding.validate(workdir_lib.load_config(workdir), jax.device_count())  # the mesh must fit these devices
     r = workdir_lib.restore(workdir, step)
     model = Transformer(r.args)
     tx, lr_schedule = optimizer_lib.make_optimizer(r.config.opt, r.config.train.steps)
