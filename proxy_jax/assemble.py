@@ -181,8 +181,9 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
 def restore(workdir: str, step: int | None = None) -> Run:
     """A finished run read back from ``workdir`` (newest checkpoint that loads, or ``step``), ready to
     evaluate and sample; no proxy or pipeline is built."""
-    sharding.validate(workdir_lib.load_config(workdir), jax.device_count())  # the mesh must fit these devices
-    r = workdir_lib.restore(workdir, step)
+    config = workdir_lib.load_config(workdir)
+    sharding.validate(config, jax.device_count())  # the run's mesh must fit this host's devices
+    r = workdir_lib.restore(workdir, step, config=config)
     model = Transformer(r.args)
     tx, lr_schedule = optimizer_lib.make_optimizer(r.config.opt, r.config.train.steps)
     eval_step = step_lib.make_eval_step(r.config, model, r.mesh, r.state_shardings, r.vocab_size)

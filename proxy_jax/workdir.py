@@ -107,10 +107,11 @@ class Restored:
         return self.state.params
 
 
-def restore(workdir: str, step: int | None = None, *, mesh=None) -> Restored:
+def restore(workdir: str, step: int | None = None, *, mesh=None,
+            config: ml_collections.ConfigDict | None = None) -> Restored:
     """Restores the newest checkpoint of ``workdir`` that loads (or ``step``), on ``mesh`` (default: the
-    run's mesh over this host's devices)."""
-    config = load_config(workdir)
+    run's mesh over this host's devices); ``config`` is the workdir's own, if the caller has read it."""
+    config = config if config is not None else load_config(workdir)
     args, vocab_size = load_model(workdir)
     model = Transformer(args)
     mesh = mesh if mesh is not None else sharding.make_mesh(config)
