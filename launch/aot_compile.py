@@ -71,7 +71,7 @@ def main() -> None:
     tx, _ = opt_lib.make_optimizer(config.opt, config.train.steps)
     abstract_state, shardings = sharding.abstract_train_state(config, model, tx, mesh)
     step = train_step.make_train_step(config, model, tx, mesh, shardings, true_vocab)
-    rows, length = config.data.batch_size, config.data.seq_len + config_lib.num_targets(config)
+    rows, length = config.data.batch_size, config.data.seq_len + config_lib.num_targets(config.model)
     batch_sharding = sharding.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=batch_sharding)
              for k in train_step.MODEL_KEYS}

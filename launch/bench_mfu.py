@@ -72,7 +72,7 @@ def bench_one(args, attention: str) -> dict:
     state, shardings = sharding_lib.init_train_state(c, model, tx, mesh, jax.random.key(0))
     step = train_step_lib.make_train_step(c, model, tx, mesh, shardings, args.vocab_size, schedule)
     batch = sharding_lib.host_to_global(
-        synthetic_batch(args.batch, args.seq_len + config_lib.num_targets(c), min(args.doc_len, args.seq_len)), mesh
+        synthetic_batch(args.batch, args.seq_len + config_lib.num_targets(c.model), min(args.doc_len, args.seq_len)), mesh
     )
 
     t0 = time.perf_counter()

@@ -144,9 +144,10 @@ def override(config: ml_collections.ConfigDict, **dotted) -> ml_collections.Conf
     return config
 
 
-def num_targets(config: ml_collections.ConfigDict) -> int:
-    """How many future tokens each position predicts: rows carry ``seq_len + num_targets`` tokens."""
-    return int(config.model.num_pred_heads) + int(config.model.num_raw_pred_heads)
+def num_targets(model) -> int:
+    """K, how many future tokens each position predicts (rows carry ``seq_len + K`` tokens), of ``config.model``
+    or a ``ModelArgs``: the one place it is derived."""
+    return int(model.num_pred_heads) + int(model.num_raw_pred_heads)
 
 
 def _positive(value, key: str, *, zero_ok: bool = False) -> None:

@@ -35,7 +35,6 @@ import ml_collections
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from proxy_jax import config as config_lib
 from proxy_jax import optimizer as optimizer_lib
 from proxy_jax import sharding as sharding_lib
 from proxy_jax import vocab
@@ -98,11 +97,10 @@ def _split_inputs(batch, num_targets: int):
     )
 
 
-def make_loss_fn(model, vocab_size: int, num_targets: int):
-    """``loss_fn(params, batch) -> (loss_sum, terms)`` with the terms of :func:`loss_terms`.
-
-    ``num_targets`` (K, from ``config.num_targets``) is how many columns past the inputs a row carries.
-    """
+def make_loss_fn(model, vocab_size: int):
+    """``loss_fn(params, batch) -> (loss_sum, terms)`` with the terms of :func:`loss_terms`; rows carry the
+    model's K = ``args.num_targets`` columns past the inputs."""
+    num_targets = model.args.num_targets
 
     def loss_fn(params, batch):
         tokens_BxL, segment_ids_BxL, positions_BxL = _split_inputs(batch, num_targets)
@@ -145,7 +143,7 @@ def make_train_step(
     if lr_schedule is None:
         lr_schedule = optimizer_lib.make_schedule(config.opt, int(config.train.steps))
     accum = int(config.opt.grad_accum_steps)
-    loss_fn = make_loss_fn(model, vocab_size, config_lib.num_targets(config))
+    loss_fn = make_loss_fn(model, vocab_size)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     rules = sharding_lib.logical_rules(config)
 

@@ -120,7 +120,7 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
     return packing.PackedBatchDataset(
         docs,
         seq_len=int(config.data.seq_len),
-        num_targets=config_lib.num_targets(config),
+        num_targets=config_lib.num_targets(config.model),
         rows=int(config.data.batch_size) // process_count,
         seed=int(config.seed),
         mix=config.mix,

@@ -11,6 +11,7 @@ import dataclasses
 import jax
 import ml_collections
 
+from proxy_jax import config as config_lib
 from proxy_jax import vocab
 
 ATTENTION_IMPLS = ("xla", "cudnn", "splash")
@@ -75,6 +76,11 @@ class ModelArgs:
         )
         args.check()
         return args
+
+    @property
+    def num_targets(self) -> int:
+        """K: tokens each position predicts (``config.num_targets``)."""
+        return config_lib.num_targets(self)
 
     def check(self) -> None:
         """Raise one sentence for a hyper-parameter the model cannot be built with."""

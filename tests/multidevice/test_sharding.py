@@ -43,7 +43,7 @@ def setup_run(config, devices):
 def loss_and_grads(run, batch_np):
     batch = sharding_lib.host_to_global(batch_np, run["mesh"])
     grad_fn = jax.jit(
-        jax.grad(train_step_lib.make_loss_fn(run["model"], VOCAB, config_lib.num_targets(run["config"])), has_aux=True),
+        jax.grad(train_step_lib.make_loss_fn(run["model"], VOCAB), has_aux=True),
         in_shardings=(run["shardings"].params, sharding_lib.batch_sharding(run["mesh"])),
     )
     with jax.set_mesh(run["mesh"]), nn.logical_axis_rules(sharding_lib.logical_rules(run["config"])):
