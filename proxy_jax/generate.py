@@ -187,7 +187,8 @@ def generate(
     ids = [np.concatenate([np.asarray(prefix, np.int32), vocab.encode_raw(p)]).astype(np.int32) for p in prompts]
     stopped = (lambda new: _first_stop(vocab.decode_raw(new), stop) >= 0) if stop else None
     allowed_V = allowed_mask(model.args.padded_vocab_size)
-    new_ids = generate_ids(model, params, ids, max_new_ids=max_new_bytes, allowed_V=allowed_V, is_done=stopped, temperature=temperature, top_p=top_p, rng=rng, use_cache=use_cache)
+    new_ids = generate_ids(model, params, ids, max_new_ids=max_new_bytes, allowed_V=allowed_V, is_done=stopped,
+                           temperature=temperature, top_p=top_p, rng=rng, use_cache=use_cache)
     results = []
     for new in new_ids:
         text = vocab.decode_raw(new)
