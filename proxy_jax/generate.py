@@ -7,6 +7,11 @@ the two stop ids ``</raw>`` and EOS; a row that draws a stop id, or whose text c
 ``stop`` strings, is finished (the stop id or string is not part of the returned text). Greedy when
 ``temperature == 0``; otherwise temperature scaling followed by nucleus (top-p) sampling.
 
+``generate_ids`` is the same loop over id sequences: the caller gives the prompt ids, the allowed-id
+mask, the stop ids and an ``is_done`` test of a row's new ids (the tokenizer baseline generates token
+ids with it, the oracle-translation probe compressed symbols). ``generate`` is ``generate_ids`` with the
+prompt ``prefix + <prompt bytes>`` (``prefix`` defaults to ``1 12``), the byte mask and stop strings.
+
 ``use_cache=True`` feeds the prompt once and then one byte per step against the KV cache;
 ``use_cache=False`` recomputes the full forward pass every step (the reference the cache is tested
 against). Both paths are jitted with fixed shapes, so each compiles once per batch/length.
@@ -33,9 +38,9 @@ def allowed_mask(padded_vocab_size: int) -> np.ndarray:
     return allowed
 
 
-def sample_next(logits_BxV, rng, temperature, top_p, *, greedy: bool):
-    """Next id per row from head-0 logits, only bytes and stop ids allowed."""
-    allowed = jnp.asarray(allowed_mask(logits_BxV.shape[-1]))
+def sample_next(logits_BxV, rng, temperature, top_p, *, greedy: bool, allowed_V=None):
+    """Next id per row from head-0 logits, only the ids of ``allowed_V`` (default: bytes and stop ids)."""
+    allowed = jnp.asarray(allowed_mask(logits_BxV.shape[-1]) if allowed_V is None else allowed_V)
     logits_BxV = jnp.where(allowed, logits_BxV.astype(jnp.float32), -jnp.inf)
     if greedy:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
@@ -55,19 +60,19 @@ def _step_fns(args: ModelArgs, greedy: bool):
     model = Transformer(args)
 
     @jax.jit
-    def prefill(params, cache, tokens_BxP, segment_ids_BxP, positions_BxP, rng, temperature, top_p):
+    def prefill(params, cache, tokens_BxP, segment_ids_BxP, positions_BxP, rng, temperature, top_p, allowed_V):
         (logits, _), mutated = model.apply(
             {"params": params, "cache": cache}, tokens_BxP, segment_ids_BxP, positions_BxP,
             decode=True, mutable=["cache"],
         )
-        nxt = sample_next(logits[:, -1, 0], rng, temperature, top_p, greedy=greedy)
+        nxt = sample_next(logits[:, -1, 0], rng, temperature, top_p, greedy=greedy, allowed_V=allowed_V)
         return nxt, mutated["cache"]
 
     @jax.jit
-    def full(params, tokens_BxL, segment_ids_BxL, positions_BxL, index, rng, temperature, top_p):
+    def full(params, tokens_BxL, segment_ids_BxL, positions_BxL, index, rng, temperature, top_p, allowed_V):
         logits, _ = model.apply({"params": params}, tokens_BxL, segment_ids_BxL, positions_BxL)
         last_BxV = jax.lax.dynamic_index_in_dim(logits[:, :, 0], index, axis=1, keepdims=False)
-        return sample_next(last_BxV, rng, temperature, top_p, greedy=greedy)
+        return sample_next(last_BxV, rng, temperature, top_p, greedy=greedy, allowed_V=allowed_V)
 
     return prefill, full
 
@@ -75,6 +80,87 @@ def _step_fns(args: ModelArgs, greedy: bool):
 def _first_stop(text: bytes, stop) -> int:
     cut = [text.find(s) for s in stop if s and s in text]
     return min(cut) if cut else -1
+
+
+def _check(max_new: int, temperature: float, top_p: float, rng) -> None:
+    if max_new < 1:
+        raise ValueError(f"max_new_bytes={max_new} must be >= 1.")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy).")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p} must lie in (0, 1].")
+    if temperature > 0 and rng is None:
+        raise ValueError("Sampling with temperature > 0 needs rng=jax.random.key(seed).")
+
+
+def generate_ids(
+    model: Transformer,
+    params,
+    prompt_ids: list[np.ndarray],
+    *,
+    max_new_ids: int,
+    allowed_V: np.ndarray,
+    stop_ids=STOP_IDS,
+    is_done=None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    rng=None,
+    use_cache: bool = True,
+) -> list[np.ndarray]:
+    """Continue each id sequence by up to ``max_new_ids`` ids drawn from ``allowed_V`` (bool [vocab]).
+
+    A row ends at a stop id (not returned) or once ``is_done(new_ids)`` is true. Returns the new ids.
+    """
+    if not prompt_ids:
+        return []
+    _check(max_new_ids, temperature, top_p, rng)
+    greedy = temperature == 0.0
+    rng = jax.random.key(0) if rng is None else rng
+    stop_ids = {int(s) for s in stop_ids}
+    allowed_V = jnp.asarray(allowed_V)
+
+    ids = [np.asarray(x, np.int32) for x in prompt_ids]
+    b, plen = len(ids), max(len(x) for x in ids)
+    total = plen + max_new_ids
+    tokens = np.zeros((b, total), np.int32)
+    segments = np.zeros((b, total), np.int32)
+    positions = np.zeros((b, total), np.int32)
+    for row, x in enumerate(ids):
+        tokens[row, plen - len(x) : plen] = x
+        segments[row, plen - len(x) :] = 1
+        positions[row, plen - len(x) :] = np.arange(total - (plen - len(x)))
+
+    prefill, full = _step_fns(model.args, greedy)
+    temperature_ = jnp.float32(max(temperature, 1e-6))
+    top_p_ = jnp.float32(top_p)
+    out = [[] for _ in range(b)]
+    done = np.zeros(b, bool)
+    cache = None
+    for i in range(max_new_ids):
+        rng, key = jax.random.split(rng)
+        t = plen + i  # slot the new token goes to
+        if not use_cache:
+            masked_segments = np.where(np.arange(total) < t, segments, 0)
+            nxt = full(params, tokens, masked_segments, positions, t - 1, key, temperature_, top_p_, allowed_V)
+        elif i == 0:
+            cache = init_cache(model, b, total)
+            nxt, cache = prefill(params, cache, tokens[:, :plen], segments[:, :plen], positions[:, :plen], key,
+                                 temperature_, top_p_, allowed_V)
+        else:
+            nxt, cache = prefill(params, cache, tokens[:, t - 1 : t], segments[:, t - 1 : t],
+                                 positions[:, t - 1 : t], key, temperature_, top_p_, allowed_V)
+        nxt = np.asarray(nxt)
+        tokens[:, t] = nxt
+        for row in np.flatnonzero(~done):
+            if int(nxt[row]) in stop_ids:
+                done[row] = True
+                continue
+            out[row].append(int(nxt[row]))
+            if is_done is not None and is_done(out[row]):
+                done[row] = True
+        if done.all():
+            break
+    return [np.asarray(x, np.int32) for x in out]
 
 
 def generate(
@@ -88,69 +174,24 @@ def generate(
     rng=None,
     use_cache: bool = True,
     stop=(),
+    prefix=(vocab.BOS, vocab.RAW_OPEN),
 ) -> list[bytes]:
-    """Continue each prompt by up to ``max_new_bytes`` bytes; returns the new bytes of every prompt."""
+    """Continue each prompt by up to ``max_new_bytes`` bytes; returns the new bytes of every prompt.
+
+    The model reads ``prefix + <prompt bytes>`` (``prefix=(1,)`` for a run trained without sentinels).
+    """
     if not prompts:
         return []
-    if max_new_bytes < 1:
-        raise ValueError(f"max_new_bytes={max_new_bytes} must be >= 1.")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy).")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} must lie in (0, 1].")
-    greedy = temperature == 0.0
-    if not greedy and rng is None:
-        raise ValueError("Sampling with temperature > 0 needs rng=jax.random.key(seed).")
-    rng = jax.random.key(0) if rng is None else rng
+    _check(max_new_bytes, temperature, top_p, rng)
     stop = tuple(bytes(s) for s in stop)
-
-    ids = [np.concatenate([[vocab.BOS, vocab.RAW_OPEN], vocab.encode_raw(p)]).astype(np.int32) for p in prompts]
-    b, plen = len(ids), max(len(x) for x in ids)
-    total = plen + max_new_bytes
-    tokens = np.zeros((b, total), np.int32)
-    segments = np.zeros((b, total), np.int32)
-    positions = np.zeros((b, total), np.int32)
-    for row, x in enumerate(ids):
-        tokens[row, plen - len(x) : plen] = x
-        segments[row, plen - len(x) :] = 1
-        positions[row, plen - len(x) :] = np.arange(total - (plen - len(x)))
-
-    prefill, full = _step_fns(model.args, greedy)
-    temperature_ = jnp.float32(max(temperature, 1e-6))
-    top_p_ = jnp.float32(top_p)
-    out = [bytearray() for _ in range(b)]
-    done = np.zeros(b, bool)
-    cache = None
-    for i in range(max_new_bytes):
-        rng, key = jax.random.split(rng)
-        t = plen + i  # slot the new token goes to
-        if not use_cache:
-            masked_segments = np.where(np.arange(total) < t, segments, 0)
-            nxt = full(params, tokens, masked_segments, positions, t - 1, key, temperature_, top_p_)
-        elif i == 0:
-            cache = init_cache(model, b, total)
-            nxt, cache = prefill(
-                params, cache, tokens[:, :plen], segments[:, :plen], positions[:, :plen], key, temperature_, top_p_
-            )
-        else:
-            nxt, cache = prefill(
-                params, cache, tokens[:, t - 1 : t], segments[:, t - 1 : t], positions[:, t - 1 : t], key,
-                temperature_, top_p_,
-            )
-        nxt = np.asarray(nxt)
-        tokens[:, t] = nxt
-        for row in np.flatnonzero(~done):
-            if nxt[row] in STOP_IDS:
-                done[row] = True
-                continue
-            out[row].append(int(nxt[row]) - vocab.BYTE_OFFSET)
-            if stop and _first_stop(bytes(out[row]), stop) >= 0:
-                done[row] = True
-        if done.all():
-            break
+    ids = [np.concatenate([np.asarray(prefix, np.int32), vocab.encode_raw(p)]).astype(np.int32) for p in prompts]
+    stopped = (lambda new: _first_stop(vocab.decode_raw(new), stop) >= 0) if stop else None
+    allowed_V = allowed_mask(model.args.padded_vocab_size)
+    new_ids = generate_ids(model, params, ids, max_new_ids=max_new_bytes, allowed_V=allowed_V, is_done=stopped,
+                           temperature=temperature, top_p=top_p, rng=rng, use_cache=use_cache)
     results = []
-    for text in out:
-        text = bytes(text)
+    for new in new_ids:
+        text = vocab.decode_raw(new)
         cut = _first_stop(text, stop)
         results.append(text if cut < 0 else text[:cut])
     return results

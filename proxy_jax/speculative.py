@@ -159,12 +159,13 @@ def generate_speculative(
     max_new_bytes: int,
     stop=(),
     num_draft: int | None = None,
+    prefix=(vocab.BOS, vocab.RAW_OPEN),
 ) -> tuple[list[bytes], dict]:
     """Greedy continuation of each prompt by up to ``max_new_bytes`` bytes, drafting with the extra heads.
 
     ``num_draft`` ids are drafted per step (default: every extra head, ``num_pred_heads - 1 +
     num_raw_pred_heads``; 0 decodes one byte per pass). Returns the new bytes of every prompt and
-    the stats described in the module docstring.
+    the stats described in the module docstring. ``prefix`` is as in ``generate.generate``.
     """
     args = model_or_args.args if isinstance(model_or_args, Transformer) else model_or_args
     if not isinstance(args, ModelArgs):
@@ -185,7 +186,7 @@ def generate_speculative(
         return [], stats
     stop = tuple(bytes(s) for s in stop)
 
-    ids = [np.concatenate([[vocab.BOS, vocab.RAW_OPEN], vocab.encode_raw(p)]).astype(np.int32) for p in prompts]
+    ids = [np.concatenate([np.asarray(prefix, np.int32), vocab.encode_raw(p)]).astype(np.int32) for p in prompts]
     b, plen = len(ids), max(len(x) for x in ids)
     tokens = np.zeros((b, plen), np.int32)
     segments = np.zeros((b, plen), np.int32)

@@ -38,6 +38,8 @@ LAYERS = {
     "proxy_jax.train": 7,
     "proxy_jax.export": 7,
     "proxy_jax.evaluation.score": 7,
+    "proxy_jax.evaluation.sampler": 7,  # restores a run (assemble) and generates in its layout
+    "proxy_jax.evaluation.codegen": 7,  # code tasks and probes of a run: sampler + codeeval
     "proxy_jax.cli": 8,
     "proxy_jax.main": 8,
     "proxy_jax.evaluate": 8,
