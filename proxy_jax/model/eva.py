@@ -29,7 +29,8 @@ document). Scores and softmax are float32; outputs have the dtype of ``q``.
 
 Cost. :func:`eva_attention` works window by window: ``W x W`` exact logits plus ``T / C`` summary
 logits per query (masked to the earlier windows), so memory grows like ``T * (W + T / C)``, never
-``T ** 2``. Sequences whose length is not a multiple of ``W`` are padded (segment 0) internally.
+``T ** 2``. Sequences whose length is not a multiple of ``W`` are padded (segment 0) internally;
+a sequence no longer than ``W`` is only padded to a multiple of ``C`` (it is one window).
 
 Decoding. :class:`EvaCache` holds the current window's exact keys/values (slot = position mod ``W``)
 and one summary slot per chunk of the whole generation (``ceil(max_len / C)`` slots). Each
@@ -132,6 +133,10 @@ def _attend(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT, mu_KxD, phi_KxD, w
     b, t, h, d = q_BxTxHxD.shape
     kv = k_BxTxKxD.shape[2]
     _check(window, chunk, h, kv)
+    if t <= window:
+        # One window holds every query and no summary is visible to any of them: a window cut down to
+        # the chunk-rounded length gives the same output without padding short sequences up to W.
+        window = -(-t // chunk) * chunk
     pad = (-t) % window
     if pad:
         widths = ((0, 0), (0, pad), (0, 0), (0, 0))
