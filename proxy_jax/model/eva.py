@@ -40,6 +40,19 @@ plus all summary slots, masked. Cost per token is O(W + max_len / C): independen
 of history there are, apart from the summary slots, which are O(max_len / C) and allocated up front.
 The cache stays exact: feeding tokens one by one reproduces :func:`eva_attention` on the whole
 sequence. All rows of a batch advance in lockstep (one ``index``).
+
+Model use. ``model.attention = "eva"`` (``model.eva_window``, ``model.eva_chunk``) gives every
+attention layer its own ``mu``, ``phi`` parameters (logical axes ``kv_heads``, ``head_dim``) and,
+when decoding, an :class:`EvaCache` in place of the full key/value cache (``proxy_jax.model.transformer``).
+
+TPU kernels. Only this XLA path exists. A splash (Pallas) path can be expressed and is not written
+yet: append the ``T / C`` summaries to the keys and values (``[k; kbar]``, ``[v; vbar]``), give the
+kernel a static ``T x (T + T / C)`` mask (causal blocks of ``W`` on the exact part, "chunk in an
+earlier window" on the summary part; splash skips the empty blocks) and segment ids
+``[segments; rightmost document of each chunk]``. The two-id rule above ("first or last token in the
+query's document") reduces to that single id for complete chunks: a chunk whose first token's document
+differs from its rightmost one ends that document, so no later window holds a query of it. The partial
+chunk of decoding never goes through the kernel.
 """
 
 from __future__ import annotations
