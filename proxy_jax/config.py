@@ -73,7 +73,11 @@ def base_config() -> ml_collections.ConfigDict:
     mo.norm_eps = 1e-6
     mo.num_pred_heads = 1  # heads predicting t+1 .. t+num_pred_heads over the full vocabulary
     mo.num_raw_pred_heads = 0  # extra 320-way heads, trained only where all their targets are raw
-    mo.attention = "xla"  # "xla" | "cudnn" (GPU) | "splash" (TPU)
+    mo.attention = "xla"  # "xla" | "cudnn" (GPU) | "splash" (TPU) | "eva" (EvaByte's, proxy_jax.model.eva)
+    # eva: exact attention inside aligned windows of this many tokens; a seq_len above it that is not a
+    # multiple is padded up to one inside the layer (correct, but the padding costs compute)
+    mo.eva_window = 2048
+    mo.eva_chunk = 8  # eva: earlier windows are seen as one pooled summary per chunk of this many keys
     mo.dtype = "bfloat16"  # compute dtype; parameters are float32
     mo.param_dtype = "float32"
     mo.scan_layers = True

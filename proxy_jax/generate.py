@@ -2,7 +2,9 @@
 
 Prompts of different lengths share one batch by left-padding: padding slots have segment id 0 (no
 one attends to them) and every row's positions start at 0 on its own BOS, so a row's output does not
-depend on its neighbours. Each step samples from main head 0 restricted to raw bytes (64..319) plus
+depend on its neighbours (except under EVA attention, whose windows are aligned to absolute slots:
+there the amount of left padding moves a row's window boundaries; cached and recomputed generation
+still agree exactly). Each step samples from main head 0 restricted to raw bytes (64..319) plus
 the two stop ids ``</raw>`` and EOS; a row that draws a stop id, or whose text contains one of the
 ``stop`` strings, is finished (the stop id or string is not part of the returned text). Greedy when
 ``temperature == 0``; otherwise temperature scaling followed by nucleus (top-p) sampling.

@@ -52,11 +52,21 @@ PRESETS = {
 SMALL_PRESETS = ("tiny", "small", "m1_tiny", "m1_6m", "m1_40m")
 
 
+# Any preset name followed by this suffix (``0.5b_eva`` .. ``14b_eva``) trains with the paper's EVA
+# attention (W=2048, C=8; their 16k context is 8 windows); the same as --config.model.attention=eva.
+EVA_SUFFIX = "_eva"
+
+
 def with_preset(preset: str | None) -> ml_collections.ConfigDict:
-    """The base config with a size preset applied (``None`` or '' means ``tiny``)."""
+    """The base config with a size preset applied (``None`` or '' means ``tiny``; ``NAME_eva``: EVA attention)."""
     preset = (preset or "tiny").lower()
+    eva = preset.endswith(EVA_SUFFIX)
+    preset = preset.removesuffix(EVA_SUFFIX)
     if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)} (config.py:PRESET).")
+        raise ValueError(
+            f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}, optionally followed by "
+            f"{EVA_SUFFIX!r} (config.py:PRESET)."
+        )
     size, seq_len, batch, steps, lr, warmup, dtype = PRESETS[preset]
     c = config_lib.base_config()
     apply_size(c, size)
@@ -77,6 +87,8 @@ def with_preset(preset: str | None) -> ml_collections.ConfigDict:
         # the shuffle put several places of the corpus into every step.
         c.data.max_doc_bytes = 2048
         c.model.scan_layers = preset not in ("tiny", "m1_tiny")
+    if eva:
+        c.model.attention, c.model.eva_window, c.model.eva_chunk = "eva", 2048, 8
     return c
 
 

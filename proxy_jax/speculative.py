@@ -170,6 +170,13 @@ def generate_speculative(
     args = model_or_args.args if isinstance(model_or_args, Transformer) else model_or_args
     if not isinstance(args, ModelArgs):
         raise ValueError(f"model_or_args is a {type(model_or_args).__name__}; pass a Transformer or ModelArgs.")
+    if args.attention == "eva":
+        # Verifying drafts feeds several tokens per pass and rewinds rejected ones; EVA's cache folds
+        # every fed token into its chunk summaries and cannot rewind.
+        raise ValueError(
+            "model.attention='eva' has no speculative decoding (its cache cannot take back rejected drafts); "
+            "use proxy_jax.generate.generate."
+        )
     most = args.num_pred_heads - 1 + args.num_raw_pred_heads
     num_draft = most if num_draft is None else int(num_draft)
     if not 0 <= num_draft <= most:

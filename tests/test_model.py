@@ -73,9 +73,15 @@ def _stdlib_row(length):
     return batch["tokens"][:, :length], batch["segment_ids"][:, :length], batch["positions"][:, :length]
 
 
-def test_causality_and_document_mask_through_gradients():
+# EVA with windows of 8 and chunks of 4: the 24-token rows below span three windows, so queries also
+# read pooled summaries of earlier windows (the same rules must hold through them).
+EVA_SMALL = (("attention", "eva"), ("eva_window", 8), ("eva_chunk", 4))
+
+
+@pytest.mark.parametrize("attention", [(), EVA_SMALL], ids=["xla", "eva"])
+def test_causality_and_document_mask_through_gradients(attention):
     """d logits[t] / d embedding[s] is exactly zero for s > t, for s in another document and for padding."""
-    model, params = build(num_kv_heads=2, scan_layers=False)
+    model, params = build(num_kv_heads=2, scan_layers=False, **dict(attention))
     length = 24
     tokens, _, _ = _stdlib_row(length)
     tokens = np.array(tokens)
@@ -116,11 +122,12 @@ def _scanned(params_unscanned, num_layers):
     return out
 
 
-def test_scan_with_remat_matches_python_loop():
+@pytest.mark.parametrize("attention", [(), EVA_SMALL], ids=["xla", "eva"])
+def test_scan_with_remat_matches_python_loop(attention):
     """Same parameters (stacked for scan): same loss and gradients with scan + full remat as a plain loop."""
     tokens, segments, positions = _stdlib_row(32)
-    loop_model, loop_params = build(scan_layers=False, num_kv_heads=2)
-    scan_model = make_model(tiny_config(scan_layers=True, num_kv_heads=2, remat_policy="full"))
+    loop_model, loop_params = build(scan_layers=False, num_kv_heads=2, **dict(attention))
+    scan_model = make_model(tiny_config(scan_layers=True, num_kv_heads=2, remat_policy="full", **dict(attention)))
     params = _scanned(loop_params, loop_model.args.num_layers)
     assert jax.tree.structure(param_shapes(scan_model)) == jax.tree.structure(params)
 

@@ -9,6 +9,9 @@ Attention stays inside each document: query i may attend to key j only when ``j 
 the same segment id, and that id is not 0 (padding). Three implementations sit behind the single
 function :func:`attention`: ``"xla"`` (plain einsums, runs everywhere), ``"cudnn"`` (GPU flash
 attention through ``jax.nn.dot_product_attention``) and ``"splash"`` (Pallas splash attention, TPU).
+``"eva"`` is the paper's EVA attention (``proxy_jax.model.eva``, same document rules): exact keys
+inside aligned windows of ``eva_window`` tokens, learned pooled summaries of ``eva_chunk`` keys
+before them; each layer then has parameters ``eva_mu``, ``eva_phi`` ([kv_heads, head_dim]).
 
 Outputs: ``num_pred_heads`` main heads over the full (padded) vocabulary, head ``h`` predicting the
 token ``h + 1`` places ahead, and ``num_raw_pred_heads`` extra 320-way heads that continue the chain
@@ -21,7 +24,9 @@ Activations use ``batch``/``length`` plus ``act_*`` names that are unsharded unl
 With ``decode=True`` the attention layers keep a key/value cache in the ``"cache"`` collection
 (``cached_key``, ``cached_value``, ``cached_segment_ids``, ``cache_index``): create it by running
 ``init`` (or ``jax.eval_shape`` of it) on inputs of the full generation length, then feed the prompt
-(any length) and afterwards one token per call with ``mutable=["cache"]``.
+(any length) and afterwards one token per call with ``mutable=["cache"]``. EVA layers keep instead
+``eva_*`` variables (an ``EvaCache``: one window of keys and values plus one summary per chunk) and
+need the prompt in the first call (it is the prefill) and then exactly one token per call.
 """
 
 from proxy_jax.model.args import ATTENTION_IMPLS, REMAT_POLICIES, ModelArgs, count_params, flops_per_token

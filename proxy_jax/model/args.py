@@ -13,8 +13,9 @@ import ml_collections
 
 from proxy_jax import config as config_lib
 from proxy_jax import vocab
+from proxy_jax.model.eva import eva_flops_per_token
 
-ATTENTION_IMPLS = ("xla", "cudnn", "splash")
+ATTENTION_IMPLS = ("xla", "cudnn", "splash", "eva")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -44,6 +45,8 @@ class ModelArgs:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    eva_window: int = 2048  # EVA only: exact-attention window W (aligned blocks)
+    eva_chunk: int = 8  # EVA only: keys pooled into one summary C
 
     @classmethod
     def from_config(cls, model_config: ml_collections.ConfigDict, vocab_size: int) -> "ModelArgs":
@@ -73,6 +76,9 @@ class ModelArgs:
             param_dtype=str(model_config.param_dtype),
             scan_layers=bool(model_config.scan_layers),
             remat_policy=str(model_config.remat_policy),
+            # Configs saved before EVA existed lack the keys; they do not use EVA.
+            eva_window=int(model_config.get("eva_window", 2048)),
+            eva_chunk=int(model_config.get("eva_chunk", 8)),
         )
         args.check()
         return args
@@ -102,12 +108,20 @@ class ModelArgs:
                 f"model.num_pred_heads={self.num_pred_heads} must be >= 1 and "
                 f"model.num_raw_pred_heads={self.num_raw_pred_heads} >= 0."
             )
+        w, c = self.eva_window, self.eva_chunk
+        if self.attention == "eva" and (c < 1 or w < 1 or w % c):
+            raise ValueError(
+                f"model.eva_window={w} must be a positive multiple of model.eva_chunk={c}; "
+                "pick a window divisible by the chunk (the paper: 2048 and 8)."
+            )
 
 
 def count_params(args: ModelArgs, *, include_embedding: bool = True) -> int:
     """Exact parameter count of :class:`Transformer` (the embedding table is optional)."""
     d, h, kv, hd, f = args.d_model, args.num_heads, args.num_kv_heads, args.head_dim, args.d_ff
     per_layer = 2 * d + d * h * hd + 2 * d * kv * hd + h * hd * d + 3 * d * f
+    if args.attention == "eva":
+        per_layer += 2 * kv * hd  # mu and phi
     heads = d * args.num_pred_heads * args.padded_vocab_size + d * args.num_raw_pred_heads * vocab.RAW_VOCAB_SIZE
     total = args.num_layers * per_layer + d + heads
     if include_embedding:
@@ -123,6 +137,17 @@ def flops_per_token(args: ModelArgs, seq_len: int) -> float:
     included). The first term is 2 FLOPs per multiply-add, times 3 for forward + backward; the second
     is the two attention matmuls (QK^T and AV, 2 * 2 * heads * head_dim * seq_len per layer forward),
     times 3, counted over the full square as is conventional (causal masking is not discounted).
+
+    EVA models replace the second term by ``num_layers * eva_flops_per_token(...)`` (see
+    ``proxy_jax.model.eva``): the keys a query really sees, exact ones inside its window (counted at
+    half, the causal triangle) plus one summary per chunk of the earlier windows, and the summaries'
+    construction. It is the lower count, so EVA's MFU is never flattered; at ``seq_len <= eva_window``
+    it is half the full-square term.
     """
     n = count_params(args, include_embedding=False)
+    if args.attention == "eva":
+        per_layer = eva_flops_per_token(
+            seq_len, args.num_heads, args.head_dim, args.eva_window, args.eva_chunk, num_kv_heads=args.num_kv_heads
+        )
+        return 6.0 * n + args.num_layers * per_layer
     return 6.0 * n + 12.0 * args.num_layers * args.num_heads * args.head_dim * seq_len

@@ -29,7 +29,8 @@ document). Scores and softmax are float32; outputs have the dtype of ``q``.
 
 Cost. :func:`eva_attention` works window by window: ``W x W`` exact logits plus ``T / C`` summary
 logits per query (masked to the earlier windows), so memory grows like ``T * (W + T / C)``, never
-``T ** 2``. Sequences whose length is not a multiple of ``W`` are padded (segment 0) internally.
+``T ** 2``. Sequences whose length is not a multiple of ``W`` are padded (segment 0) internally;
+a sequence no longer than ``W`` is only padded to a multiple of ``C`` (it is one window).
 
 Decoding. :class:`EvaCache` holds the current window's exact keys/values (slot = position mod ``W``)
 and one summary slot per chunk of the whole generation (``ceil(max_len / C)`` slots). Each
@@ -39,6 +40,19 @@ plus all summary slots, masked. Cost per token is O(W + max_len / C): independen
 of history there are, apart from the summary slots, which are O(max_len / C) and allocated up front.
 The cache stays exact: feeding tokens one by one reproduces :func:`eva_attention` on the whole
 sequence. All rows of a batch advance in lockstep (one ``index``).
+
+Model use. ``model.attention = "eva"`` (``model.eva_window``, ``model.eva_chunk``) gives every
+attention layer its own ``mu``, ``phi`` parameters (logical axes ``kv_heads``, ``head_dim``) and,
+when decoding, an :class:`EvaCache` in place of the full key/value cache (``proxy_jax.model.transformer``).
+
+TPU kernels. Only this XLA path exists. A splash (Pallas) path can be expressed and is not written
+yet: append the ``T / C`` summaries to the keys and values (``[k; kbar]``, ``[v; vbar]``), give the
+kernel a static ``T x (T + T / C)`` mask (causal blocks of ``W`` on the exact part, "chunk in an
+earlier window" on the summary part; splash skips the empty blocks) and segment ids
+``[segments; rightmost document of each chunk]``. The two-id rule above ("first or last token in the
+query's document") reduces to that single id for complete chunks: a chunk whose first token's document
+differs from its rightmost one ends that document, so no later window holds a query of it. The partial
+chunk of decoding never goes through the kernel.
 """
 
 from __future__ import annotations
@@ -132,6 +146,10 @@ def _attend(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT, mu_KxD, phi_KxD, w
     b, t, h, d = q_BxTxHxD.shape
     kv = k_BxTxKxD.shape[2]
     _check(window, chunk, h, kv)
+    if t <= window:
+        # One window holds every query and no summary is visible to any of them: a window cut down to
+        # the chunk-rounded length gives the same output without padding short sequences up to W.
+        window = -(-t // chunk) * chunk
     pad = (-t) % window
     if pad:
         widths = ((0, 0), (0, pad), (0, 0), (0, 0))

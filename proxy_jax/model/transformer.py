@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from proxy_jax import vocab
 from proxy_jax.model.args import REMAT_POLICIES, ModelArgs
+from proxy_jax.model import eva
 from proxy_jax.model.attention import apply_rope, attention
 
 
@@ -65,6 +66,21 @@ class Attention(nn.Module):
         v_BxLxNxK = proj("value", a.num_kv_heads, "kv_heads")
         q_BxLxHxK = nn.with_logical_constraint(q_BxLxHxK, ("batch", "length", "act_heads", None))
 
+        if a.attention == "eva":
+            out_BxLxHxK = self._eva(q_BxLxHxK, k_BxLxNxK, v_BxLxNxK, segment_ids_BxL)
+        else:
+            out_BxLxHxK = self._exact(q_BxLxHxK, k_BxLxNxK, v_BxLxNxK, segment_ids_BxL)
+        out_kernel = self.param(
+            "out",
+            nn.with_logical_partitioning(_dense_init((0, 1), 2, out_scale), ("heads", "head_dim", "embed")),
+            (a.num_heads, a.head_dim, a.d_model),
+            pdt,
+        )
+        return jnp.einsum("blhk,hkd->bld", out_BxLxHxK.astype(dt), out_kernel.astype(dt))
+
+    def _exact(self, q_BxLxHxK, k_BxLxNxK, v_BxLxNxK, segment_ids_BxL):
+        """Exact attention; decoding keeps every key and value of the generation in the cache."""
+        a = self.args
         segment_k_BxS, q_offset = segment_ids_BxL, 0
         if self.decode:
             initialized = self.has_variable("cache", "cached_key")
@@ -79,19 +95,55 @@ class Attention(nn.Module):
                 cached_s.value = jax.lax.dynamic_update_slice(
                     cached_s.value, segment_ids_BxL.astype(jnp.int32), (0, i)
                 )
-                index.value = i + x_BxLxD.shape[1]
+                index.value = i + q_BxLxHxK.shape[1]
                 k_BxLxNxK, v_BxLxNxK, segment_k_BxS, q_offset = cached_k.value, cached_v.value, cached_s.value, i
 
-        out_BxLxHxK = attention(
+        return attention(
             q_BxLxHxK, k_BxLxNxK, v_BxLxNxK, segment_ids_BxL, segment_k_BxS, a.attention, q_offset=q_offset
         )
-        out_kernel = self.param(
-            "out",
-            nn.with_logical_partitioning(_dense_init((0, 1), 2, out_scale), ("heads", "head_dim", "embed")),
-            (a.num_heads, a.head_dim, a.d_model),
-            pdt,
+
+    def _eva(self, q_BxLxHxK, k_BxLxNxK, v_BxLxNxK, segment_ids_BxL):
+        """EVA attention with this layer's learned ``mu``, ``phi`` ([kv_heads, head_dim], float32 like
+        every parameter); decoding keeps an :class:`~proxy_jax.model.eva.EvaCache` of constant size
+        per generation length (one window of keys plus one summary per chunk) as ``eva_*`` variables.
+
+        Decoding protocol: the first call after ``init`` feeds the whole prompt (``L > 1``: prefill),
+        every later call one token (``L == 1``); a 1-token prompt is a single decoding step.
+        """
+        a = self.args
+        w, c = a.eva_window, a.eva_chunk
+        param = lambda name, pick: self.param(
+            name,
+            nn.with_logical_partitioning(lambda key, shape, dtype: eva.eva_init(key, *shape, dtype)[pick],
+                                         ("kv_heads", "head_dim")),
+            (a.num_kv_heads, a.head_dim),
+            _dtype(a.param_dtype),
         )
-        return jnp.einsum("blhk,hkd->bld", out_BxLxHxK.astype(dt), out_kernel.astype(dt))
+        mu_KxD, phi_KxD = param("eva_mu", 0), param("eva_phi", 1)
+        if not self.decode or not self.has_variable("cache", "eva_index"):
+            if self.decode:  # init: an empty cache sized by the inputs (the whole generation)
+                b, max_len = segment_ids_BxL.shape
+                empty = eva.eva_cache_init(b, max_len, a.num_kv_heads, a.head_dim, window=w, chunk=c,
+                                           dtype=k_BxLxNxK.dtype)
+                for name, value in zip(eva.EvaCache._fields, empty):
+                    self.variable("cache", f"eva_{name}", lambda v=value: v)
+            return eva.eva_attention(
+                q_BxLxHxK, k_BxLxNxK, v_BxLxNxK, segment_ids_BxL, mu_KxD, phi_KxD, window=w, chunk=c
+            )
+        slots = [self.variable("cache", f"eva_{name}") for name in eva.EvaCache._fields]
+        cache = eva.EvaCache(*(slot.value for slot in slots))
+        if q_BxLxHxK.shape[1] == 1:
+            out_BxLxHxK, cache = eva.eva_decode_step(
+                cache, q_BxLxHxK, k_BxLxNxK, v_BxLxNxK, segment_ids_BxL, mu_KxD, phi_KxD, window=w, chunk=c
+            )
+        else:
+            out_BxLxHxK, cache = eva.eva_prefill(
+                q_BxLxHxK, k_BxLxNxK, v_BxLxNxK, segment_ids_BxL, mu_KxD, phi_KxD, window=w, chunk=c,
+                max_len=cache.first_BxN.shape[1] * c,
+            )
+        for slot, value in zip(slots, cache):
+            slot.value = value
+        return out_BxLxHxK
 
 
 class MLP(nn.Module):
