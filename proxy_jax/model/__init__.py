@@ -25,7 +25,7 @@ With ``decode=True`` the attention layers keep a key/value cache in the ``"cache
 """
 
 from proxy_jax.model.args import ATTENTION_IMPLS, REMAT_POLICIES, ModelArgs, count_params, flops_per_token
-from proxy_jax.model.transformer import Transformer, init_cache
+from proxy_jax.model.transformer import Transformer, head_logits, init_cache
 
 __all__ = ["ATTENTION_IMPLS", "REMAT_POLICIES", "ModelArgs", "Transformer", "count_params", "flops_per_token",
-           "init_cache"]
+           "head_logits", "init_cache"]
