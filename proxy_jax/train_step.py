@@ -16,6 +16,9 @@ The loss, exactly:
   the mean over positions with at least one active head. With one head this is plain token-level
   cross-entropy over every non-pad target (sentinels, BOS and EOS included), as in the paper.
 
+With ``config.model.loss_chunk`` = c > 0 the heads and these terms are computed c positions at a time
+(:func:`chunked_loss_terms`), so B x L x V logits never exist at once; the result is the same.
+
 Metrics: ``loss`` (above), ``raw_loss`` / ``comp_loss`` (main head 0 only, averaged over its raw-byte
 / compressed targets), ``grad_norm`` (before clipping), ``lr`` (of the step being taken), and the
 counts ``tokens`` (head-0 targets), ``raw_targets``, ``comp_targets``.
