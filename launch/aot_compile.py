@@ -87,6 +87,14 @@ def main() -> None:
                  - mem.alias_size_in_bytes)
         print(f"per-device memory: {total / 2**30:.2f} GiB (arguments {mem.argument_size_in_bytes / 2**30:.2f}, "
               f"temporaries {mem.temp_size_in_bytes / 2**30:.2f})")
+    # XLA's count is of the per-device program and includes remat recomputation; custom kernels (splash)
+    # count only if they carry a cost estimate. The formula counts useful work once (model.flops_per_token).
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla_flops = float((cost or {}).get("flops", float("nan")))
+    formula = model_lib.flops_per_token(model_args, config.data.seq_len) * config.data.batch_size * config.data.seq_len
+    print(f"per-device FLOPs per step: XLA cost analysis {xla_flops:.4g}, formula {formula / len(devices):.4g} "
+          f"(ratio {xla_flops / (formula / len(devices)):.3f})")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def bench_one(args, attention: str) -> dict:
     c.model.attention = attention
     c.model.dtype = args.dtype
     c.model.remat_policy = args.remat
+    c.model.loss_chunk = args.loss_chunk
     c.model.scan_layers = True
     c.data.seq_len, c.data.batch_size = args.seq_len, args.batch
     c.mesh.shape = (1, -1, 1)  # FSDP over every device
@@ -122,6 +123,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--num_devices", type=int, default=0, help="use the first N devices (0 = all)")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--remat", default="dots_with_no_batch_dims")
+    p.add_argument("--loss_chunk", type=int, default=0, help="model.loss_chunk (0 = whole-batch logits)")
     p.add_argument("--doc_len", type=int, default=2048, help="tokens per synthetic document")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=10)

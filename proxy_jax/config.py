@@ -83,6 +83,10 @@ def base_config() -> ml_collections.ConfigDict:
     mo.scan_layers = True
     mo.remat_policy = "none"  # "none" | "full" | "dots" | "dots_with_no_batch_dims"
     mo.vocab_size = 0  # 0 = derived from the proxy (320 + symbols, padded to 128)
+    # Positions per chunk of the output heads + cross-entropy (0 = off: all B x L x V logits at once).
+    # With large vocabularies (32k-97k) the logits dominate activation memory; 512-2048 keeps them
+    # small at the cost of recomputing each chunk's head matmul in the backward pass.
+    mo.loss_chunk = 0
 
     # ---- mesh and sharding --------------------------------------------------------------
     c.mesh = me = ml_collections.ConfigDict()
@@ -178,6 +182,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("log_every", "checkpoint_every", "eval_window", "eval_batch_size"):
         _positive(config.train[key], f"train.{key}")
     _positive(config.opt.grad_accum_steps, "opt.grad_accum_steps")
+    _positive(config.model.get("loss_chunk", 0), "model.loss_chunk", zero_ok=True)
     if config.data.batch_size % config.opt.grad_accum_steps:
         raise ValueError(f"--config.data.batch_size={config.data.batch_size} is not divisible by "
                          f"--config.opt.grad_accum_steps={config.opt.grad_accum_steps}.")

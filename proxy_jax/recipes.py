@@ -51,6 +51,27 @@ PRESETS = {
 }
 SMALL_PRESETS = ("tiny", "small", "m1_tiny", "m1_6m", "m1_40m")
 
+# GPU starting points, NOT YET MEASURED on a GPU (chosen from memory arithmetic, to be confirmed with
+# launch/bench_mfu.py): ``PRESET_h100`` = PRESET plus these settings for one node of 8 x H100 80 GB,
+# bf16, cuDNN flash attention, chunked loss (the 32k-97k vocabulary logits otherwise dominate
+# activations). preset: (remat policy, rows of seq_len per GPU per micro-batch). grad_accum_steps is
+# set so 8 GPUs reach the preset's global batch; with more nodes divide it by the node count.
+GPU_SETTINGS = {
+    "small": ("none", 32),
+    "0.5b": ("dots_with_no_batch_dims", 2),
+    "1.5b": ("dots_with_no_batch_dims", 1),
+    "4b": ("full", 1),
+    "7b": ("full", 1),
+    "14b": ("full", 1),  # parameters + AdamW state are 224 GB: fsdp over all 8 GPUs is required
+}
+GPU_LOSS_CHUNK = 2048  # positions per chunk of the output heads + cross-entropy (config.model.loss_chunk)
+
+# TPU meshes (data, fsdp, tensor) for the paper-scale presets at seq_len 16,384 and 128 rows per step on
+# 64 chips (v5p:4x4x4 or v6e:8x8), splash attention, remat "full": pure FSDP. The per-chip memory and
+# compile results behind this table (and which sizes were not compiled) are in BENCHMARKS.md
+# ("Ahead-of-time compile for TPU"); reproduce with launch/aot_compile.py.
+TPU_MESH = {"0.5b": (1, 64, 1), "1.5b": (1, 64, 1), "4b": (1, 64, 1), "7b": (1, 64, 1), "14b": (1, 64, 1)}
+
 
 # Any preset name followed by this suffix (``0.5b_eva`` .. ``14b_eva``) trains with the paper's EVA
 # attention (W=2048, C=8; their 16k context is 8 windows); the same as --config.model.attention=eva.
@@ -62,11 +83,13 @@ def with_preset(preset: str | None) -> ml_collections.ConfigDict:
     preset = (preset or "tiny").lower()
     eva = preset.endswith(EVA_SUFFIX)
     preset = preset.removesuffix(EVA_SUFFIX)
+    gpu = preset.endswith("_h100") and preset[: -len("_h100")] in GPU_SETTINGS
+    if gpu:
+        preset = preset[: -len("_h100")]
     if preset not in PRESETS:
-        raise ValueError(
-            f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}, optionally followed by "
-            f"{EVA_SUFFIX!r} (config.py:PRESET)."
-        )
+        gpu_names = ", ".join(f"{k}_h100" for k in GPU_SETTINGS)
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}, {gpu_names}, each "
+                         f"optionally followed by {EVA_SUFFIX!r} (config.py:PRESET).")
     size, seq_len, batch, steps, lr, warmup, dtype = PRESETS[preset]
     c = config_lib.base_config()
     apply_size(c, size)
@@ -87,6 +110,10 @@ def with_preset(preset: str | None) -> ml_collections.ConfigDict:
         # the shuffle put several places of the corpus into every step.
         c.data.max_doc_bytes = 2048
         c.model.scan_layers = preset not in ("tiny", "m1_tiny")
+    if gpu:
+        remat, rows_per_gpu = GPU_SETTINGS[preset]
+        c.model.attention, c.model.remat_policy, c.model.loss_chunk = "cudnn", remat, GPU_LOSS_CHUNK
+        c.opt.grad_accum_steps = max(1, batch // (8 * rows_per_gpu))
     if eva:
         c.model.attention, c.model.eva_window, c.model.eva_chunk = "eva", 2048, 8
     return c

@@ -16,6 +16,9 @@ The loss, exactly:
   the mean over positions with at least one active head. With one head this is plain token-level
   cross-entropy over every non-pad target (sentinels, BOS and EOS included), as in the paper.
 
+With ``config.model.loss_chunk`` = c > 0 the heads and these terms are computed c positions at a time
+(:func:`chunked_loss_terms`), so B x L x V logits never exist at once; the result is the same.
+
 Metrics: ``loss`` (above), ``raw_loss`` / ``comp_loss`` (main head 0 only, averaged over its raw-byte
 / compressed targets), ``grad_norm`` (before clipping), ``lr`` (of the step being taken), and the
 counts ``tokens`` (head-0 targets), ``raw_targets``, ``comp_targets``.
@@ -35,6 +38,7 @@ import ml_collections
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from proxy_jax import model as model_lib
 from proxy_jax import optimizer as optimizer_lib
 from proxy_jax import sharding as sharding_lib
 from proxy_jax import vocab
@@ -88,6 +92,43 @@ def loss_terms(logits_BxLxHxV, raw_logits_BxLxRxC, tokens_BxT, segment_ids_BxT, 
     }
 
 
+def chunked_loss_terms(x_BxLxD, w_DxHxV, w_DxRxC, tokens_BxT, segment_ids_BxT, vocab_size: int, chunk: int,
+                       dtype) -> dict:
+    """:func:`loss_terms` of ``head_logits(x, ...)`` computed ``chunk`` positions at a time.
+
+    A ``lax.scan`` over chunks of positions runs the head matmul, log-softmax and target gather of one
+    chunk inside ``jax.checkpoint``, so neither pass holds more than [B, chunk, H, V] logits (the
+    backward pass recomputes each chunk's logits). Positions past L (when ``chunk`` does not divide L)
+    are padded with pad targets and padding inputs, which take part in no term.
+    """
+    b, l, d = x_BxLxD.shape
+    k = tokens_BxT.shape[1] - l
+    n = -(-l // chunk)
+    pad = n * chunk - l
+    x_NxBxCxD = jnp.pad(x_BxLxD, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
+    tokens = jnp.pad(tokens_BxT, ((0, 0), (0, pad)))
+    # Only inputs' segment ids matter; zeros from L on keep padded positions out of every term.
+    segments = jnp.pad(segment_ids_BxT[:, :l], ((0, 0), (0, pad + k)))
+
+    @jax.checkpoint
+    def chunk_terms(x_BxCxD, w_head, w_raw, tokens_BxCK, segments_BxCK):
+        logits, raw_logits = model_lib.head_logits(x_BxCxD, w_head, w_raw, dtype)
+        return loss_terms(logits, raw_logits, tokens_BxCK, segments_BxCK, vocab_size)
+
+    def body(carry, inputs):
+        x_BxCxD, start = inputs
+        window = lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk + k, axis=1)  # noqa: E731
+        terms = chunk_terms(x_BxCxD, w_DxHxV, w_DxRxC, window(tokens), window(segments))
+        return jax.tree.map(jnp.add, carry, terms), None
+
+    zeros = jax.tree.map(
+        lambda t: jnp.zeros(t.shape, t.dtype),
+        jax.eval_shape(chunk_terms, x_NxBxCxD[0], w_DxHxV, w_DxRxC, tokens[:, : chunk + k], segments[:, : chunk + k]),
+    )
+    terms, _ = jax.lax.scan(body, zeros, (x_NxBxCxD, jnp.arange(n, dtype=jnp.int32) * chunk))
+    return terms
+
+
 def _split_inputs(batch, num_targets: int):
     length = batch["tokens"].shape[1] - num_targets
     return (
@@ -97,13 +138,24 @@ def _split_inputs(batch, num_targets: int):
     )
 
 
-def make_loss_fn(model, vocab_size: int):
+def make_loss_fn(model, vocab_size: int, loss_chunk: int = 0):
     """``loss_fn(params, batch) -> (loss_sum, terms)`` with the terms of :func:`loss_terms`; rows carry the
-    model's K = ``args.num_targets`` columns past the inputs."""
+    model's K = ``args.num_targets`` columns past the inputs.
+
+    ``loss_chunk`` > 0 (``config.model.loss_chunk``) computes the heads and the loss that many positions
+    at a time (:func:`chunked_loss_terms`); the terms are the same up to float rounding.
+    """
     num_targets = model.args.num_targets
 
     def loss_fn(params, batch):
         tokens_BxL, segment_ids_BxL, positions_BxL = _split_inputs(batch, num_targets)
+        if loss_chunk > 0:
+            x, w_head, w_raw = model.apply(
+                {"params": params}, tokens_BxL, segment_ids_BxL, positions_BxL, heads=False
+            )
+            terms = chunked_loss_terms(x, w_head, w_raw, batch["tokens"], batch["segment_ids"], vocab_size,
+                                       loss_chunk, jnp.dtype(model.args.dtype))
+            return terms["loss_sum"], terms
         logits, raw_logits = model.apply({"params": params}, tokens_BxL, segment_ids_BxL, positions_BxL)
         terms = loss_terms(logits, raw_logits, batch["tokens"], batch["segment_ids"], vocab_size)
         return terms["loss_sum"], terms
@@ -143,7 +195,7 @@ def make_train_step(
     if lr_schedule is None:
         lr_schedule = optimizer_lib.make_schedule(config.opt, int(config.train.steps))
     accum = int(config.opt.grad_accum_steps)
-    loss_fn = make_loss_fn(model, vocab_size)
+    loss_fn = make_loss_fn(model, vocab_size, int(config.model.loss_chunk))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     rules = sharding_lib.logical_rules(config)
 

@@ -30,7 +30,7 @@ need the prompt in the first call (it is the prefill) and then exactly one token
 """
 
 from proxy_jax.model.args import ATTENTION_IMPLS, REMAT_POLICIES, ModelArgs, count_params, flops_per_token
-from proxy_jax.model.transformer import Transformer, init_cache
+from proxy_jax.model.transformer import Transformer, head_logits, init_cache
 
 __all__ = ["ATTENTION_IMPLS", "REMAT_POLICIES", "ModelArgs", "Transformer", "count_params", "flops_per_token",
-           "init_cache"]
+           "head_logits", "init_cache"]

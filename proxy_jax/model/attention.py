@@ -124,18 +124,26 @@ def attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS, imp
     if impl == "cudnn":
         return _attention_cudnn(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS, q_offset)
     if impl == "splash":
-        if q_BxTxHxD.shape[1] != k_BxSxKxD.shape[1]:
-            # Cached decoding attends a few queries to many keys: the plain path is the right tool.
+        if q_BxTxHxD.shape[1] != k_BxSxKxD.shape[1] or q_BxTxHxD.shape[1] % 128:
+            # Cached decoding attends a few queries to many keys, and parameter init traces one token
+            # (shorter than a kernel block): the plain path is the right tool for both.
             return _attention_xla(
                 q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, _segment_mask(segment_q_BxT, segment_k_BxS, q_offset)
             )
-        if jax.default_backend() != "tpu":
+        if _target_platform() != "tpu":
             raise ValueError(
-                f"model.attention='splash' needs a TPU but the backend is {jax.default_backend()!r}; "
+                f"model.attention='splash' needs a TPU but the backend is {_target_platform()!r}; "
                 "use model.attention='xla' (or 'cudnn' on GPU)."
             )
         return splash_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS)
     raise ValueError(f"Unknown attention implementation {impl!r}; use one of {ATTENTION_IMPLS}.")
+
+
+def _target_platform() -> str:
+    """The platform the step is compiled for: the devices of the mesh set with ``jax.set_mesh`` (a TPU
+    topology when compiling ahead of time on a CPU host), else the default backend."""
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    return getattr(device, "platform", None) or jax.default_backend()
 
 
 def apply_rope(x_BxLxHxD, positions_BxL, theta: float):

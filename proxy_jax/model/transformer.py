@@ -21,7 +21,6 @@ def _dtype(name: str):
     return jnp.dtype(name)
 
 
-
 def _dense_init(in_axis, out_axis, scale: float = 1.0):
     return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis)
 
@@ -180,17 +179,32 @@ class Block(nn.Module):
         return x_BxLxD, None
 
 
+def head_logits(x_BxLxD, w_DxHxV, w_DxRxC, dtype):
+    """Float32 logits of the main heads and (if ``w_DxRxC`` is not None) the raw heads from the final
+    normed hidden state; the one place the output matmuls are written (the chunked loss reuses it)."""
+    logits_BxLxHxV = jnp.einsum("bld,dhv->blhv", x_BxLxD, w_DxHxV.astype(dtype), preferred_element_type=jnp.float32)
+    raw_logits_BxLxRxC = None
+    if w_DxRxC is not None:
+        raw_logits_BxLxRxC = jnp.einsum(
+            "bld,drc->blrc", x_BxLxD, w_DxRxC.astype(dtype), preferred_element_type=jnp.float32
+        )
+    return logits_BxLxHxV, raw_logits_BxLxRxC
+
+
 class Transformer(nn.Module):
     """``__call__(tokens, segment_ids, positions) -> (logits_BxLxHxV, raw_logits_BxLxRx320 or None)``.
 
     Logits are float32. The embedded inputs pass through ``self.perturb("embeddings", ...)`` so that
     gradients with respect to them can be taken (tests use this for the causality check).
+    With ``heads=False`` the output matmuls are skipped and ``(x_BxLxD, w_DxHxV, w_DxRxC or None)`` is
+    returned (final normed hidden state and head weights, for :func:`head_logits` applied per chunk of
+    positions by a loss that never holds all logits at once); parameters are the same either way.
     """
 
     args: ModelArgs
 
     @nn.compact
-    def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, *, decode: bool = False):
+    def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, *, decode: bool = False, heads: bool = True):
         a = self.args
         dt, pdt = _dtype(a.dtype), _dtype(a.param_dtype)
         embedding = self.param(
@@ -232,10 +246,7 @@ class Transformer(nn.Module):
             (a.d_model, a.num_pred_heads, a.padded_vocab_size),
             pdt,
         )
-        logits_BxLxHxV = jnp.einsum(
-            "bld,dhv->blhv", x_BxLxD, w_DxHxV.astype(dt), preferred_element_type=jnp.float32
-        )
-        raw_logits_BxLxRxC = None
+        w_DxRxC = None
         if a.num_raw_pred_heads:
             w_DxRxC = self.param(
                 "raw_head",
@@ -243,10 +254,9 @@ class Transformer(nn.Module):
                 (a.d_model, a.num_raw_pred_heads, vocab.RAW_VOCAB_SIZE),
                 pdt,
             )
-            raw_logits_BxLxRxC = jnp.einsum(
-                "bld,drc->blrc", x_BxLxD, w_DxRxC.astype(dt), preferred_element_type=jnp.float32
-            )
-        return logits_BxLxHxV, raw_logits_BxLxRxC
+        if not heads:
+            return x_BxLxD, w_DxHxV, w_DxRxC
+        return head_logits(x_BxLxD, w_DxHxV, w_DxRxC, dt)
 
 
 def init_cache(model: Transformer, batch_size: int, max_len: int) -> Any:
