@@ -1,12 +1,15 @@
 """Command line: ``python -m proxy_jax.evaluate --workdir=DIR [--data=PATH] [--max_docs=N]`` prints JSON.
 
-Raw-byte bits per byte of a finished run (``proxy_jax.evaluation.score.evaluate_workdir``).
+Raw-byte bits per byte of a finished run (``proxy_jax.evaluation.score.evaluate_workdir``). A run with no
+documents to score, a window too large for memory, a non-finite checkpoint or a workdir without a readable
+checkpoint ends with one ``error:`` sentence and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def main(argv=None) -> None:
@@ -21,8 +24,15 @@ def main(argv=None) -> None:
     p.add_argument("--window", type=int, default=0, help="window length (0 = the run's train.eval_window)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     args = p.parse_args(argv)
-    result = score.evaluate_workdir(args.workdir, data=args.data, data_glob=args.data_glob,
-                                    max_docs=args.max_docs, window=args.window, step=args.step)
+    from proxy_jax import checkpoint
+
+    try:
+        result = score.evaluate_workdir(args.workdir, data=args.data, data_glob=args.data_glob,
+                                        max_docs=args.max_docs, window=args.window, step=args.step)
+    except (ValueError, OSError, checkpoint.UnreadableCheckpointsError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted.")
     print(json.dumps(result, indent=2))
 
 
