@@ -240,7 +240,7 @@ def test_damaged_checkpoints_fall_back_then_stop_then_restart_on_request(tmp_pat
 @pytest.mark.slow
 def test_preemption_at_a_checkpoint_step_stops_cleanly(tmp_path, monkeypatch):
     polls = iter([False] * 4 + [True])  # the poll before step 4, a checkpoint step, sees the signal
-    monkeypatch.setattr(checkpoint.PreemptionGuard, "should_stop", lambda self: next(polls))
+    monkeypatch.setattr(checkpoint.PreemptionGuard, "should_stop", lambda self: next(polls, False))
     wd = str(tmp_path / "run")
     summary = train.train(small(), wd, progress=False)
     assert summary["preempted_at"] == 4 and steps_on_disk(wd) == [2, 4]
