@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
+import sys
 from typing import Any
 
 import grain
@@ -52,23 +54,46 @@ def quiet_libraries():
             lg.setLevel(level)
 
 
-def _os_error(e: BaseException) -> OSError | None:
-    """The first ``OSError`` in an exception's cause/context chain (Orbax wraps the real failure)."""
+_IO_WORDS = ("No space left on device", "Permission denied", "Read-only file system", "Disk quota exceeded")
+
+
+def _io_reason(e: BaseException) -> str | None:
+    """Why a write failed, when an exception in ``e``'s cause/context chain is an I/O failure: an
+    ``OSError``, or TensorStore's error text (``... [os_error_code='28']``, raised as ``ValueError``)."""
     seen = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, OSError):
-            return e
         seen.add(id(e))
+        if isinstance(e, OSError) and e.errno:
+            return e.strerror or os.strerror(e.errno)
+        text = str(e)
+        code = re.search(r"os_error_code='(\d+)'", text)
+        if code:
+            return os.strerror(int(code[1]))
+        for words in _IO_WORDS:
+            if words in text:
+                return words
         e = e.__cause__ or e.__context__
     return None
 
 
-def _reason(e: BaseException) -> str:
-    err = _os_error(e)
-    if err is None:
-        return f"{type(e).__name__}: {e}"
-    text = err.strerror or (os.strerror(err.errno) if err.errno else str(err))
-    return text + (f" ({err.filename})" if getattr(err, "filename", None) else "")
+class _DropLibraryErrors(logging.Filter):
+    """Drops Orbax's own error records (tracebacks from its background save threads): a failed save is
+    raised by the next save, ``wait`` or ``close`` as one sentence."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+def _drop_closed_loop_callbacks(previous):
+    """An unraisable-exception hook that drops TensorStore's late callbacks into the event loop of a save
+    Orbax already abandoned (``RuntimeError: Event loop is closed`` after a failed write)."""
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+            return
+        previous(unraisable)
+
+    return hook
 
 
 class Checkpointer:
@@ -82,6 +107,10 @@ class Checkpointer:
         )
         self.directory = str(directory)
         self.unreadable: list[int] = []  # steps that failed to restore in this process
+        self._filter = _DropLibraryErrors()
+        logging.getLogger("absl").addFilter(self._filter)
+        self._previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._hook = _drop_closed_loop_callbacks(sys.unraisablehook)
         with quiet_libraries():
             self.manager = ocp.CheckpointManager(directory, options=options)
 
@@ -102,12 +131,13 @@ class Checkpointer:
             self._write_failed(e, step)
 
     def _write_failed(self, e: BaseException, step: int | None):
-        if _os_error(e) is None:
+        reason = _io_reason(e)
+        if reason is None:
             raise e
         self.remove_temporary()
-        what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+        when = f" (by step {step})" if step is not None else ""  # async: the failed save may be an earlier one
         raise CheckpointWriteError(
-            f"Could not write {what} under {self.directory}: {_reason(e)}; free disk space or fix the "
+            f"Could not write a checkpoint under {self.directory}{when}: {reason}; free disk space or fix the "
             "permissions, then run the same command to resume from the newest complete checkpoint.") from None
 
     def remove_temporary(self) -> list[str]:
@@ -220,6 +250,9 @@ class Checkpointer:
                     self.manager.close()
                 except Exception:  # noqa: BLE001 - a failed async save was already reported by wait()
                     pass
+            logging.getLogger("absl").removeFilter(self._filter)
+            if sys.unraisablehook is self._hook:
+                sys.unraisablehook = self._previous_hook
 
 
 class PreemptionGuard:

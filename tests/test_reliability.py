@@ -216,6 +216,20 @@ def test_full_disk_during_a_save_is_a_sentence_and_leaves_no_temporary_directory
     assert open(os.path.join(wd, workdir_lib.LOCK)).read() == ""  # the lock is released on failure
 
 
+def test_io_failures_are_recognised_through_library_wrappers():
+    # TensorStore reports a full disk as a ValueError carrying the OS error code; Orbax wraps errors.
+    tensorstore = ValueError("RESOURCE_EXHAUSTED: Error writing ... [os_error_code='28']")
+    try:
+        try:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), "/w/checkpoints/4")
+        except OSError as inner:
+            raise RuntimeError("background save failed") from inner
+    except RuntimeError as wrapped:
+        assert checkpoint._io_reason(wrapped) == os.strerror(errno.EACCES)
+    assert checkpoint._io_reason(tensorstore) == os.strerror(errno.ENOSPC)
+    assert checkpoint._io_reason(ValueError("shapes do not match")) is None
+
+
 @pytest.mark.slow
 def test_damaged_checkpoints_fall_back_then_stop_then_restart_on_request(tmp_path):
     wd = str(tmp_path / "run")
