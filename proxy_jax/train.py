@@ -122,17 +122,17 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
     data_iter = iter(run.pipeline)
     checkpointer = workdir_lib.checkpointer(workdir, c)
     checkpointer.remove_temporary()  # half-written steps of a killed run
-    try:
+    try:  # the loop's own try closes the checkpointer from there on
         resumed = _resume(checkpointer, run, data_iter, restart_if_unreadable)
+        start_step = resumed if resumed is not None else 0
+        writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard)
+        eval_docs = assemble.heldout_docs(c, c.train.eval_docs) if c.train.eval_every > 0 else []
     except BaseException:
         checkpointer.close()
         raise
-    start_step = resumed if resumed is not None else 0
-    writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard)
     flops_per_step = flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
     peak = metrics_lib.peak_flops_per_device()
     end_step = c.train.steps if stop_after is None else min(c.train.steps, start_step + stop_after)
-    eval_docs = assemble.heldout_docs(c, c.train.eval_docs) if c.train.eval_every > 0 else []
 
     bar = None
     if progress and jax.process_index() == 0:

@@ -88,7 +88,13 @@ def _holder(fd: int) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid) -> bool:
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return True  # unreadable: assume a live holder (the message tells how to clear it)
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -123,7 +129,7 @@ def lock(workdir: str):
             holder = _holder(fd) or {"host": "?", "pid": "?"}
             holder["live"] = True
         other = holder and (holder.get("host"), holder.get("pid")) != (host, pid)
-        if other and (holder.get("live") or holder.get("host") != host or _alive(int(holder.get("pid", 0)))):
+        if other and (holder.get("live") or holder.get("host") != host or _alive(holder.get("pid", 0))):
             raise WorkdirLockedError(
                 f"{workdir} is in use by process {holder.get('pid')} on host {holder.get('host')} (see "
                 f"{path}); wait for it to finish, use another --workdir, or delete {path} if that run is gone.")
