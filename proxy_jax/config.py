@@ -145,6 +145,8 @@ def override(config: ml_collections.ConfigDict, **dotted) -> ml_collections.Conf
         node = config
         *parents, leaf = key.split(".")
         for name in parents:
+            if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
+                raise KeyError(f"Override {key!r} names no config key; see proxy_jax/config.py for the keys.")
             node = node[name]
         if leaf not in node:
             raise KeyError(f"Override {key!r} names no config key; see proxy_jax/config.py for the keys.")

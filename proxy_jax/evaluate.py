@@ -4,6 +4,8 @@ Tasks (``proxy_jax.evaluation.codegen.evaluate_task``): ``bpb`` (default: raw-by
 held-out split, ``proxy_jax.evaluation.score``), ``humaneval``, ``humaneval_plus``, ``mbpp``,
 ``mbpp_plus`` (pass@k of generated completions), ``oracle_translation`` and ``robustness`` (the probes).
 ``--solutions=canonical`` scores the datasets' reference solutions instead of a model (no --workdir).
+A run with no documents to score, a window too large for memory, a non-finite checkpoint or a workdir
+without a readable checkpoint ends with one ``error:`` sentence and exit status 1.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def main(argv=None) -> None:
     p.add_argument("--window", type=int, default=0, help="bpb: window length (0 = the run's train.eval_window)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     args = p.parse_args(argv)
+    from proxy_jax import checkpoint
+
     bpb_kwargs = {"data_glob": args.data_glob, "max_docs": args.max_docs, "window": args.window} \
         if args.task == "bpb" else {}
     try:
@@ -49,8 +53,10 @@ def main(argv=None) -> None:
             temperature=args.temperature, top_p=args.top_p, out=args.out, batch_size=args.batch_size,
             max_new_bytes=args.max_new_bytes, speculative=args.speculative, seed=args.seed, step=args.step,
             workers=args.workers, **bpb_kwargs)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, OSError, ImportError, checkpoint.UnreadableCheckpointsError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted.")
     print(json.dumps(result, indent=2))
 
 

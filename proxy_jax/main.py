@@ -4,6 +4,12 @@ Every config value can be overridden (``--config.data.seq_len=1024``); a misspel
 setting stops before anything is compiled. Re-running the same command resumes from the newest
 checkpoint in DIR. At the end it prints raw-byte bits per byte on the held-out documents next to gzip's
 and xz's, and a sample generated from a raw prompt.
+
+Accidents a user can cause end with one ``error:`` sentence and exit status 2 (no traceback): a config
+file that does not load, a workdir in use by another process or resumed with changed settings, a full
+disk or an unwritable workdir, unreadable checkpoints (``--restart_if_unreadable`` sets them aside and
+starts over), a non-finite loss. SIGTERM saves and exits 0; Ctrl-C exits 130 (the newest checkpoint is
+kept; run the same command to resume).
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, "
                                "multi-node GPU): coordinator and process ids come from the environment "
                                "(TPU metadata, SLURM, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
+_RESTART = flags.DEFINE_bool("restart_if_unreadable", False, "When the workdir has checkpoints but none of them "
+                             "restores, set them aside (under checkpoints.unreadable/) and train from step 0 "
+                             "instead of stopping.")
 
 
 
@@ -44,19 +53,53 @@ def main(argv) -> None:
 
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("proxy_jax").setLevel(logging.INFO)
-    from proxy_jax import train
+    from proxy_jax import checkpoint, train, workdir as workdir_lib
 
-    config = _CONFIG.value
+    try:
+        config = _CONFIG.value
+        if config is not None:
+            config.keys()  # a file that failed to load is a placeholder that raises its error on first use
+    except Exception as e:  # noqa: BLE001 - the config file's own error, as one sentence
+        sys.exit(cli.config_error(e, flags.FLAGS["config"].serialize().partition("=")[2]))
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/proxy_tokens.py:tiny")
     workdir = _WORKDIR.value
     if not workdir:
         raise app.UsageError("--workdir is required: a directory for checkpoints and metrics.")
+    user_errors = (ValueError, train.NonFiniteLossError, checkpoint.CheckpointWriteError,
+                   checkpoint.UnreadableCheckpointsError, workdir_lib.WorkdirLockedError)
     try:
-        summary = train.train(config, workdir)
-    except (ValueError, train.NonFiniteLossError) as e:
+        _train_and_report(config, workdir)
+    except user_errors as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # unwritable workdir, full disk outside a checkpoint save, a missing input
+        print(f"error: {_os_sentence(e, workdir)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; {workdir} keeps its newest complete checkpoint: run the same command to resume.",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def _os_sentence(e: OSError, workdir: str) -> str:
+    import errno
+
+    if e.errno is None:  # raised by this library with its own sentence
+        return str(e)
+    where = f"{e.filename}" if e.filename else workdir
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR):
+        return (f"cannot write {where}: {e.strerror}; fix the permissions or free disk space (or pick another "
+                "--workdir), then run the same command again.")
+    return f"{where}: {e.strerror or e}."
+
+
+def _train_and_report(config, workdir: str) -> None:
+    import jax
+
+    from proxy_jax import train
+
+    summary = train.train(config, workdir, restart_if_unreadable=_RESTART.value)
     if "preempted_at" in summary:
         if jax.process_index() == 0:
             print(f"stopped by SIGTERM at step {summary['preempted_at']}; run the same command to resume.")
@@ -70,6 +113,8 @@ def main(argv) -> None:
         print(f"\nraw bits/byte on {int(out.get('eval/docs', 0))} held-out documents: "
               f"model {out['eval/raw_bpb']:.3f} | gzip -9 {out['eval/gzip_bpb']:.3f} | "
               f"xz -9e {out['eval/xz_bpb']:.3f}")
+    elif "eval_skipped" in out:
+        print(f"\nno bits per byte: {out['eval_skipped']}.")
     if sample is not None:
         print("\nsample from a raw prompt:\n" + sample)
 

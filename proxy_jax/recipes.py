@@ -149,7 +149,14 @@ def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"Config file {path!r} does not exist (expected e.g. configs/proxy_tokens.py:tiny).")
     module_spec = importlib.util.spec_from_file_location(f"_proxy_jax_config_{abs(hash(path))}", path)
+    if module_spec is None:
+        raise ValueError(f"Config file {path!r} is not a Python file (expected e.g. configs/proxy_tokens.py:tiny).")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ValueError(f"Config file {path!r} does not parse: {e.msg} (line {e.lineno}).") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"Config file {path!r} defines no get_config(); every file in configs/ has one.")
     config = module.get_config(preset) if preset else module.get_config()
     return config_lib.override(config, **overrides)

@@ -1,7 +1,13 @@
 """The training loop: data -> sharded step -> metrics -> checkpoints -> evaluation.
 
 The loop dispatches step t and only then reads step t-1's metrics, so the host never makes the device
-wait. The run's pieces come from ``proxy_jax.assemble.build``; the workdir's files from
+wait. Safety: the workdir is locked for the run (``workdir.lock``); a resumed run must match the saved
+config (``workdir.check_resume``); only a finite state is ever saved (step t-1's loss and every array
+of the state are checked first), so the checkpoint a non-finite error names is good; a save of a step
+already on disk is a no-op (SIGTERM at a checkpoint step, the final save); checkpoints newer than the
+one that restored, which failed to restore, are set aside and re-trained.
+
+The run's pieces come from ``proxy_jax.assemble.build``; the workdir's files from
 ``proxy_jax.workdir``. :func:`train` is what ``python -m proxy_jax.main`` calls (and what Colab and
 tests import).
 """
@@ -10,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -27,7 +35,27 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when a step's loss is NaN or infinite; the newest checkpoint is the last good state."""
+    """Raised when a step's loss or the train state is NaN or infinite; the message names the newest
+    checkpoint (every saved state is finite) or says there is none."""
+
+
+@jax.jit
+def _all_finite(leaves: list) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def state_is_finite(state: Any) -> bool:
+    """True when every floating-point array of ``state`` (parameters and optimiser moments) is finite."""
+    leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return bool(_all_finite(leaves)) if leaves else True
+
+
+def _last_good(last_saved: int | None) -> str:
+    if last_saved is None:
+        return ("No checkpoint was saved before it: lower --config.opt.lr or raise --config.opt.warmup_steps "
+                "and start again.")
+    return (f"The newest checkpoint (step {last_saved}) is the last good state: lower --config.opt.lr or raise "
+            "--config.opt.warmup_steps (both may change on resume) and run again to resume from it.")
 
 
 def _step_scalars(run: assemble.Run, raw: dict[str, float], step_time: float, data_wait: float,
@@ -47,32 +75,64 @@ def _step_scalars(run: assemble.Run, raw: dict[str, float], step_time: float, da
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
-          stop_after: int | None = None) -> dict[str, Any]:
+          stop_after: int | None = None, restart_if_unreadable: bool = False) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming from its newest checkpoint) and returns a summary.
 
     ``stop_after`` ends the loop early after that many steps of this call (used to test resumption);
-    the run can be continued later from its checkpoint.
+    the run can be continued later from its checkpoint. When checkpoints exist but none restores, the
+    run stops (``checkpoint.UnreadableCheckpointsError``) unless ``restart_if_unreadable``: then they
+    are set aside and training starts from step 0.
     """
+    with workdir_lib.lock(workdir):
+        return _train(config, workdir, progress, stop_after, restart_if_unreadable)
+
+
+def _resume(checkpointer: ckpt_lib.Checkpointer, run: assemble.Run, data_iter, restart_if_unreadable: bool):
+    """Restores the newest readable checkpoint into ``run`` and ``data_iter``; returns its step or None."""
+    start_step, restored = checkpointer.restore(run.state, data_iter)
+    if restored is None and checkpointer.unreadable:
+        if not restart_if_unreadable:
+            raise checkpointer.unreadable_error()
+        moved = checkpointer.set_aside(list(checkpointer.unreadable))
+        log.warning("Set aside %d unreadable checkpoints (%s); training starts from step 0.", len(moved),
+                    ", ".join(moved))
+        return None
+    newer = [s for s in checkpointer.unreadable if restored is not None and s > start_step]
+    if newer:  # the run re-trains these steps; Orbax would not save below its newest step otherwise
+        moved = checkpointer.set_aside(newer)
+        log.warning("Set aside unreadable checkpoints %s; they will be re-trained from step %d.",
+                    ", ".join(moved), start_step)
+    if restored is None:
+        return None
+    run.state = restored
+    log.info("Resumed from step %d of %s.", start_step, os.path.dirname(checkpointer.directory))
+    return int(start_step)
+
+
+def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict[str, Any]:
     from proxy_jax import sharding
 
+    changed = workdir_lib.check_resume(config, workdir)
+    if changed:
+        log.info("Resuming with changed %s (recorded in %s).", ", ".join(sorted(changed)), workdir_lib.CONFIG_HISTORY)
     workdir_lib.save_config(config, workdir)
     run = assemble.build(config, workdir)
     workdir_lib.save_model(run.model.args, run.vocab_size, workdir)
     c = run.config
     data_iter = iter(run.pipeline)
     checkpointer = workdir_lib.checkpointer(workdir, c)
-    start_step, restored = checkpointer.restore(run.state, data_iter)
-    if restored is not None:
-        run.state = restored
-        log.info("Resumed from step %d of %s.", start_step, workdir)
-        start_step = int(start_step)
-    else:
-        start_step = 0
-    writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard)
+    checkpointer.remove_temporary()  # half-written steps of a killed run
+    try:  # the loop's own try closes the checkpointer from there on
+        resumed = _resume(checkpointer, run, data_iter, restart_if_unreadable)
+        start_step = resumed if resumed is not None else 0
+        writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard)
+        eval_docs = assemble.heldout_docs(c, c.train.eval_docs) if c.train.eval_every > 0 else []
+    except BaseException:
+        checkpointer.close()
+        raise
     flops_per_step = flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
     peak = metrics_lib.peak_flops_per_device()
     end_step = c.train.steps if stop_after is None else min(c.train.steps, start_step + stop_after)
-    eval_docs = assemble.heldout_docs(c, c.train.eval_docs) if c.train.eval_every > 0 else []
 
     bar = None
     if progress and jax.process_index() == 0:
@@ -81,7 +141,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         bar = tqdm(total=c.train.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
     pending = None  # (step, device metrics, step_time, data_wait) of the step dispatched last
-    last_saved = start_step if restored is not None else None
+    last_saved = resumed  # the newest checkpoint on disk, always a finite state
     summary: dict[str, Any] = {"start_step": start_step}
 
     def finish_pending():
@@ -93,10 +153,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         pending = None
         raw = metrics_lib.to_python(dev_metrics)
         if not math.isfinite(raw["loss"]):
-            raise NonFiniteLossError(
-                f"Loss became {raw['loss']} at step {step}; stopping. The newest checkpoint "
-                f"(step {last_saved}) is the last good state: lower --config.opt.lr or raise "
-                f"--config.opt.warmup_steps and resume.")
+            raise NonFiniteLossError(f"Loss became {raw['loss']} at step {step}; stopping. {_last_good(last_saved)}")
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{raw['loss']:.3f}")
@@ -105,6 +162,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
             writer.write(step, scalars)
         return raw
 
+    def save(step: int) -> None:
+        """Saves the state after ``step`` steps once it is known finite (a step on disk is kept as it is)."""
+        nonlocal last_saved
+        finish_pending()  # the loss of step - 1 must be finite
+        if not state_is_finite(run.state):
+            raise NonFiniteLossError(f"The train state became non-finite by step {step}; stopping without "
+                                     f"saving it. {_last_good(last_saved)}")
+        checkpointer.save(step, run.state, data_iter, force=True)
+        last_saved = step
+
     with ckpt_lib.PreemptionGuard() as guard:
         t_prev = time.perf_counter()
         try:
@@ -112,13 +179,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
                 # Checkpoint "state after `step` steps" before the batch for `step` is drawn, so the
                 # saved iterator position matches. Its metrics must be known finite first.
                 if step != start_step and step % c.train.checkpoint_every == 0:
-                    finish_pending()
-                    checkpointer.save(step, run.state, data_iter)
-                    last_saved = step
+                    save(step)
                 if step % max(c.train.log_every, 1) == 0 and guard.should_stop():
-                    finish_pending()
-                    checkpointer.save(step, run.state, data_iter, force=True)
-                    last_saved = step
+                    save(step)
                     log.warning("SIGTERM received: saved step %d and stopped.", step)
                     summary["preempted_at"] = step
                     break
@@ -147,7 +210,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
             last = finish_pending()
             final_step = int(jax.device_get(run.state.step))
             if last_saved != final_step:
-                checkpointer.save(final_step, run.state, data_iter, force=True)
+                save(final_step)
             checkpointer.wait()
         finally:
             checkpointer.close()
@@ -160,6 +223,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         ev = run.bpb(eval_docs)
         writer.write(final_step, {"eval/raw_bpb": ev["raw_bpb"]})
         summary.update({f"eval/{k}": v for k, v in ev.items()})
+    elif final_step >= c.train.steps and c.train.eval_every > 0:
+        summary["eval_skipped"] = (f"the held-out split is empty (data.val_fraction={c.data.val_fraction}); raise "
+                                   "--config.data.val_fraction or score other documents with proxy_jax.evaluate --data")
     writer.close()
     summary["run"] = run
     return summary

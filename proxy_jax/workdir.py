@@ -9,16 +9,27 @@ Layout of ``DIR`` (written by ``proxy_jax.train``):
 | ``checkpoints/``  | Orbax steps: train state + each process's data-iterator state             |
 | ``metrics.jsonl`` | one JSON object per logged step (plus TensorBoard events)                  |
 | ``proxy/``        | a tokenizer trained for this run (cached)                                  |
+| ``lock``          | ``{"host", "pid"}`` of the process training in it (empty when none is)     |
+| ``config_history.jsonl`` | one row per resume that changed a resumable key: ``{"time", "changed"}`` |
+| ``checkpoints.unreadable/`` | checkpoint steps that failed to restore, set aside for inspection |
 
 ``model.json`` makes a workdir self-describing: its parameters can be restored without rebuilding the
 proxy (which may need the training corpus or an M1) just to learn the vocabulary size.
+
+One owner: :func:`lock` lets one process train in a workdir at a time (a lock left by a dead process on
+the same host is taken over). A resumed run must keep every key that shapes its state or its data
+(:func:`check_resume`); the keys in ``RESUMABLE`` may change and each change is recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import socket
+import time
 from typing import Any
 
 import jax
@@ -33,6 +44,23 @@ from proxy_jax.model import ModelArgs, Transformer
 CONFIG = "config.json"
 MODEL = "model.json"
 CHECKPOINTS = "checkpoints"
+LOCK = "lock"
+CONFIG_HISTORY = "config_history.jsonl"
+
+# Keys a resumed run may change (prefixes end with "."): the loop's cadences and lengths, the mesh (a
+# checkpoint restores onto any mesh), the optimiser's scalars, kernels and rematerialisation, input
+# prefetching. Every other key shapes the parameters, the optimiser state or the data order.
+RESUMABLE = ("train.", "mesh.", "opt.lr", "opt.warmup_steps", "opt.min_lr_ratio", "opt.b1", "opt.b2",
+             "opt.eps", "opt.weight_decay", "opt.clip_norm", "opt.grad_accum_steps", "model.attention",
+             "model.remat_policy", "data.prefetch")
+
+
+class WorkdirLockedError(RuntimeError):
+    """Another live process trains in this workdir."""
+
+
+class ConfigMismatchError(ValueError):
+    """A resumed run changed keys that cannot change on resume."""
 
 
 def _require(workdir: str, name: str) -> str:
@@ -48,6 +76,113 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, CONFIG), "w", encoding="utf-8") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _holder(fd: int) -> dict:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 4096).decode("utf-8", "replace").strip()
+    try:
+        holder = json.loads(text) if text else {}
+    except ValueError:
+        holder = {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _alive(pid) -> bool:
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return True  # unreadable: assume a live holder (the message tells how to clear it)
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+    """Holds ``workdir/lock`` for the block: one training process per workdir.
+
+    The lock is an ``flock`` on the file (released by the kernel even on kill -9) plus the holder's host
+    and pid written in it (for file systems without working ``flock``, and for the message). A file
+    naming a dead process of this host is taken over; one naming a live process, or another host, is
+    refused. Only process 0 of a multi-host run takes it (the others share its run). Released on exit
+    by emptying the file (never unlinked, so two newcomers cannot lock two different files).
+    """
+    if jax.process_index() != 0:
+        yield
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        host, pid = socket.gethostname(), os.getpid()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            holder = _holder(fd)
+        except BlockingIOError:
+            holder = _holder(fd) or {"host": "?", "pid": "?"}
+            holder["live"] = True
+        other = holder and (holder.get("host"), holder.get("pid")) != (host, pid)
+        if other and (holder.get("live") or holder.get("host") != host or _alive(holder.get("pid", 0))):
+            raise WorkdirLockedError(
+                f"{workdir} is in use by process {holder.get('pid')} on host {holder.get('host')} (see "
+                f"{path}); wait for it to finish, use another --workdir, or delete {path} if that run is gone.")
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps({"host": host, "pid": pid, "since": time.time()}).encode())
+        os.fsync(fd)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # also drops the flock
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _resumable(key: str) -> bool:
+    return any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE)
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[Any, Any]]:
+    """Compares ``config`` with the run saved in ``workdir`` (if it has checkpoints); returns the changed
+    resumable keys ``{key: (saved, now)}`` and records them in ``config_history.jsonl``; raises
+    :class:`ConfigMismatchError` naming every other changed key. Keys the saved config lacks (added to
+    the library since) are not compared."""
+    path = os.path.join(workdir, CONFIG)
+    ckpt_dir = os.path.join(workdir, CHECKPOINTS)
+    has_steps = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+    if not (os.path.exists(path) and has_steps):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        saved = _flat(json.load(f))
+    now = _flat(json.loads(config.to_json_best_effort()))
+    changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
+    frozen = sorted(k for k in changed if not _resumable(k))
+    if frozen:
+        shown = "; ".join(f"{k} (saved {changed[k][0]!r}, now {changed[k][1]!r})" for k in frozen)
+        raise ConfigMismatchError(
+            f"{workdir} holds a run made with other settings that cannot change on resume: {shown}; keep the "
+            "saved values (see its config.json) or use a new --workdir.")
+    if changed and jax.process_index() == 0:
+        with open(os.path.join(workdir, CONFIG_HISTORY), "a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": time.time(), "changed": {k: list(v) for k, v in changed.items()}}) + "\n")
+    return changed
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -119,11 +254,17 @@ def restore(workdir: str, step: int | None = None, *, mesh=None,
     abstract, shardings = sharding.abstract_train_state(config, model, tx, mesh)
     ckpt = checkpointer(workdir, config)
     try:
-        restored_step, state = ckpt.restore(abstract, None, step=step)
+        if step is not None and step not in ckpt.steps():
+            raise FileNotFoundError(f"{os.path.join(workdir, CHECKPOINTS)} has no step {step}; it holds steps "
+                                    f"{ckpt.steps() or 'none'}.")
+        restored_step, state = ckpt.restore_state(abstract, step=step)
     finally:
         ckpt.close()
     if state is None:
-        raise FileNotFoundError(f"No checkpoint could be restored from {os.path.join(workdir, CHECKPOINTS)}.")
+        if ckpt.unreadable:
+            raise ckpt.unreadable_error()
+        raise FileNotFoundError(f"{os.path.join(workdir, CHECKPOINTS)} holds no checkpoint"
+                                + (f" of step {step}" if step is not None else "") + "; train the run first.")
     return Restored(config, args, vocab_size, mesh, state, shardings, int(restored_step))
 
 

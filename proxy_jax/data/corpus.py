@@ -4,6 +4,8 @@
 contents, through the readers of ``proxy_jax.data.sources``), holds out whole documents by a hash of
 their key, drops empty ones (counted in ``stats``), optionally cuts long documents into pieces, and
 returns a ``sources.DocumentSource``. Preprocessed shards (``proxy_jax.data.shards``) carry their split.
+Whatever a load skips (empty documents, malformed or blank JSONL lines) is reported in one warning line
+with its counts, once per source and process (the train and validation loads of a run skip the same).
 
 Sources (``config.data.source``): ``stdlib`` (this Python's own standard library, the default corpus),
 ``dir``, ``jsonl``, ``arrayrecord``, ``tfds`` and ``preprocessed`` (shards of ``proxy_jax.preprocess``).
@@ -56,11 +58,33 @@ def _select(scan, split: str, data_config, counts) -> tuple[list[str], np.ndarra
             keys.append(key)
             locs.append((f, pos, line_size, 0, size))
     stats["documents"] = len(keys)
-    stats.update(counts)
-    if stats["skipped_empty"]:
-        logging.info("Skipped %d empty documents.", stats["skipped_empty"])
+    stats.update({k: v for k, v in counts.items() if isinstance(v, int)})
     arr = np.asarray(locs, dtype=np.int64).reshape(-1, 5)
     return keys, arr, stats
+
+
+_REPORTED: set = set()  # (source description, counts) already reported by this process
+
+
+def skip_report(description: str, stats: dict[str, int], first_malformed: str = "") -> str:
+    """One line naming every count of skipped input, or '' when nothing was skipped."""
+    parts = []
+    for key, what in (("skipped_empty", "empty documents"), ("skipped_malformed", "malformed lines"),
+                      ("skipped_blank_lines", "blank lines")):
+        if stats.get(key):
+            parts.append(f"{stats[key]} {what}")
+    if not parts:
+        return ""
+    first = f" (first malformed: {first_malformed})" if first_malformed else ""
+    return f"Skipped {', '.join(parts)} in {description}{first}."
+
+
+def _report_skips(description: str, stats: dict[str, int], first_malformed: str) -> None:
+    line = skip_report(description, stats, first_malformed)
+    key = (description, line)
+    if line and key not in _REPORTED:
+        _REPORTED.add(key)
+        logging.getLogger(__name__).warning(line)
 
 
 def check_source(data_config, split: str = "train") -> None:
@@ -107,4 +131,5 @@ def load_split(data_config, split: str, *, proxy_config=None):
         desc = f"tfds:{name}:{tsplit}"
         make = lambda **kw: sources.TfdsSource(name, tsplit, data_dir, **kw)  # noqa: E731
     keys, locs, stats = _select(scan, split, data_config, counts)
+    _report_skips(desc, stats, str(counts.get("first_malformed", "")))
     return make(description=f"{desc}:{split}", keys=keys, locs=locs, stats=stats)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import json
-import logging
 import os
 import pathlib
 import sysconfig
@@ -277,9 +276,7 @@ def scan_jsonl(files, base, fields, skip_malformed, counts):
                         raise ValueError(f"{p}:{lineno}: malformed JSONL line: {reason}; fix it or pass "
                                          "--config.data.skip_malformed=True to skip (and count) such lines.")
                     counts["skipped_malformed"] += 1
-                    if counts["skipped_malformed"] == 1:
-                        logging.warning("Skipping malformed JSONL line %s:%d (%s); more are only counted.",
-                                        p, lineno, reason)
+                    counts.setdefault("first_malformed", f"{p}:{lineno}: {reason}")  # for the load's report
                 else:
                     yield f"{label}:{lineno}", len(doc), f, offset, n
                 offset += n

@@ -91,6 +91,8 @@ def raw_bpb(
     progress: bool = False,
 ) -> dict[str, float]:
     """Raw-byte bits per byte of ``docs``; ``eval_step(batch) -> {"sum_nll_raw", "raw_count"}`` (host floats)."""
+    if not docs:
+        raise ValueError("There are no documents to score: bits per byte of zero bytes is undefined.")
     total_nll, total_count = 0.0, 0.0
     batches = batched(eval_rows(docs, window, extra), batch_size)
     if progress:

@@ -2,12 +2,20 @@
 
 ``evaluate_workdir`` restores the newest checkpoint of a workdir (``proxy_jax.workdir``), scores whole
 documents beside gzip -9 and xz -9e, and returns a JSON-able dict; ``python -m proxy_jax.evaluate`` prints it.
+
+Refused with one sentence (``ValueError``): no documents to score, a window whose logits cannot fit in
+memory (estimated as batch x (window + heads) x padded vocabulary x 4 bytes x ``LOGITS_COPIES`` against
+the device's memory, or the host's on CPU; XLA's own out-of-memory error is turned into the same
+sentence), and a checkpoint whose score is not finite.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
+import jax
 import ml_collections
 
 from proxy_jax import assemble
@@ -27,6 +35,39 @@ def documents_config(config: ml_collections.ConfigDict, data: str, data_glob: st
     return config
 
 
+LOGITS_COPIES = 4  # logits, their log-softmax, the masked copy and XLA's temporaries, all float32
+
+
+def memory_limit() -> int:
+    """Bytes one device may use: the accelerator's limit, or the host's physical memory on CPU."""
+    stats = None
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - backends without memory statistics
+        pass
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def check_window(window: int, batch_size: int, padded_vocab: int, extra: int = 1) -> None:
+    """Raises one sentence when a batch of eval windows cannot fit (``--window``/train.eval_batch_size)."""
+    if window <= 0:
+        raise ValueError(f"--window={window} must be > 0.")
+    need = LOGITS_COPIES * 4 * batch_size * (window + extra) * padded_vocab
+    shared = jax.local_devices()[0].platform == "cpu"  # CPU devices share the host's memory
+    limit = memory_limit() * (1 if shared else jax.device_count())
+    if need > limit:
+        most = max(1, limit // (LOGITS_COPIES * 4 * batch_size * padded_vocab) - extra)
+        raise ValueError(f"--window={window} needs about {need / 2**30:.1f} GiB for the logits of a batch of "
+                         f"{batch_size} windows but {limit / 2**30:.1f} GiB is available; use --window={most} "
+                         "or less (or a smaller train.eval_batch_size).")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e) or isinstance(e, MemoryError)
+
+
 def evaluate_workdir(workdir: str, *, data: str = "", data_glob: str = "**/*.py", max_docs: int = 0,
                      window: int = 0, step: int | None = None) -> dict[str, Any]:
     """Restores a run's parameters and scores raw bytes of its held-out split (or every document of ``data``)."""
@@ -35,7 +76,23 @@ def evaluate_workdir(workdir: str, *, data: str = "", data_glob: str = "**/*.py"
     if data:
         config, split = documents_config(config, data, data_glob), "train"
     docs = assemble.heldout_docs(config, max_docs, split=split)
+    if not docs:
+        where = f"--data={data}" if data else f"the held-out split of {workdir} (data.val_fraction={config.data.val_fraction})"
+        raise ValueError(f"{where} has no documents to score; pass --data=PATH with documents (a .jsonl, an "
+                         ".array_record or a folder).")
+    window = window or int(config.train.eval_window)
+    batch_size = int(config.train.eval_batch_size)
+    check_window(window, batch_size, run.model.args.padded_vocab_size)
     result = {"workdir": workdir, "step": run.step, "data": data or "held-out split"}
-    result.update(run.bpb(docs, window=window or None))
+    try:
+        result.update(run.bpb(docs, window=window))
+    except Exception as e:  # noqa: BLE001 - only an out-of-memory error becomes a sentence
+        if not _out_of_memory(e):
+            raise
+        raise ValueError(f"--window={window} with a batch of {batch_size} windows ran out of memory; use a "
+                         "smaller --window.") from None
+    if not math.isfinite(result["raw_bpb"]):
+        raise ValueError(f"Checkpoint step {run.step} of {workdir} scores raw_bpb={result['raw_bpb']}: its "
+                         "parameters are not finite; evaluate an older step with --step.")
     result.update(bpb.compressor_bpb(docs))
     return result
