@@ -25,6 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from proxy_jax.scaling import results as results_lib  # noqa: E402
 from proxy_jax.scaling import sweep as sweep_lib  # noqa: E402
 
 
@@ -47,8 +48,8 @@ def main(argv=None) -> None:
         if args.command == "run":
             sweep_lib.run_sweep(sweep_lib.load_sweep(args.sweep), args.root, shard_spec=args.shard)
         elif args.command == "status":
-            sweep = sweep_lib.load_sweep(args.sweep) if args.sweep else None
-            print(sweep_lib.format_status(sweep_lib.status(sweep, args.root)))
+            names = [s.name for s in sweep_lib.runs(sweep_lib.load_sweep(args.sweep))] if args.sweep else None
+            print(results_lib.format_status(results_lib.status(names, args.root)))
         else:
             print(sweep_lib.report(args.root, args.out or None, args.title))
     except (ValueError, FileNotFoundError, KeyError, sweep_lib.Preempted) as e:

@@ -47,9 +47,10 @@ from proxy_jax import train as train_lib
 from proxy_jax import vocab
 from proxy_jax.model import ModelArgs, count_params
 from proxy_jax.scaling import compute
+from proxy_jax.scaling import results as results_lib
 
-RESULT = "result.json"
-WALL = "sweep_wall.json"
+RESULT = results_lib.RESULT
+WALL = results_lib.WALL
 _SCALED = ("mix.warmup_steps", "mix.steady_steps", "mix.decay_steps", "opt.warmup_steps")
 
 
@@ -229,25 +230,12 @@ def shared_tokenizer(sweep: dict[str, Any], specs: list[RunSpec], root: str) -> 
     return ""
 
 
-def _read_rows(workdir: str) -> dict[int, dict]:
-    """metrics.jsonl merged by step (a resumed run re-logs steps after its checkpoint: the last wins)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    by_step: dict[int, dict] = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    by_step.setdefault(int(row["step"]), {}).update(row)
-    return by_step
-
-
 def collect(config: ml_collections.ConfigDict, spec: RunSpec, workdir: str, wall_s: float) -> dict[str, Any]:
     """The result dict of a finished run (the keys ``scaling.report.write_report`` reads, and more)."""
     args = model_args(config)
     c = config
     per_step = compute.flops_per_step(args, c.data.seq_len, c.data.batch_size)
-    rows = _read_rows(workdir)
+    rows = results_lib.read_rows(workdir)
     steps = int(c.train.steps)
     trained = [rows[s] for s in range(steps) if s in rows and "train/raw_targets" in rows[s]]
     curve, evals = [], []
@@ -276,13 +264,10 @@ def collect(config: ml_collections.ConfigDict, spec: RunSpec, workdir: str, wall
     }
 
 
-def _wall(workdir: str, add: float = 0.0) -> float:
-    path = os.path.join(workdir, WALL)
-    total = json.load(open(path, encoding="utf-8"))["wall_s"] if os.path.exists(path) else 0.0
-    if add:
-        total += add
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"wall_s": total}, f)
+def _add_wall(workdir: str, seconds: float) -> float:
+    total = results_lib.wall(workdir) + seconds
+    with open(os.path.join(workdir, WALL), "w", encoding="utf-8") as f:
+        json.dump({"wall_s": total}, f)
     return total
 
 
@@ -296,7 +281,7 @@ def run_one(sweep: dict[str, Any], spec: RunSpec, root: str, tokenizer_path: str
     config = run_config(sweep, spec, root, tokenizer_path)
     t0 = time.perf_counter()
     summary = train_lib.train(config, workdir, progress=False, stop_after=stop_after)
-    wall = _wall(workdir, time.perf_counter() - t0)
+    wall = _add_wall(workdir, time.perf_counter() - t0)
     if "preempted_at" in summary:
         raise Preempted(f"{spec.name} was stopped by SIGTERM at step {summary['preempted_at']}; its checkpoint "
                         "is saved, and rerunning the same sweep command resumes it.")
@@ -306,49 +291,6 @@ def run_one(sweep: dict[str, Any], spec: RunSpec, root: str, tokenizer_path: str
     with open(os.path.join(workdir, RESULT), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return result
-
-
-def load_results(root: str) -> list[dict[str, Any]]:
-    out = []
-    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        path = os.path.join(root, name, RESULT)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                out.append(json.load(f))
-    return out
-
-
-def status(sweep: dict[str, Any] | None, root: str) -> list[dict[str, Any]]:
-    """One row per run (of the sweep, or every run folder under ``root``): state, step, raw bpb, wall."""
-    names = [s.name for s in runs(sweep)] if sweep else sorted(
-        n for n in os.listdir(root) if os.path.isdir(os.path.join(root, n)) and not n.startswith("_"))
-    rows = []
-    for name in names:
-        wd = os.path.join(root, name)
-        res = os.path.join(wd, RESULT)
-        if os.path.exists(res):
-            r = json.load(open(res, encoding="utf-8"))
-            rows.append({"run": name, "state": "done", "step": r["steps"], "steps": r["steps"],
-                         "raw_bpb": r["raw_bpb"], "wall_s": r["wall_s"]})
-            continue
-        by_step = _read_rows(wd)
-        steps = json.load(open(os.path.join(wd, "config.json")))["train"]["steps"] if os.path.exists(
-            os.path.join(wd, "config.json")) else None
-        rows.append({"run": name, "state": "started" if by_step else "pending",
-                     "step": max(by_step) + 1 if by_step else 0, "steps": steps, "raw_bpb": None,
-                     "wall_s": _wall(wd) if os.path.isdir(wd) else 0.0})
-    return rows
-
-
-def format_status(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'run':44s} {'state':8s} {'step':>11s} {'raw bpb':>8s} {'wall s':>7s}"]
-    for r in rows:
-        bpb = f"{r['raw_bpb']:.4f}" if isinstance(r["raw_bpb"], float) else "-"
-        lines.append(f"{r['run']:44s} {r['state']:8s} {r['step']:>5}/{r['steps'] or '?':<5} {bpb:>8s} "
-                     f"{r['wall_s']:>7.0f}")
-    done = sum(r["state"] == "done" for r in rows)
-    lines.append(f"{done}/{len(rows)} runs done")
-    return "\n".join(lines)
 
 
 def _print(text: str) -> None:
@@ -365,11 +307,11 @@ def run_sweep(sweep: dict[str, Any], root: str, *, shard_spec: str = "0/1", log=
     for spec in specs:
         if os.path.exists(os.path.join(root, spec.name, RESULT)):
             continue
-        log(format_status(status(sweep, root)))
+        log(results_lib.format_status(results_lib.status([s.name for s in runs(sweep)], root)))
         log(f"run {spec.name}")
         run_one(sweep, spec, root, tokenizer_path)
-    log(format_status(status(sweep, root)))
-    results = load_results(root)
+    log(results_lib.format_status(results_lib.status([s.name for s in runs(sweep)], root)))
+    results = results_lib.load_results(root)
     with open(os.path.join(root, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
     return results
@@ -379,8 +321,11 @@ def report(root: str, out_dir: str | None = None, title: str = "") -> str:
     """Renders ROOT's finished runs with ``scaling.report.write_report``; returns report.md's path."""
     from proxy_jax.scaling import report as report_lib
 
-    results = load_results(root)
+    results = results_lib.load_results(root)
     if not results:
         raise ValueError(f"No finished runs (no */{RESULT}) under {root!r}; run the sweep first.")
-    return str(report_lib.write_report(copy.deepcopy(results), out_dir or root,
-                                       title=title or f"Sweep {os.path.basename(os.path.abspath(root))}"))
+    path = report_lib.write_report(copy.deepcopy(results), out_dir or root,
+                                   title=title or f"Sweep {os.path.basename(os.path.abspath(root))}")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n" + "\n".join(results_lib.raw_bytes_lines(results)) + "\n")
+    return str(path)
