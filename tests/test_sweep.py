@@ -188,7 +188,7 @@ def test_tiny_sweep_runs_skips_resumes_and_reports(tmp_path):
     mtimes = {n: os.path.getmtime(os.path.join(root, n, sweep_lib.RESULT)) for n in by_name}
     logs = []
     sweep_lib.run_sweep(sweep, root, log=logs.append)
-    assert not any(line.startswith("run ") for line in logs)
+    assert not any(line.startswith("train ") for line in logs)
     assert mtimes == {n: os.path.getmtime(os.path.join(root, n, sweep_lib.RESULT)) for n in by_name}
     table = results_lib.format_status(results_lib.status([s.name for s in specs], root))
     assert "5/5 runs done" in table
@@ -196,3 +196,15 @@ def test_tiny_sweep_runs_skips_resumes_and_reports(tmp_path):
     text = open(path, encoding="utf-8").read()
     assert "scaling.png" in text and os.path.exists(os.path.join(root, "scaling.png"))
     assert len([f for f in os.listdir(root) if f.startswith("curves_")]) == 5
+
+
+def test_raw_bytes_table_pairs_runs_with_their_bytes_run_and_control():
+    def result(method, bpb, raw, control_of=None):
+        return {"name": f"{method}-a", "method": method, "control_of": control_of, "size": "a", "budget_flops": 1e9,
+                "seed": 0, "raw_bpb": bpb, "raw_bytes_seen": raw}
+    rows = results_lib.raw_bytes_lines([result("bytes", 4.0, 1000), result("proxy_gzip", 5.0, 300),
+                                        result("proxy_tokens", 4.5, 250), result("control_tokens", 4.25, 251,
+                                                                                 control_of="proxy_tokens")])
+    by_run = {line.split(" | ")[0][2:]: line.split(" | ") for line in rows if line.startswith("| ") and "-a" in line}
+    assert by_run["proxy_tokens-a"][5:7] == ["+0.5000", "+0.2500 |"]  # vs bytes, vs its own control
+    assert by_run["proxy_gzip-a"][5:7] == ["+1.0000", "- |"]  # the tokens control is not gzip's

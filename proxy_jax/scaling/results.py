@@ -88,18 +88,21 @@ def raw_bytes_lines(results: list[dict[str, Any]]) -> list[str]:
              "Each run beside the `bytes` run of its size, budget and seed (equal training compute). A `control_*` "
              "run saw the raw bytes of the proxy run it mirrors and nothing else, so proxy minus control is "
              "what the compressed view added.", "",
-             "| run | raw bytes seen | raw bpb | bytes run: raw bytes seen | raw bpb | Δ vs bytes | Δ vs control |",
+             "| run | raw bytes seen | raw bpb | bytes run: raw bytes seen | raw bpb | Δ vs bytes | Δ vs its control |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    controls = {(r["size"], r["budget_flops"], r["seed"]): r for r in results if r["method"].startswith("control_")}
+    controls = {(r["control_of"], r["size"], r["budget_flops"], r["seed"]): r for r in results if r.get("control_of")}
 
     def bpb(r):
         return r["raw_bpb"] if r and r["raw_bpb"] is not None else math.nan
 
+    def delta(x: float) -> str:
+        return f"{x:+.4f}" if math.isfinite(x) else "-"
+
     for r in sorted(results, key=lambda r: (r["budget_flops"], r["size"], r["method"])):
         base = key.get(("bytes", r["size"], r["budget_flops"], r["seed"]))
-        ctrl = controls.get((r["size"], r["budget_flops"], r["seed"]))
-        vs_ctrl = bpb(r) - bpb(ctrl) if ctrl and r["method"].startswith("proxy_") else math.nan
+        ctrl = controls.get((r["method"], r["size"], r["budget_flops"], r["seed"]))
+        vs_ctrl = bpb(r) - bpb(ctrl) if ctrl else math.nan
         lines.append(f"| {r['name']} | {r['raw_bytes_seen']:,} | {bpb(r):.4f} | "
-                     f"{base['raw_bytes_seen'] if base else 0:,} | {bpb(base):.4f} | {bpb(r) - bpb(base):+.4f} | "
-                     f"{vs_ctrl:+.4f} |")
+                     f"{base['raw_bytes_seen'] if base else 0:,} | {bpb(base):.4f} | {delta(bpb(r) - bpb(base))} | "
+                     f"{delta(vs_ctrl)} |")
     return lines

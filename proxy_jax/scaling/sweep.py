@@ -230,7 +230,8 @@ def shared_tokenizer(sweep: dict[str, Any], specs: list[RunSpec], root: str) -> 
     return ""
 
 
-def collect(config: ml_collections.ConfigDict, spec: RunSpec, workdir: str, wall_s: float) -> dict[str, Any]:
+def collect(config: ml_collections.ConfigDict, spec: RunSpec, workdir: str, wall_s: float,
+            control_of: str | None = None) -> dict[str, Any]:
     """The result dict of a finished run (the keys ``scaling.report.write_report`` reads, and more)."""
     args = model_args(config)
     c = config
@@ -242,16 +243,15 @@ def collect(config: ml_collections.ConfigDict, spec: RunSpec, workdir: str, wall
     for s in sorted(rows):
         r = rows[s]
         ev = r.get("eval/raw_bpb")
-        if ev is not None:
+        if ev is not None:  # evaluations are logged after s steps
             evals.append((s, ev))
-        if "train/loss" in r or ev is not None:
-            # Training rows are logged at the step taken (s + 1 steps done); evaluations after s steps.
-            done = s + 1 if "train/loss" in r else s
-            curve.append((done, done * per_step, r.get("train/raw_loss") if r.get("train/raw_targets") else None,
-                          r.get("train/comp_loss") if r.get("train/comp_targets") else None, ev))
+            curve.append((s, s * per_step, None, None, ev))
+        if "train/loss" in r:  # training rows are logged at the step taken: s + 1 steps done
+            curve.append((s + 1, (s + 1) * per_step, r.get("train/raw_loss") if r.get("train/raw_targets") else None,
+                          r.get("train/comp_loss") if r.get("train/comp_targets") else None, None))
     final = [e for s, e in evals if s == steps]
     return {
-        "name": spec.name, "method": spec.method, "size": spec.size, "seed": spec.seed,
+        "name": spec.name, "method": spec.method, "control_of": control_of, "size": spec.size, "seed": spec.seed,
         "params": count_params(args, include_embedding=False), "budget_flops": spec.budget_flops,
         "flops": compute.training_flops(args, c.data.seq_len, c.data.batch_size, steps), "steps": steps,
         "symbols": steps * c.data.batch_size * c.data.seq_len,
@@ -265,6 +265,7 @@ def collect(config: ml_collections.ConfigDict, spec: RunSpec, workdir: str, wall
 
 
 def _add_wall(workdir: str, seconds: float) -> float:
+    os.makedirs(workdir, exist_ok=True)
     total = results_lib.wall(workdir) + seconds
     with open(os.path.join(workdir, WALL), "w", encoding="utf-8") as f:
         json.dump({"wall_s": total}, f)
@@ -280,14 +281,16 @@ def run_one(sweep: dict[str, Any], spec: RunSpec, root: str, tokenizer_path: str
     workdir = os.path.join(root, spec.name)
     config = run_config(sweep, spec, root, tokenizer_path)
     t0 = time.perf_counter()
-    summary = train_lib.train(config, workdir, progress=False, stop_after=stop_after)
-    wall = _add_wall(workdir, time.perf_counter() - t0)
+    try:
+        summary = train_lib.train(config, workdir, progress=False, stop_after=stop_after)
+    finally:  # an interrupted attempt's time counts too
+        wall = _add_wall(workdir, time.perf_counter() - t0)
     if "preempted_at" in summary:
         raise Preempted(f"{spec.name} was stopped by SIGTERM at step {summary['preempted_at']}; its checkpoint "
                         "is saved, and rerunning the same sweep command resumes it.")
     if summary["final_step"] < config.train.steps:
         return None
-    result = collect(config, spec, workdir, wall)
+    result = collect(config, spec, workdir, wall, sweep["methods"][spec.method].get("control_of"))
     with open(os.path.join(workdir, RESULT), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return result
@@ -308,7 +311,7 @@ def run_sweep(sweep: dict[str, Any], root: str, *, shard_spec: str = "0/1", log=
         if os.path.exists(os.path.join(root, spec.name, RESULT)):
             continue
         log(results_lib.format_status(results_lib.status([s.name for s in runs(sweep)], root)))
-        log(f"run {spec.name}")
+        log(f"train {spec.name}")
         run_one(sweep, spec, root, tokenizer_path)
     log(results_lib.format_status(results_lib.status([s.name for s in runs(sweep)], root)))
     results = results_lib.load_results(root)
