@@ -162,8 +162,10 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
 
     validate(config)
     proxy = make_proxy(config, workdir)
-    true_vocab = vocab.vocab_size(proxy.num_symbols)
-    model_vocab = config.model.vocab_size or vocab.padded_vocab_size(proxy.num_symbols)
+    # The raw-only control still runs the proxy (its draws need the compressed lengths) but sees bytes only.
+    symbols = 0 if config.data.get("raw_only_of_mix", False) else proxy.num_symbols
+    true_vocab = vocab.vocab_size(symbols)
+    model_vocab = config.model.vocab_size or vocab.padded_vocab_size(symbols)
     if model_vocab < true_vocab:
         raise ValueError(f"config.model.vocab_size={model_vocab} is smaller than the proxy's vocabulary "
                          f"{true_vocab}; set it to 0 to derive it.")

@@ -30,6 +30,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.num_workers = 0  # Grain worker processes for the per-document stage (0 = in-process)
     d.prefetch = 2  # batches prefetched by each worker
     d.num_epochs = 0  # 0 = repeat forever (each epoch reshuffles)
+    # The transfer control of a proxy run: every document draws exactly as in the proxy run with this
+    # config (same rate, mode and step), then compressed streams are dropped: comp-only documents vanish,
+    # pairs keep their raw half, raw documents stay, so the raw documents arrive in the proxy run's order.
+    # The model's vocabulary is bytes only. Isolates what the compressed view adds beyond its raw bytes.
+    d.raw_only_of_mix = False
 
     # ---- proxy (the compressor f) -------------------------------------------------------
     c.proxy = p = ml_collections.ConfigDict()
@@ -188,6 +193,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.data.batch_size % config.opt.grad_accum_steps:
         raise ValueError(f"--config.data.batch_size={config.data.batch_size} is not divisible by "
                          f"--config.opt.grad_accum_steps={config.opt.grad_accum_steps}.")
+    if config.data.get("raw_only_of_mix", False) and config.proxy.name == "bytes":
+        raise ValueError("--config.data.raw_only_of_mix=True is the control of a proxy run: set "
+                         "--config.proxy.name to the proxy run's compressor (e.g. 'tokenizer'), not 'bytes'.")
     uses_comp = max(config.mix.rate_init, config.mix.rate_peak, config.mix.rate_final) > 0
     if uses_comp and config.proxy.name == "bytes" and config.mix.mode_steady != "vanilla":
         raise ValueError("--config.proxy.name='bytes' has no compressed view: use mix modes 'vanilla' with "

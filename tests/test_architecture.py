@@ -36,6 +36,7 @@ LAYERS = {
     "proxy_jax.workdir": 5,
     "proxy_jax.assemble": 6,
     "proxy_jax.train": 7,
+    "proxy_jax.scaling.sweep": 7,  # runs sweeps: calls the training loop
     "proxy_jax.export": 7,
     "proxy_jax.evaluation.score": 7,
     "proxy_jax.evaluation.sampler": 7,  # restores a run (assemble) and generates in its layout

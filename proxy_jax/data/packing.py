@@ -15,6 +15,12 @@ Its state is a handful of integers: the flat index (epoch * documents + position
 document, where that document starts in the stream, and the step. On restore the document stage is
 reopened at that flat index (with any number of workers) and the pending documents are re-read and
 re-drawn (draws are pure functions), so a resumed run continues exactly.
+
+``raw_only`` (``config.data.raw_only_of_mix``, the transfer control of a proxy run): the stage keeps a
+shadow position, where each document would start in the proxy run's stream, and draws every document
+with the step of that position, exactly as the proxy run does; then it emits only the raw stream
+(comp-only documents vanish, pairs keep their raw half as ``1 12 bytes 13 2``, or ``1 bytes 2`` in
+vanilla mode). The raw documents thus arrive in the proxy run's order with its draws.
 """
 
 from __future__ import annotations
@@ -39,11 +45,12 @@ _NO_START = np.iinfo(np.int64).min // 2
 class _Unit:
     """One source document's emitted ids, placed at ``start`` in the stream."""
 
-    __slots__ = ("flat", "start", "end", "emission")
+    __slots__ = ("flat", "start", "end", "emission", "shadow")
 
-    def __init__(self, flat: int, start: int, emission: mixing.Emission):
+    def __init__(self, flat: int, start: int, emission: mixing.Emission, shadow: int):
         self.flat = flat
         self.start = start
+        self.shadow = shadow  # where the document starts in the proxy run's stream (raw_only), else start
         self.end = start + len(emission.ids)
         self.emission = emission
 
@@ -71,6 +78,7 @@ class PackedBatchDataset(grain.IterDataset):
       seed: seeds the per-document draws.
       mix: ``config.mix`` (the schedule of rate and mode).
       has_comp: whether documents carry a compressed view; without one every document is emitted raw.
+      raw_only: draw as the proxy run does, emit only raw streams (the transfer control; module docstring).
       start_step: the first batch produced is this step's (fast-forwards by re-reading and re-drawing
         the documents of earlier steps; restoring a saved state is the cheap way to resume).
       num_workers, worker_buffer_size: Grain worker processes for the document stage and the
@@ -82,7 +90,8 @@ class PackedBatchDataset(grain.IterDataset):
     """
 
     def __init__(self, documents: grain.MapDataset, *, seq_len: int, num_targets: int, rows: int, seed: int,
-                 mix: ml_collections.ConfigDict, has_comp: bool = True, start_step: int = 0,
+                 mix: ml_collections.ConfigDict, has_comp: bool = True, raw_only: bool = False,
+                 start_step: int = 0,
                  num_workers: int = 0, worker_buffer_size: int = 16,
                  on_document: Callable[..., None] | None = None):
         super().__init__(documents)
@@ -93,9 +102,13 @@ class PackedBatchDataset(grain.IterDataset):
         if start_step < 0:
             raise ValueError(f"start_step={start_step} is negative; steps count from 0.")
         schedule.validate_mix(mix)
+        if raw_only and not has_comp:
+            raise ValueError("raw_only=True (data.raw_only_of_mix) needs documents with a compressed view: the "
+                             "draws depend on the compressed lengths; use a compressing proxy and a rate > 0.")
         self._documents = documents
         self._kwargs = dict(seq_len=int(seq_len), num_targets=int(num_targets), rows=int(rows), seed=int(seed),
-                            mix=copy.deepcopy(mix), has_comp=bool(has_comp), start_step=int(start_step),
+                            mix=copy.deepcopy(mix), has_comp=bool(has_comp), raw_only=bool(raw_only),
+                            start_step=int(start_step),
                             num_workers=int(num_workers), worker_buffer_size=max(1, int(worker_buffer_size)),
                             on_document=on_document)
 
@@ -111,23 +124,24 @@ class PackedBatchIterator(grain.DatasetIterator):
     """Iterator of :class:`PackedBatchDataset`; ``get_state``/``set_state`` give exact continuation."""
 
     def __init__(self, documents: grain.MapDataset, *, seq_len: int, num_targets: int, rows: int, seed: int,
-                 mix: ml_collections.ConfigDict, has_comp: bool, start_step: int, num_workers: int,
+                 mix: ml_collections.ConfigDict, has_comp: bool, raw_only: bool, start_step: int, num_workers: int,
                  worker_buffer_size: int, on_document: Callable[..., None] | None):
         self._documents = documents
         self._num_workers, self._worker_buffer_size = num_workers, worker_buffer_size
         super().__init__(open_documents(documents, 0, num_workers, worker_buffer_size))
         self._L, self._K, self._B = seq_len, num_targets, rows
-        self._seed, self._mix, self._has_comp = seed, mix, has_comp
+        self._seed, self._mix, self._has_comp, self._raw_only = seed, mix, has_comp, raw_only
         self._on_document = on_document
         self._cached_step, self._cached_schedule = -1, (0.0, "")
-        self._reset(step=0, stream_end=0, doc_start=0, next_flat=0)
+        self._reset(step=0, stream_end=0, doc_start=0, next_flat=0, shadow_end=0)
         self._skip_to = start_step
 
     # ---- stream bookkeeping -------------------------------------------------------------------
-    def _reset(self, *, step: int, stream_end: int, doc_start: int, next_flat: int) -> None:
+    def _reset(self, *, step: int, stream_end: int, doc_start: int, next_flat: int, shadow_end: int) -> None:
         self._step = step  # the next batch to produce
         self._next_flat = next_flat  # flat index of the next document to read
         self._stream_end = stream_end  # stream position where the next document starts
+        self._shadow_end = shadow_end  # the same in the proxy run's stream (raw_only)
         self._doc_start = doc_start  # start of the document holding this batch's first token
         self._pending: collections.deque[_Unit] = collections.deque()
 
@@ -145,16 +159,24 @@ class PackedBatchIterator(grain.DatasetIterator):
                              "it must yield every document in order (no filtering).")
         self._next_flat = flat + 1
         start = self._stream_end
-        step = start // (self._B * self._L)
+        shadow = self._shadow_end if self._raw_only else start
+        step = shadow // (self._B * self._L)
         rate, mode = self._schedule(step)
         index, epoch = int(element["index"]), int(element["epoch"])
         u_choice, u_order = mixing.document_uniforms(self._seed, index, epoch, step)
         comp = np.asarray(element["comp"], vocab.ID_DTYPE) if self._has_comp else None
         layout = mixing.choose_layout(mode, rate, u_choice, u_order, has_comp=comp is not None)
-        emission = mixing.emit_layout(np.asarray(element["raw"], vocab.ID_DTYPE), comp, mode=mode, layout=layout)
+        raw = np.asarray(element["raw"], vocab.ID_DTYPE)
+        emission = mixing.emit_layout(raw, comp, mode=mode, layout=layout)
+        if self._raw_only:
+            self._shadow_end = shadow + len(emission.ids)
+            if layout == mixing.COMP:
+                emission = mixing.Emission(np.zeros(0, vocab.ID_DTYPE), (), (), ())
+            else:
+                emission = mixing.emit_layout(raw, None, mode=mode, layout=mixing.RAW)
         if self._on_document is not None:
             self._on_document(index=index, epoch=epoch, step=step, rate=rate, mode=mode, layout=layout, start=start)
-        self._pending.append(_Unit(flat, start, emission))
+        self._pending.append(_Unit(flat, start, emission, shadow))
         self._stream_end = start + len(emission.ids)
 
     def _fill(self, end: int) -> None:
@@ -248,15 +270,17 @@ class PackedBatchIterator(grain.DatasetIterator):
         if self._skip_to:
             self._skip()
         if self._pending:
-            next_flat, unit_start = self._pending[0].flat, self._pending[0].start
+            next_flat, unit_start, shadow = self._pending[0].flat, self._pending[0].start, self._pending[0].shadow
         else:
             next_flat, unit_start = self._next_flat, self._stream_end
+            shadow = self._shadow_end if self._raw_only else unit_start
         return {
             "version": _STATE_VERSION,
             "step": self._step,
             "next_flat": next_flat,
             "unit_start": unit_start,
             "doc_start": self._doc_start,
+            "shadow_start": shadow,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -270,7 +294,7 @@ class PackedBatchIterator(grain.DatasetIterator):
         self._parents = (parent,)
         self._ctx = parent._ctx  # pylint: disable=protected-access
         self._reset(step=int(state["step"]), stream_end=int(state["unit_start"]), doc_start=int(state["doc_start"]),
-                    next_flat=next_flat)
+                    next_flat=next_flat, shadow_end=int(state.get("shadow_start", state["unit_start"])))
 
     def __str__(self) -> str:
         return f"PackedBatchIterator(step={self._step})"

@@ -125,6 +125,7 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
         seed=int(config.seed),
         mix=config.mix,
         has_comp=compress,
+        raw_only=bool(config.data.get("raw_only_of_mix", False)),
         start_step=start_step,
         num_workers=int(config.data.num_workers),
         worker_buffer_size=max(1, int(config.data.prefetch)) * _DOCS_PER_PREFETCH,

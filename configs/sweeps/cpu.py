@@ -1,0 +1,52 @@
+"""CPU sweep: 3 tiny sizes x 3 budgets for bytes / tokens / proxy_tokens / proxy_gzip, plus the transfer
+control and the pairing and peak-rate ablations at the smallest size.
+
+    python launch/sweep.py run --sweep=configs/sweeps/cpu.py --root=/tmp/sweep_cpu
+    python launch/sweep.py run --sweep=configs/sweeps/cpu.py:quick --root=/tmp/sweep_cpu_quick
+    python launch/sweep.py report /tmp/sweep_cpu
+
+Runtime: planned for about 40 minutes of a quiet 2-core CPU (tokenizer trained once, shared by every
+run), not measured: on the loaded machine of 2026-11-23 one d64 step took ~2 s and half of the quick
+grid took 40 minutes. Result: results/sweep_cpu/ (what ran, what was cut, findings: its README.md).
+"""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location("_sweep_methods", os.path.join(os.path.dirname(__file__), "methods.py"))
+_methods = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_methods)
+
+SIZES = {  # 2 layers each; ~0.1M, 0.25M, 0.5M matmul parameters without the output head
+    "d64": dict(d_model=64, d_ff=256, num_layers=2, num_heads=2, num_kv_heads=2, head_dim=32),
+    "d96": dict(d_model=96, d_ff=384, num_layers=2, num_heads=3, num_kv_heads=3, head_dim=32),
+    "d128": dict(d_model=128, d_ff=512, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=32),
+}
+BUDGETS = (2.5e11, 5e11, 1e12)  # training FLOPs: 110-430 steps of d64, 30-130 of d128
+
+
+def get_config(preset: str = ""):
+    """'' = the full grid; 'quick' = budgets halved, sizes d64 and d128, no tokens baseline, and only the
+    control and the no-pairing ablation, at the smallest budget (for a loaded machine)."""
+    quick = preset == "quick"
+    budgets = tuple(b / 2 for b in BUDGETS) if quick else BUDGETS
+    sizes = ["d64", "d128"] if quick else list(SIZES)
+    main = ["bytes", "proxy_tokens", "proxy_gzip"] + ([] if quick else ["tokens", "proxy_neural"])
+    ablations = ["control_tokens", "proxy_tokens_no_pairing"] + (
+        [] if quick else ["proxy_tokens_pair_always", "proxy_tokens_peak05"])
+    methods, skip = _methods.methods(os.environ.get("PROXY_JAX_M1", ""))
+    return {
+        "preset": "tiny",
+        "overrides": {"data.seq_len": 128, "data.batch_size": 16, "train.eval_docs": 6,
+                      "train.eval_batch_size": 32},
+        "sizes": SIZES,
+        "methods": methods,
+        "skip": skip,
+        "evals": 2,
+        "grids": [
+            {"methods": main, "sizes": sizes, "budgets": budgets, "seeds": [0]},
+            # quick: at the smallest budget, so that they come right after the main grid's first budget
+            {"methods": ablations, "sizes": sizes[:1], "budgets": budgets[:1] if quick else budgets[1:2],
+             "seeds": [0]},
+        ],
+    }

@@ -1,0 +1,334 @@
+"""Compute-matched sweeps: a sweep file -> one run per (method, size, budget, seed) -> results -> report.
+
+A sweep file (``configs/sweeps/*.py``) has ``get_config()`` returning a dict:
+
+    preset     size preset of every run's experiment file (``configs/bytes.py:PRESET``)
+    overrides  dotted config overrides for every run ({"data.seq_len": 128})
+    sizes      name -> model shape fields ({"d_model": 64, "num_layers": 2, ...})
+    methods    name -> {"config": "configs/X.py", "overrides": {...}, optional "control_of": METHOD}
+    grids      list of {"methods", "sizes", "budgets" (training FLOPs), "seeds"}; the runs are the union
+               of their products, in that order
+    evals      evaluations of held-out raw bpb per run (the last one at the end); 0 = none
+    skip       {method: reason}: methods left out (e.g. the neural proxy without an M1 workdir)
+
+Compute matching: a run's step count is ``scaling.compute.steps_for_budget(budget, ModelArgs, seq_len,
+batch_size)`` with its own model shape and vocabulary, so all methods at one budget spend the same
+training FLOPs (to within half a step). The mixing phases and the optimiser warm-up keep their
+fractions of the run. Every run logs every step, so ``raw_bytes_seen`` is the exact sum of the steps'
+``train/raw_targets`` (raw-byte targets of the main head): the second axis, equal raw bytes.
+
+A method with ``control_of: P`` is the transfer control of method P at the same size, budget and seed:
+P's config with ``data.raw_only_of_mix = True`` (P's draws, raw streams only, byte vocabulary). Its step
+count is not matched on compute: it stops where P's run stops in the document stream (found by a dry
+pass of its input pipeline), so it sees P's raw bytes and nothing else, to within one batch.
+
+Results: ``ROOT/RUN/result.json`` per finished run (the keys ``scaling.report`` reads, plus ``name``,
+``seed``, ``evals``), ``ROOT/results.json`` with all of them. A run with a result is skipped; an
+interrupted one resumes from its checkpoint (``train.train`` does that).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import itertools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import ml_collections
+
+from proxy_jax import assemble
+from proxy_jax import recipes
+from proxy_jax import train as train_lib
+from proxy_jax import vocab
+from proxy_jax.model import ModelArgs, count_params
+from proxy_jax.scaling import compute
+from proxy_jax.scaling import results as results_lib
+
+RESULT = results_lib.RESULT
+WALL = results_lib.WALL
+_SCALED = ("mix.warmup_steps", "mix.steady_steps", "mix.decay_steps", "opt.warmup_steps")
+
+
+class Preempted(RuntimeError):
+    """SIGTERM stopped a run: the sweep stops too (the host is going away), resumable by rerunning it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    name: str
+    method: str
+    size: str
+    budget_flops: float
+    seed: int
+
+
+def load_sweep(path: str) -> dict[str, Any]:
+    """The dict returned by ``get_config()`` of the sweep file ``path`` (``FILE.py:PRESET``: get_config(PRESET))."""
+    path, _, preset = path.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Sweep file {path!r} does not exist (expected e.g. configs/sweeps/cpu.py).")
+    spec = importlib.util.spec_from_file_location(f"_proxy_jax_sweep_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sweep = dict(module.get_config(preset) if preset else module.get_config())
+    for key in ("preset", "sizes", "methods", "grids"):
+        if key not in sweep:
+            raise ValueError(f"Sweep file {path!r} lacks the key {key!r}; see proxy_jax/scaling/sweep.py.")
+    return sweep
+
+
+def run_name(method: str, size: str, budget: float, seed: int) -> str:
+    return f"{method}-{size}-{budget:.1e}-s{seed}".replace("+", "")
+
+
+def runs(sweep: dict[str, Any]) -> list[RunSpec]:
+    """Every run of the sweep without duplicates or skipped methods, smallest budget first (then grid
+    order), so that a sweep cut short has every method at its smaller budgets."""
+    out, seen = [], set()
+    skip = sweep.get("skip", {})
+    for grid in sweep["grids"]:
+        for method, size, budget, seed in itertools.product(grid["methods"], grid["sizes"], grid["budgets"],
+                                                            grid.get("seeds", (0,))):
+            if method not in sweep["methods"]:
+                raise ValueError(f"A grid names method {method!r}, which sweep['methods'] does not define.")
+            if size not in sweep["sizes"]:
+                raise ValueError(f"A grid names size {size!r}, which sweep['sizes'] does not define.")
+            if method in skip:
+                continue
+            spec = RunSpec(run_name(method, size, budget, seed), method, size, float(budget), int(seed))
+            if spec.name not in seen:
+                seen.add(spec.name)
+                out.append(spec)
+    return sorted(out, key=lambda s: s.budget_flops)
+
+
+def shard(specs: list[RunSpec], shard_spec: str) -> list[RunSpec]:
+    """``"i/n"``: every n-th run starting at i (one task of a job array runs one shard)."""
+    try:
+        i, n = (int(x) for x in shard_spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard={shard_spec!r} must look like i/n, e.g. 0/4.") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard={shard_spec!r} needs 0 <= i < n.")
+    return specs[i::n]
+
+
+def num_symbols(config: ml_collections.ConfigDict) -> int:
+    """Compressed symbols of the run's vocabulary, from its config (no proxy built; tokenizer: its model)."""
+    if config.data.get("raw_only_of_mix", False) or config.proxy.name == "bytes":
+        return 0
+    if config.proxy.name in ("gzip", "tokens_as_bytes"):
+        return 256
+    if config.proxy.name == "neural":
+        return 2 ** int(config.proxy.window_bits)
+    if config.proxy.model_path:
+        from proxy_jax.proxies.tokenizer import TokenizerProxy
+
+        return TokenizerProxy.from_file(config.proxy.model_path).num_symbols
+    return int(config.proxy.vocab_size)
+
+
+def model_args(config: ml_collections.ConfigDict) -> ModelArgs:
+    return ModelArgs.from_config(config.model, vocab.padded_vocab_size(num_symbols(config)))
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+    node = config
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        node = node[name]
+    if leaf not in node:
+        raise KeyError(f"Sweep override {dotted!r} names no config key; see proxy_jax/config.py for the keys.")
+    node[leaf] = value
+
+
+def _with_steps(config: ml_collections.ConfigDict, steps: int) -> None:
+    """Sets ``train.steps``; mixing phases and the optimiser warm-up keep their fractions of the run."""
+    old = int(config.train.steps)
+    for dotted in _SCALED:
+        group, key = dotted.split(".")
+        config[group][key] = int(round(config[group][key] * steps / old))
+    config.opt.warmup_steps = max(1, min(config.opt.warmup_steps, steps - 1))
+    config.train.steps = steps
+
+
+def _evals(config: ml_collections.ConfigDict, evals: int) -> None:
+    steps = int(config.train.steps)
+    if config.train.eval_every > 0 and evals > 0:
+        config.train.eval_every = max(1, math.ceil(steps / evals))
+    config.train.checkpoint_every = max(1, min(config.train.checkpoint_every, math.ceil(steps / 4)))
+
+
+def base_config(sweep: dict[str, Any], spec: RunSpec, method: str, tokenizer_path: str = "") -> ml_collections.ConfigDict:
+    """``method``'s config at ``spec``'s size and seed with the sweep's overrides; steps not yet set."""
+    m = sweep["methods"][method]
+    config = recipes.load_config(f"{m['config']}:{sweep['preset']}")
+    for dotted, value in {**sweep.get("overrides", {}), **m.get("overrides", {})}.items():
+        _set(config, dotted, value)
+    for key, value in sweep["sizes"][spec.size].items():
+        config.model[key] = value
+    config.seed = spec.seed
+    config.train.log_every = 1  # every step's raw_targets, for raw bytes seen
+    config.train.tensorboard = False
+    config.train.sample_prompt = ""
+    if tokenizer_path and config.proxy.name in ("tokenizer", "tokens_as_bytes") and not config.proxy.model_path:
+        config.proxy.model_path = tokenizer_path
+    return config
+
+
+def control_steps(config: ml_collections.ConfigDict, proxy_steps: int, workdir: str) -> int:
+    """Steps of the raw-only control whose stream ends where the proxy run's ``proxy_steps`` batches end:
+    a dry pass of the control's pipeline up to the first document the proxy run draws at ``proxy_steps``."""
+    from proxy_jax.data import pipeline as pipeline_lib
+
+    seen: list[int] = []
+
+    def on_document(*, step, start, **_):
+        if step >= proxy_steps and not seen:
+            seen.append(start)
+
+    proxy = assemble.make_proxy(config, workdir)
+    batches = iter(pipeline_lib.make_pipeline(config, "train", proxy=proxy, process_index=0, process_count=1,
+                                              on_document=on_document))
+    while not seen:
+        next(batches)
+    return max(1, round(seen[0] / (config.data.batch_size * config.data.seq_len)))
+
+
+def run_config(sweep: dict[str, Any], spec: RunSpec, root: str, tokenizer_path: str = "") -> ml_collections.ConfigDict:
+    """The finished config of one run: compute-matched steps (or, for a control, its proxy run's stream)."""
+    m = sweep["methods"][spec.method]
+    target = m.get("control_of", spec.method)
+    config = base_config(sweep, spec, target, tokenizer_path)
+    steps = compute.steps_for_budget(spec.budget_flops, model_args(config), config.data.seq_len, config.data.batch_size)
+    _with_steps(config, steps)
+    if "control_of" in m:
+        for dotted, value in m.get("overrides", {}).items():
+            _set(config, dotted, value)
+        config.data.raw_only_of_mix = True
+        own = control_steps(config, steps, os.path.join(root, "_shared"))
+        # The mixing schedule stays the proxy run's (the draws follow its steps); only the loop is shorter.
+        config.train.steps = own
+        config.opt.warmup_steps = max(1, min(int(round(config.opt.warmup_steps * own / steps)), own - 1))
+    _evals(config, int(sweep.get("evals", 1)))
+    return config
+
+
+def shared_tokenizer(sweep: dict[str, Any], specs: list[RunSpec], root: str) -> str:
+    """Trains the tokenizer once for all tokenizer runs of ``specs`` (cached in ROOT/_shared); its path."""
+    for spec in specs:
+        m = sweep["methods"][spec.method]
+        config = base_config(sweep, spec, m.get("control_of", spec.method))
+        if config.proxy.name in ("tokenizer", "tokens_as_bytes") and not config.proxy.model_path:
+            config.proxy.name = "tokenizer"
+            return assemble.make_proxy(config, os.path.join(root, "_shared")).origin
+    return ""
+
+
+def collect(config: ml_collections.ConfigDict, spec: RunSpec, workdir: str, wall_s: float,
+            control_of: str | None = None) -> dict[str, Any]:
+    """The result dict of a finished run (the keys ``scaling.report.write_report`` reads, and more)."""
+    args = model_args(config)
+    c = config
+    per_step = compute.flops_per_step(args, c.data.seq_len, c.data.batch_size)
+    rows = results_lib.read_rows(workdir)
+    steps = int(c.train.steps)
+    trained = [rows[s] for s in range(steps) if s in rows and "train/raw_targets" in rows[s]]
+    curve, evals = [], []
+    for s in sorted(rows):
+        r = rows[s]
+        ev = r.get("eval/raw_bpb")
+        if ev is not None:  # evaluations are logged after s steps
+            evals.append((s, ev))
+            curve.append((s, s * per_step, None, None, ev))
+        if "train/loss" in r:  # training rows are logged at the step taken: s + 1 steps done
+            curve.append((s + 1, (s + 1) * per_step, r.get("train/raw_loss") if r.get("train/raw_targets") else None,
+                          r.get("train/comp_loss") if r.get("train/comp_targets") else None, None))
+    final = [e for s, e in evals if s == steps]
+    return {
+        "name": spec.name, "method": spec.method, "control_of": control_of, "size": spec.size, "seed": spec.seed,
+        "params": count_params(args, include_embedding=False), "budget_flops": spec.budget_flops,
+        "flops": compute.training_flops(args, c.data.seq_len, c.data.batch_size, steps), "steps": steps,
+        "symbols": steps * c.data.batch_size * c.data.seq_len,
+        "raw_bytes_seen": int(sum(r["train/raw_targets"] for r in trained)),
+        "comp_symbols_seen": int(sum(r.get("train/comp_targets", 0) for r in trained)),
+        "logged_steps": len(trained),
+        "raw_bpb": final[-1] if final else None, "evals": evals,
+        "final_train_loss": trained[-1]["train/loss"] if trained else None,
+        "wall_s": wall_s, "curve": curve,
+    }
+
+
+def _add_wall(workdir: str, seconds: float) -> float:
+    os.makedirs(workdir, exist_ok=True)
+    total = results_lib.wall(workdir) + seconds
+    with open(os.path.join(workdir, WALL), "w", encoding="utf-8") as f:
+        json.dump({"wall_s": total}, f)
+    return total
+
+
+def run_one(sweep: dict[str, Any], spec: RunSpec, root: str, tokenizer_path: str = "", *,
+            stop_after: int | None = None) -> dict[str, Any] | None:
+    """Trains (or resumes) one run and writes its result.json; None if ``stop_after`` cut it short.
+
+    Raises ``Preempted`` when SIGTERM stopped the run (its checkpoint is saved; rerun the sweep to go on).
+    """
+    workdir = os.path.join(root, spec.name)
+    config = run_config(sweep, spec, root, tokenizer_path)
+    t0 = time.perf_counter()
+    try:
+        summary = train_lib.train(config, workdir, progress=False, stop_after=stop_after)
+    finally:  # an interrupted attempt's time counts too
+        wall = _add_wall(workdir, time.perf_counter() - t0)
+    if "preempted_at" in summary:
+        raise Preempted(f"{spec.name} was stopped by SIGTERM at step {summary['preempted_at']}; its checkpoint "
+                        "is saved, and rerunning the same sweep command resumes it.")
+    if summary["final_step"] < config.train.steps:
+        return None
+    result = collect(config, spec, workdir, wall, sweep["methods"][spec.method].get("control_of"))
+    with open(os.path.join(workdir, RESULT), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_sweep(sweep: dict[str, Any], root: str, *, shard_spec: str = "0/1", log=_print) -> list[dict[str, Any]]:
+    """Runs this shard's runs in order, skipping finished ones; prints the status table between runs."""
+    os.makedirs(root, exist_ok=True)
+    for method, reason in sweep.get("skip", {}).items():
+        log(f"skipped method {method}: {reason}")
+    specs = shard(runs(sweep), shard_spec)
+    tokenizer_path = shared_tokenizer(sweep, specs, root)
+    for spec in specs:
+        if os.path.exists(os.path.join(root, spec.name, RESULT)):
+            continue
+        log(results_lib.format_status(results_lib.status([s.name for s in runs(sweep)], root)))
+        log(f"train {spec.name}")
+        run_one(sweep, spec, root, tokenizer_path)
+    log(results_lib.format_status(results_lib.status([s.name for s in runs(sweep)], root)))
+    results = results_lib.load_results(root)
+    with open(os.path.join(root, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    return results
+
+
+def report(root: str, out_dir: str | None = None, title: str = "") -> str:
+    """Renders ROOT's finished runs with ``scaling.report.write_report``; returns report.md's path."""
+    from proxy_jax.scaling import report as report_lib
+
+    results = results_lib.load_results(root)
+    if not results:
+        raise ValueError(f"No finished runs (no */{RESULT}) under {root!r}; run the sweep first.")
+    path = report_lib.write_report(copy.deepcopy(results), out_dir or root,
+                                   title=title or f"Sweep {os.path.basename(os.path.abspath(root))}")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n" + "\n".join(results_lib.raw_bytes_lines(results)) + "\n")
+    return str(path)
