@@ -16,6 +16,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from proxy_jax.data import elastic
+
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None, *, force: bool = False) -> bool:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+            items["data"] = _data_save_args(data_iter)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def steps(self) -> list[int]:
@@ -49,9 +51,11 @@ class Checkpointer:
         for s in candidates:
             items = {"state": ocp.args.StandardRestore(abstract_state)}
             if data_iter is not None:
-                items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+                items["data"] = _data_restore_args(data_iter)
             try:
                 restored = self.manager.restore(s, args=ocp.args.Composite(**items))
+            except elastic.DataLayoutError:
+                raise  # the run itself cannot continue this data stream: an older step would not either
             except Exception as e:  # noqa: BLE001 - any failure means "this step is unusable"
                 log.warning("Checkpoint step %d in %s could not be restored (%s: %s); trying an older one.",
                             s, self.manager.directory, type(e).__name__, e)
@@ -65,6 +69,19 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _data_save_args(data_iter):
+    """Virtual-shard iterators save one state per shard (resumable on another process count)."""
+    if isinstance(data_iter, elastic.VirtualShardsIterator):
+        return elastic.ShardStateSave(data_iter)
+    return grain.checkpoint.CheckpointSave(data_iter)
+
+
+def _data_restore_args(data_iter):
+    if isinstance(data_iter, elastic.VirtualShardsIterator):
+        return elastic.ShardStateRestore(data_iter)
+    return grain.checkpoint.CheckpointRestore(data_iter)
 
 
 class PreemptionGuard:
