@@ -26,6 +26,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from proxy_jax.data import elastic
+
 log = logging.getLogger(__name__)
 
 
@@ -123,7 +125,7 @@ class Checkpointer:
             self.set_aside([step])
         items = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+            items["data"] = _data_save_args(data_iter)
         try:
             with quiet_libraries():
                 return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -201,7 +203,9 @@ class Checkpointer:
         """Moves ``data_iter`` to its saved position at ``step``; False (iterator untouched) if that fails."""
         try:
             with quiet_libraries():
-                self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iter)))
+                self.manager.restore(step, args=ocp.args.Composite(data=_data_restore_args(data_iter)))
+        except elastic.DataLayoutError:
+            raise  # the run cannot continue this data stream: an older step would not either
         except Exception as e:  # noqa: BLE001
             self._skip(step, e)
             return False
@@ -253,6 +257,19 @@ class Checkpointer:
             logging.getLogger("absl").removeFilter(self._filter)
             if sys.unraisablehook is self._hook:
                 sys.unraisablehook = self._previous_hook
+
+
+def _data_save_args(data_iter):
+    """Virtual-shard iterators save one state per shard (resumable on another process count)."""
+    if isinstance(data_iter, elastic.VirtualShardsIterator):
+        return elastic.ShardStateSave(data_iter)
+    return grain.checkpoint.CheckpointSave(data_iter)
+
+
+def _data_restore_args(data_iter):
+    if isinstance(data_iter, elastic.VirtualShardsIterator):
+        return elastic.ShardStateRestore(data_iter)
+    return grain.checkpoint.CheckpointRestore(data_iter)
 
 
 class PreemptionGuard:

@@ -26,6 +26,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.max_doc_bytes = 0  # documents longer than this are cut into pieces (0 = never)
     d.seq_len = 256  # model context; rows carry seq_len + num_targets tokens
     d.batch_size = 8  # global batch (rows per optimiser step, across all hosts)
+    # Virtual data shards V: shard v packs documents[v::V] into batch_size/V rows, and the global batch is
+    # the shards' rows in order whatever the number of processes. A run resumes on any process count that
+    # divides V with the same batches. 0 = one per process (set it, e.g. to batch_size, before a run you
+    # may resume on another number of hosts). Must divide batch_size.
+    d.virtual_shards = 0
     d.shuffle = True
     d.num_workers = 0  # Grain worker processes for the per-document stage (0 = in-process)
     d.prefetch = 2  # batches prefetched by each worker
@@ -179,12 +184,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """
     for key in ("seq_len", "batch_size"):
         _positive(config.data[key], f"data.{key}")
-    for key in ("num_workers", "num_epochs", "max_doc_bytes"):
+    for key in ("num_workers", "num_epochs", "max_doc_bytes", "virtual_shards"):
         _positive(config.data[key], f"data.{key}", zero_ok=True)
     if not 0.0 <= config.data.val_fraction < 1.0:
         raise ValueError(f"--config.data.val_fraction={config.data.val_fraction} must lie in [0, 1).")
     if config.data.source != "stdlib" and not config.data.path:
         raise ValueError(f"--config.data.source={config.data.source!r} needs --config.data.path.")
+    if config.data.virtual_shards and config.data.batch_size % config.data.virtual_shards:
+        raise ValueError(f"--config.data.batch_size={config.data.batch_size} is not divisible by "
+                         f"--config.data.virtual_shards={config.data.virtual_shards}; each shard packs "
+                         "batch_size/virtual_shards rows.")
     _positive(config.train.steps, "train.steps")
     for key in ("log_every", "checkpoint_every", "eval_window", "eval_batch_size"):
         _positive(config.train[key], f"train.{key}")

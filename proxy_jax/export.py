@@ -156,7 +156,7 @@ def llama_config(args: ModelArgs, config_extra: dict | None = None) -> dict[str,
             "logical_vocab_size": args.vocab_size,
             "num_pred_heads": args.num_pred_heads,
             "num_raw_pred_heads": args.num_raw_pred_heads,
-            "extra_heads_file": EXTRA_HEADS_FILE if args.num_targets > 1 else None,
+            "extra_heads_file": EXTRA_HEADS_FILE if args.num_pred_heads + args.num_raw_pred_heads > 1 else None,
         },
     }
     config.update(config_extra or {})

@@ -7,6 +7,7 @@ maps onto mesh axes; the batch dimension is split over ``("data", "fsdp")``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -88,6 +89,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ValueError(
             f"data.batch_size={batch} must be divisible by the {process_count} processes; change the batch size."
         )
+    shards = int(config.data.get("virtual_shards", 0))
+    if shards and shards % process_count:
+        raise ValueError(
+            f"data.virtual_shards={shards} is not divisible by the {process_count} processes; a run resumes "
+            f"only on a process count that divides it (with the same data.virtual_shards)."
+        )
     eval_batch = int(config.train.eval_batch_size)
     if eval_batch % math.lcm(data * fsdp, process_count):
         raise ValueError(
@@ -151,9 +158,32 @@ def host_to_global(batch_np: dict, mesh: Mesh) -> dict:
     """This host's rows (numpy, leading batch dim) -> global jax.Arrays sharded over the batch axes.
 
     Every process passes its own ``global_batch / process_count`` rows; rows of process i land at
-    ``[i * local, (i + 1) * local)`` of the global batch.
+    ``[i * local, (i + 1) * local)`` of the global batch (checked: the global row order, hence the virtual
+    data shards' order, is the same for any number of processes).
     """
     sharding = batch_sharding(mesh)
+    local_rows = len(next(iter(batch_np.values())))
+    check_process_rows(mesh, local_rows * jax.process_count())
     return {
         k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch_np.items()
     }
+
+
+@functools.lru_cache(maxsize=16)
+def process_rows(mesh: Mesh, global_rows: int, process_index: int) -> tuple[int, int]:
+    """``[start, stop)`` of the global batch rows that the devices of ``process_index`` hold on ``mesh``."""
+    index_map = batch_sharding(mesh).devices_indices_map((global_rows,))
+    spans = [index_map[d][0].indices(global_rows)[:2] for d in mesh.devices.flat if d.process_index == process_index]
+    return min(s for s, _ in spans), max(e for _, e in spans)
+
+
+def check_process_rows(mesh: Mesh, global_rows: int) -> None:
+    """Raises unless this process's devices hold exactly its own block of rows, in process order."""
+    p, count = jax.process_index(), jax.process_count()
+    local = global_rows // count
+    got = process_rows(mesh, global_rows, p)
+    if got != (p * local, (p + 1) * local):
+        raise ValueError(
+            f"The mesh gives process {p} batch rows [{got[0]}, {got[1]}) instead of its own block "
+            f"[{p * local}, {(p + 1) * local}); order mesh devices by process along the data/fsdp axes."
+        )

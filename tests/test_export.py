@@ -199,3 +199,41 @@ def test_eva_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"^model.attention='eva' cannot be exported.*until an equivalent exists there"):
         export.export_params(args, {}, str(tmp_path))
     assert not list(tmp_path.iterdir())  # refused before anything is written
+
+
+# Trains, then runs the command in a fresh interpreter: over 20 s on 2 cores.
+@pytest.mark.slow
+def test_command_exports_a_trained_workdir(tmp_path):
+    """``python -m proxy_jax.export`` on a tiny byte run trained for 3 steps: transformers gives our logits."""
+    import os
+    import subprocess
+    import sys
+
+    from proxy_jax import recipes, train
+    from proxy_jax import workdir as workdir_lib
+
+    config = recipes.load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "bytes.py") + ":tiny", **{
+        "train.steps": 3, "train.eval_every": 0, "train.tensorboard": False, "train.checkpoint_every": 100,
+        "data.seq_len": 64, "data.batch_size": 2, "data.max_doc_bytes": 2000, "model.d_model": 32,
+        "model.d_ff": 64, "model.num_heads": 2, "model.num_kv_heads": 1, "model.head_dim": 16,
+        "model.num_layers": 2, "model.dtype": "float32"})
+    workdir, out = tmp_path / "run", tmp_path / "hf"
+    train.train(config, str(workdir), progress=False)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-m", "proxy_jax.export", f"--workdir={workdir}", f"--out={out}"],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip() == f"exported step 3 of {workdir} to {out}"
+    assert json.loads((out / "config.json").read_text())["proxy_jax_checkpoint_step"] == 3
+
+    restored = workdir_lib.restore(str(workdir))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(out), **_load_kwargs()).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    ids = tok("def add(a, b):\n    return a + b\n")["input_ids"]
+    assert ids == _prompt_ids(b"def add(a, b):\n    return a + b\n")
+    ours_LxV = _ours(restored.args, restored.params, [ids])[0][0, :, 0]
+    with torch.no_grad():
+        theirs_LxV = hf(torch.tensor([ids])).logits[0].numpy()
+    assert ours_LxV.std() > 0.05  # trained, not a constant
+    np.testing.assert_allclose(theirs_LxV, ours_LxV, atol=ATOL, rtol=0)

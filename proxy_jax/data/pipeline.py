@@ -1,15 +1,19 @@
 """The training input pipeline: documents -> per-document views -> mixed, packed batches.
 
-    MapDataset.range(num_docs)[process_index::process_count]     this host's documents
-      .shuffle(seed).repeat(num_epochs)                          reshuffled every epoch
-      .map_with_index(load)                                      {"index", "epoch", "raw", "comp"}
-      PackedBatchDataset                                         mixing + packing, in the main process
-        (reads the above via .to_iter_dataset() [.mp_prefetch(workers)]: the per-document stage)
+    for each virtual shard v this host owns (proxy_jax.data.elastic):
+      MapDataset.range(num_docs)[v::V]                           the shard's documents
+        .shuffle(seed).repeat(num_epochs)                        reshuffled every epoch
+        .map_with_index(load)                                    {"index", "epoch", "raw", "comp"}
+        PackedBatchDataset                                       mixing + packing, in the main process
+          (reads the above via .to_iter_dataset() [.mp_prefetch(workers)]: the per-document stage)
+    VirtualShardsDataset                                         the shards' rows, in shard order
 
 Mixing and packing run after the worker processes, in one sequential stage, so that every document
 draws with the rate and mode of the optimiser step whose batch holds its first token, and so that the
-batches are the same for any number of workers. Each host packs its own documents into its own
-``batch_size // process_count`` rows; host batch k is step k on every host.
+batches are the same for any number of workers. Each of the V virtual shards (``data.virtual_shards``,
+0 = one per process) packs its own documents into its own ``batch_size // V`` rows; host p owns the
+shards ``[p V/P, (p+1) V/P)``, and host batch k is step k on every host. The global batch is the same
+for any number of hosts P that divides V, which is what lets a run resume on another P.
 
 Batches (per host, B = local rows, L = seq_len, K = num_targets):
   tokens, segment_ids, positions: int32 [B, L+K]; step, num_docs, num_comp_docs, num_streams,
@@ -29,6 +33,7 @@ from absl import flags
 
 from proxy_jax import config as config_lib
 from proxy_jax import vocab
+from proxy_jax.data import elastic
 from proxy_jax.data import packing
 from proxy_jax.data import schedule
 
@@ -70,12 +75,13 @@ def needs_compression(config: ml_collections.ConfigDict) -> bool:
 
 def document_stage(config: ml_collections.ConfigDict, source: Any, proxy: Any, *, process_index: int,
                    process_count: int, compress: bool) -> grain.MapDataset:
-    """This host's documents, shuffled per epoch and loaded (with their compressed view when needed)."""
+    """Shard ``process_index`` of ``process_count`` (virtual shards): its documents, shuffled per epoch and
+    loaded (with their compressed view when needed)."""
     d = config.data
     num_docs = len(source)
     if num_docs < process_count:
-        raise ValueError(f"The split has {num_docs} documents, fewer than the {process_count} processes; "
-                         "use a larger corpus or fewer processes.")
+        raise ValueError(f"The split has {num_docs} documents, fewer than the {process_count} virtual data shards "
+                         "(data.virtual_shards, 0 = one per process); use a larger corpus or fewer shards.")
     ds = grain.MapDataset.range(num_docs)[process_index::process_count]
     docs_per_epoch = len(ds)
     if d.shuffle:
@@ -115,19 +121,27 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
     compress = needs_compression(config)
     if int(config.data.num_workers) > 0 and not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
-    docs = document_stage(config, source, proxy, process_index=process_index, process_count=process_count,
-                          compress=compress)
-    return packing.PackedBatchDataset(
-        docs,
-        seq_len=int(config.data.seq_len),
-        num_targets=config_lib.num_targets(config.model),
-        rows=int(config.data.batch_size) // process_count,
-        seed=int(config.seed),
-        mix=config.mix,
-        has_comp=compress,
-        raw_only=bool(config.data.get("raw_only_of_mix", False)),
-        start_step=start_step,
-        num_workers=int(config.data.num_workers),
-        worker_buffer_size=max(1, int(config.data.prefetch)) * _DOCS_PER_PREFETCH,
-        on_document=on_document,
-    )
+    num_shards = elastic.resolve_shards(config.data.virtual_shards, process_count)
+    owned = elastic.owned_shards(num_shards, process_index, process_count)
+    rows = int(config.data.batch_size) // num_shards
+    workers = int(config.data.num_workers)
+    # The workers are shared out over this process's shards (batches do not depend on their number).
+    shard_workers = -(-workers // len(owned)) if workers > 0 else 0
+    shards = {}
+    for v in owned:
+        docs = document_stage(config, source, proxy, process_index=v, process_count=num_shards, compress=compress)
+        shards[v] = packing.PackedBatchDataset(
+            docs,
+            seq_len=int(config.data.seq_len),
+            num_targets=config_lib.num_targets(config.model),
+            rows=rows,
+            seed=int(config.seed),
+            mix=config.mix,
+            has_comp=compress,
+            raw_only=bool(config.data.raw_only_of_mix),
+            start_step=start_step,
+            num_workers=shard_workers,
+            worker_buffer_size=max(1, int(config.data.prefetch)) * _DOCS_PER_PREFETCH,
+            on_document=on_document,
+        )
+    return elastic.VirtualShardsDataset(shards, num_shards)
