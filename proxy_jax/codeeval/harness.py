@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Iterator, Mapping, Sequence
 
-from proxy_jax.codeeval import passk, problems as problems_lib, sandbox
+from proxy_jax.codeeval import jsonl, passk, problems as problems_lib, sandbox
 
 _DETAIL_CHARS = 300
 _CANONICAL_TIMEOUT_S = 60.0
@@ -38,27 +37,6 @@ def canonical_completions(problems: Sequence[problems_lib.Problem]) -> dict[str,
 def _fingerprint(problem: problems_lib.Problem, completions: Sequence[str], base_only: bool) -> str:
     blob = json.dumps([problem.task_id, problem.prompt, list(completions), base_only])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _read_finished(out_path: str | None) -> dict[str, dict]:
-    finished: dict[str, dict] = {}
-    if out_path and os.path.exists(out_path):
-        with open(out_path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by the interruption
-                    continue
-                finished[record["task_id"]] = record
-    return finished
-
-
-def _ends_with_newline(path: str) -> bool:
-    with open(path, "rb") as f:
-        if f.seek(0, os.SEEK_END) == 0:
-            return True
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
 
 
 def _expected_outputs(todo: Sequence[problems_lib.Problem], base_only: bool, workers: int | None,
@@ -83,7 +61,7 @@ def score(problems: Sequence[problems_lib.Problem], completions: Mapping[str, Se
         if not completions.get(p.task_id):
             raise ValueError(f"no completions for {p.task_id}; give at least one per problem.")
     fingerprints = {p.task_id: _fingerprint(p, completions[p.task_id], base_only) for p in problems}
-    finished = {tid: r for tid, r in _read_finished(out_path).items()
+    finished = {tid: r for tid, r in jsonl.read(out_path, "task_id").items()
                 if tid in fingerprints and r.get("fingerprint") == fingerprints[tid]}
     todo = [p for p in problems if p.task_id not in finished]
     expected = _expected_outputs(todo, base_only, workers, memory_mb)
@@ -100,9 +78,7 @@ def score(problems: Sequence[problems_lib.Problem], completions: Mapping[str, Se
     results: dict[str, list] = {p.task_id: [None] * len(completions[p.task_id]) for p in todo}
     left = {p.task_id: len(completions[p.task_id]) for p in todo}
     new: dict[str, dict] = {}
-    out = open(out_path, "a", encoding="utf-8") if out_path else None
-    if out is not None and not _ends_with_newline(out_path):
-        out.write("\n")  # end a line cut short by an interruption, or it swallows the next record
+    out = jsonl.appender(out_path)
     try:
         for i, result in sandbox.iter_many(programs(), workers=workers, timeout_s=timeout_s, memory_mb=memory_mb):
             p, j = owner[i]

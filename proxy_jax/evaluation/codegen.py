@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 import jax
 
 from proxy_jax import assemble
-from proxy_jax.codeeval import harness, perturb, problems as problems_lib
+from proxy_jax.codeeval import harness, jsonl, perturb, problems as problems_lib
 from proxy_jax.evaluation import sampler as sampler_lib
 from proxy_jax.evaluation import score, translation
 
@@ -88,27 +88,6 @@ def _key(item_id: str, prompt: str, settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _read_store(path: str | None) -> dict[str, dict]:
-    found: dict[str, dict] = {}
-    if path and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by an interruption
-                    continue
-                found[record["id"]] = record
-    return found
-
-
-def _last_byte(path: str) -> bytes:
-    with open(path, "rb") as f:
-        if f.seek(0, os.SEEK_END) == 0:
-            return b""
-        f.seek(-1, os.SEEK_END)
-        return f.read(1)
-
-
 def cached_generate(items: Sequence[tuple[str, str]], n: int, generate_rows: Callable[[list[int], list[str]], list],
                     *, store: str | None, settings: dict, batch_size: int, progress: bool = True,
                     desc: str = "generate") -> tuple[dict[str, list], int]:
@@ -116,7 +95,7 @@ def cached_generate(items: Sequence[tuple[str, str]], n: int, generate_rows: Cal
     ``generate_rows(row_numbers, prompts)`` in batches of ``batch_size`` rows and appended to ``store``
     per item. Returns ``({id: outputs}, number of items generated now)``."""
     keys = {i: _key(i, p, settings) for i, p in items}
-    done = {i: r["outputs"] for i, r in _read_store(store).items() if i in keys and r.get("key") == keys[i]}
+    done = {i: r["outputs"] for i, r in jsonl.read(store, "id").items() if i in keys and r.get("key") == keys[i]}
     todo = [(i, p) for i, p in items if i not in done]
     rows = [(i, p, j) for i, p in todo for j in range(n)]
     outputs: dict[str, list] = {i: [None] * n for i, _ in todo}
@@ -126,11 +105,8 @@ def cached_generate(items: Sequence[tuple[str, str]], n: int, generate_rows: Cal
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True)
-    cut_short = bool(store) and os.path.exists(store) and _last_byte(store) not in (b"", b"\n")
-    out = open(store, "a", encoding="utf-8") if store else None
+    out = jsonl.appender(store)
     try:
-        if cut_short:
-            out.write("\n")  # end a line cut short by an interruption, or it swallows the next record
         for start in batches:
             chunk = rows[start : start + batch_size]
             numbers = [zlib.crc32(f"{i}\0{j}".encode()) for i, _, j in chunk]
