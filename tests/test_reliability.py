@@ -202,12 +202,13 @@ def test_saving_a_step_twice_is_a_no_op_and_a_damaged_step_is_replaced(tmp_path)
 
 
 def test_full_disk_during_a_save_is_a_sentence_and_leaves_no_temporary_directory(tmp_path, monkeypatch):
-    from grain._src.python.checkpoint import handler
+    from proxy_jax.data import elastic
 
     def no_space(self, directory, item=None, args=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
 
-    monkeypatch.setattr(handler.CheckpointHandler, "save", no_space)
+    # The data-iterator item is the last thing a save writes: fail it as a full disk would.
+    monkeypatch.setattr(elastic.ShardStateHandler, "save", no_space)
     wd = str(tmp_path / "full")
     with pytest.raises(checkpoint.CheckpointWriteError, match="No space left on device.*free disk space"):
         train.train(small(**{"train.steps": 3}), wd, progress=False)
