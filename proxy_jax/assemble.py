@@ -163,7 +163,7 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
     validate(config)
     proxy = make_proxy(config, workdir)
     # The raw-only control still runs the proxy (its draws need the compressed lengths) but sees bytes only.
-    symbols = 0 if config.data.get("raw_only_of_mix", False) else proxy.num_symbols
+    symbols = 0 if config.data.raw_only_of_mix else proxy.num_symbols
     true_vocab = vocab.vocab_size(symbols)
     model_vocab = config.model.vocab_size or vocab.padded_vocab_size(symbols)
     if model_vocab < true_vocab:

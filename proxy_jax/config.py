@@ -198,11 +198,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("log_every", "checkpoint_every", "eval_window", "eval_batch_size"):
         _positive(config.train[key], f"train.{key}")
     _positive(config.opt.grad_accum_steps, "opt.grad_accum_steps")
-    _positive(config.model.get("loss_chunk", 0), "model.loss_chunk", zero_ok=True)
+    _positive(config.model.loss_chunk, "model.loss_chunk", zero_ok=True)
     if config.data.batch_size % config.opt.grad_accum_steps:
         raise ValueError(f"--config.data.batch_size={config.data.batch_size} is not divisible by "
                          f"--config.opt.grad_accum_steps={config.opt.grad_accum_steps}.")
-    if config.data.get("raw_only_of_mix", False) and config.proxy.name == "bytes":
+    if config.data.raw_only_of_mix and config.proxy.name == "bytes":
         raise ValueError("--config.data.raw_only_of_mix=True is the control of a proxy run: set "
                          "--config.proxy.name to the proxy run's compressor (e.g. 'tokenizer'), not 'bytes'.")
     uses_comp = max(config.mix.rate_init, config.mix.rate_peak, config.mix.rate_final) > 0

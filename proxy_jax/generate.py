@@ -79,9 +79,16 @@ def _step_fns(args: ModelArgs, greedy: bool):
     return prefill, full
 
 
-def _first_stop(text: bytes, stop) -> int:
+def first_stop(text: bytes, stop) -> int:
+    """Offset of the earliest of the ``stop`` strings in ``text``, or -1."""
     cut = [text.find(s) for s in stop if s and s in text]
     return min(cut) if cut else -1
+
+
+def cut_at_stop(text: bytes, stop) -> bytes:
+    """``text`` up to (not including) its earliest stop string."""
+    cut = first_stop(text, stop)
+    return text if cut < 0 else text[:cut]
 
 
 def _check(max_new: int, temperature: float, top_p: float, rng) -> None:
@@ -185,15 +192,20 @@ def generate(
     if not prompts:
         return []
     _check(max_new_bytes, temperature, top_p, rng)
-    stop = tuple(bytes(s) for s in stop)
     ids = [np.concatenate([np.asarray(prefix, np.int32), vocab.encode_raw(p)]).astype(np.int32) for p in prompts]
-    stopped = (lambda new: _first_stop(vocab.decode_raw(new), stop) >= 0) if stop else None
-    allowed_V = allowed_mask(model.args.padded_vocab_size)
-    new_ids = generate_ids(model, params, ids, max_new_ids=max_new_bytes, allowed_V=allowed_V, is_done=stopped,
-                           temperature=temperature, top_p=top_p, rng=rng, use_cache=use_cache)
-    results = []
-    for new in new_ids:
-        text = vocab.decode_raw(new)
-        cut = _first_stop(text, stop)
-        results.append(text if cut < 0 else text[:cut])
-    return results
+    return generate_text(model, params, ids, vocab.decode_raw, stop=stop, max_new_ids=max_new_bytes,
+                         allowed_V=allowed_mask(model.args.padded_vocab_size), temperature=temperature,
+                         top_p=top_p, rng=rng, use_cache=use_cache)
+
+
+def generate_text(model: Transformer, params, prompt_ids: list[np.ndarray], decode, *, stop=(), max_new_ids: int,
+                  allowed_V: np.ndarray, stop_ids=STOP_IDS, temperature: float = 0.0, top_p: float = 1.0, rng=None,
+                  use_cache: bool = True) -> list[bytes]:
+    """:func:`generate_ids` read as text: ``decode(ids) -> bytes`` (raw bytes, or a tokenizer's decoder); a row
+    also ends once its text holds one of the ``stop`` strings, and is returned cut before it."""
+    stop = tuple(bytes(s) for s in stop)
+    is_done = (lambda new: first_stop(decode(np.asarray(new)), stop) >= 0) if stop else None
+    new_ids = generate_ids(model, params, prompt_ids, max_new_ids=max_new_ids, allowed_V=allowed_V,
+                           stop_ids=stop_ids, is_done=is_done, temperature=temperature, top_p=top_p, rng=rng,
+                           use_cache=use_cache)
+    return [cut_at_stop(decode(new), stop) for new in new_ids]

@@ -89,7 +89,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ValueError(
             f"data.batch_size={batch} must be divisible by the {process_count} processes; change the batch size."
         )
-    shards = int(config.data.get("virtual_shards", 0))
+    shards = int(config.data.virtual_shards)
     if shards and shards % process_count:
         raise ValueError(
             f"data.virtual_shards={shards} is not divisible by the {process_count} processes; a run resumes "

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proxy_jax import vocab
-from proxy_jax.generate import STOP_IDS
+from proxy_jax.generate import STOP_IDS, cut_at_stop, first_stop
 from proxy_jax.model import ModelArgs, Transformer, init_cache
 
 
@@ -146,11 +146,6 @@ def _step_fns(args: ModelArgs, num_draft: int):
     return prefill, step
 
 
-def _first_stop(text: bytes, stop) -> int:
-    cut = [text.find(s) for s in stop if s and s in text]
-    return min(cut) if cut else -1
-
-
 def generate_speculative(
     model_or_args: Transformer | ModelArgs,
     params,
@@ -218,7 +213,7 @@ def generate_speculative(
             done[row] = True
             return
         out[row].append(int(token) - vocab.BYTE_OFFSET)
-        if (stop and _first_stop(bytes(out[row]), stop) >= 0) or decided[row] >= max_new_bytes:
+        if (stop and first_stop(bytes(out[row]), stop) >= 0) or decided[row] >= max_new_bytes:
             done[row] = True
 
     cache = init_cache(Transformer(args), b, slots)
@@ -244,11 +239,7 @@ def generate_speculative(
                     break
         position = position + np.where(active, accepted + 1, 0).astype(np.int32)
 
-    results = []
-    for text in out:
-        text = bytes(text)
-        cut = _first_stop(text, stop)
-        results.append(text if cut < 0 else text[:cut])
+    results = [cut_at_stop(bytes(text), stop) for text in out]
     stats["bytes_generated"] = int(decided.sum())
     stats["bytes_per_pass"] = stats["bytes_generated"] / stats["row_passes"]
     stats["accepted_histogram"] = hist.tolist()

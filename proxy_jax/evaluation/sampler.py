@@ -47,11 +47,6 @@ def run_kind(config: ml_collections.ConfigDict) -> str:
     return "tokens" if float(m.rate_final) >= 1.0 else "bytes_plain"
 
 
-def _first_stop(text: bytes, stop: Sequence[bytes]) -> int:
-    cut = [text.find(s) for s in stop if s and s in text]
-    return min(cut) if cut else -1
-
-
 @dataclasses.dataclass
 class Sampler:
     run: assemble.Run
@@ -105,16 +100,9 @@ class Sampler:
         allowed_V[vocab.COMP_OFFSET : self.run.vocab_size] = True
         allowed_V[vocab.EOS] = True
         ids = [np.concatenate([[vocab.BOS], proxy.encode(p)]).astype(np.int32) for p in prompts]
-        stopped = (lambda new: _first_stop(proxy.decode(np.asarray(new)), stop) >= 0) if stop else None
-        new_ids = generate.generate_ids(self.run.model, self.run.state.params, ids, max_new_ids=max_new,
-                                        allowed_V=allowed_V, stop_ids=(vocab.EOS,), is_done=stopped,
-                                        temperature=temperature, top_p=top_p, rng=rng)
-        out = []
-        for new in new_ids:
-            text = proxy.decode(new)
-            cut = _first_stop(text, stop)
-            out.append(text if cut < 0 else text[:cut])
-        return out
+        return generate.generate_text(self.run.model, self.run.state.params, ids, proxy.decode, stop=stop,
+                                      max_new_ids=max_new, allowed_V=allowed_V, stop_ids=(vocab.EOS,),
+                                      temperature=temperature, top_p=top_p, rng=rng)
 
     def check_translation(self) -> None:
         config = self.run.config

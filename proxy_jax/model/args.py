@@ -77,8 +77,8 @@ class ModelArgs:
             scan_layers=bool(model_config.scan_layers),
             remat_policy=str(model_config.remat_policy),
             # Configs saved before EVA existed lack the keys; they do not use EVA.
-            eva_window=int(model_config.get("eva_window", 2048)),
-            eva_chunk=int(model_config.get("eva_chunk", 8)),
+            eva_window=int(model_config.eva_window),
+            eva_chunk=int(model_config.eva_chunk),
         )
         args.check()
         return args

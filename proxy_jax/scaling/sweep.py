@@ -120,7 +120,7 @@ def shard(specs: list[RunSpec], shard_spec: str) -> list[RunSpec]:
 
 def num_symbols(config: ml_collections.ConfigDict) -> int:
     """Compressed symbols of the run's vocabulary, from its config (no proxy built; tokenizer: its model)."""
-    if config.data.get("raw_only_of_mix", False) or config.proxy.name == "bytes":
+    if config.data.raw_only_of_mix or config.proxy.name == "bytes":
         return 0
     if config.proxy.name in ("gzip", "tokens_as_bytes"):
         return 256
