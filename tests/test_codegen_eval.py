@@ -177,7 +177,8 @@ def test_cli_humaneval_end_to_end(bytes_run, tmp_path):
     result = json.loads(proc.stdout)
     assert 0.0 <= result["pass@k"]["pass@1"] <= 1.0 and result["n_problems"] == 3
     assert result["kind"] == "bytes_plain" and result["generated"] == 3
-    assert [r["task_id"] for r in read_jsonl(out)] == [f"HumanEval/{i}" for i in range(3)]
+    # Records are appended as the parallel sandboxes finish: the set of problems is fixed, not their order.
+    assert sorted(r["task_id"] for r in read_jsonl(out)) == [f"HumanEval/{i}" for i in range(3)]
     completions = read_jsonl(codegen.sibling(out, "completions"))
     assert len(completions) == 3 and all(len(r["outputs"]) == 1 for r in completions)
 
