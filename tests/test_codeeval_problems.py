@@ -79,7 +79,7 @@ def test_mbpp_plus_loader(tmp_path):
               "plus_input": [[10**20, -3], [0, 0]], "assertion": "assert add_nums(1, 2) == 3"}
     path = tmp_path / "MbppPlus.jsonl"
     _write_jsonl(path, [record])
-    ps = problems.load_mbpp_plus(str(path), convert_inputs=lambda tid, inputs: [tuple(x) for x in inputs])
+    ps = problems.load_mbpp_plus(str(path), convert_inputs=lambda tid, inputs: [tuple(x) for x in inputs])  # a custom one
     assert ps[0].test == "assert add_nums(1, 2) == 3" and ps[0].plus_inputs == [(10**20, -3), (0, 0)]
     result = harness.score(ps, {"Mbpp/9": ["def add_nums(a, b):\n    return b + a\n",
                                            "def add_nums(a, b):\n    return a + b if a < 100 else 0\n"]}, k=(1, 2))

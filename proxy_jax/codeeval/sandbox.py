@@ -327,25 +327,35 @@ def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024,
     return Result("failed", f"{reason}: {output[-1000:].strip()}", output, wall_s)
 
 
-def iter_many(sources: Iterable[str], *, workers: int | None = None, **kwargs) -> Iterator[tuple[int, Result]]:
+def iter_many(sources: Iterable[str | tuple[str, float]], *, workers: int | None = None,
+              **kwargs) -> Iterator[tuple[int, Result]]:
     """Yield ``(index, Result)`` for every source as runs finish, ``workers`` processes at a time.
 
-    ``sources`` may be a lazy iterable: at most 2 x workers programs are held in memory at once.
+    ``sources`` may be a lazy iterable: at most 2 x workers programs are held in memory at once. An
+    item ``(source, timeout_s)`` runs under its own wall-clock limit instead of ``kwargs["timeout_s"]``.
     """
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise ValueError(f"workers={workers!r} must be at least 1.")
     _check_args(kwargs.get("timeout_s", 10.0), kwargs.get("memory_mb", 1024), kwargs.get("max_output_bytes", 1))
     pending = enumerate(sources)
+
+    def submit(pool, item):
+        if isinstance(item, tuple):
+            source, timeout_s = item
+            _check_args(timeout_s, kwargs.get("memory_mb", 1024), kwargs.get("max_output_bytes", 1))
+            return pool.submit(run_program, source, **{**kwargs, "timeout_s": timeout_s})
+        return pool.submit(run_program, item, **kwargs)
+
     # Threads suffice: each one only waits on its child process.
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        running = {pool.submit(run_program, s, **kwargs): i for i, s in itertools.islice(pending, 2 * workers)}
+        running = {submit(pool, s): i for i, s in itertools.islice(pending, 2 * workers)}
         while running:
             done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
                 i = running.pop(future)
                 for j, s in itertools.islice(pending, 1):
-                    running[pool.submit(run_program, s, **kwargs)] = j
+                    running[submit(pool, s)] = j
                 yield i, future.result()
 
 
