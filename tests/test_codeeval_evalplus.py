@@ -165,7 +165,7 @@ def test_time_limit_arithmetic():
     assert problems.plus_timeout_s(p, limits) == 8.0 + problems.PLUS_TIMEOUT_CAP_S + 2.0
     assert problems.plus_timeout_s(p, limits, base_only=True) == 8.0 + 2.0
     with pytest.raises(ValueError, match="3 time limits for 32 inputs"):
-        problems.plus_program(p, "", "", [1.0] * 3)
+        problems.plus_program(p, "", "in.pkl", "out.pkl", [1.0] * 3)
 
 
 def test_a_slow_input_fails_under_its_own_limit(tmp_path, monkeypatch):

@@ -5,9 +5,9 @@ the solution. Two ways to check a solution:
 - classic (HumanEval, sanitized MBPP): ``test_program`` = solution + ``test`` (HumanEval's ``check``
   function followed by ``check(entry_point)``, or MBPP's imports and asserts); it passes iff it runs.
 - plus (HumanEval+, MBPP+, as evalplus defines them): the canonical solution is run on every input in
-  ``base_inputs`` (+ ``plus_inputs``) inside the sandbox (``expected_program``; its last output line is
-  the outputs, pickled and base64-encoded, and the harness never unpickles them), then
-  ``plus_program`` calls the candidate on deep copies of the same inputs and compares each output with
+  ``base_inputs`` (+ ``plus_inputs``) inside the sandbox (``expected_program``; it writes the outputs
+  to a file, one pickle per call, which the harness keeps but never unpickles), then ``plus_program``
+  calls the candidate on deep copies of the same inputs and compares each output with
   ``outputs_match``: exact equality, except that float leaves compare with ``|a - b| <= atol`` (atol 0
   becomes 1e-6 when the expected value holds floats, as evalplus does) and lists/tuples compare
   elementwise (same container type and length). Tasks whose answers equality cannot judge get the
@@ -30,7 +30,6 @@ Stop strings (SPEC section 8) end a completion at the start of the next top-leve
 from __future__ import annotations
 
 import ast
-import base64
 import dataclasses
 import gzip
 import json
@@ -41,8 +40,8 @@ from typing import Any, Callable, Sequence
 from proxy_jax.codeeval import evalplus_format
 
 STOP_STRINGS = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif")
-EXPECTED_MARK = "@@codeeval-expected@@"
 TIMES_MARK = "@@codeeval-times@@"
+EXPECTED_FILE = "expected.pkl"
 MIN_TIME_LIMIT_S = 4.0  # per input, as evalplus
 TIME_LIMIT_FACTOR = 4.0  # x the canonical solution's time on that input
 PLUS_TIMEOUT_CAP_S = 60.0  # per input set (base, plus)
@@ -188,6 +187,11 @@ def __codeeval_has_float(x):
 
 def __codeeval_outputs_match(out, exp, atol):
     import math
+    try:  # plain equality first, at C speed (some outputs hold 10^8 leaves); it decides for most
+        if out == exp:
+            return True
+    except Exception:
+        pass
     tol = atol if atol else (1e-6 if __codeeval_has_float(exp) else 0.0)
 
     def same(a, b):
@@ -255,40 +259,57 @@ def _inputs(problem: Problem, base_only: bool) -> list:
     return list(problem.base_inputs) + ([] if base_only else list(problem.plus_inputs or []))
 
 
-def _b64(obj: Any) -> str:
-    return base64.b64encode(pickle.dumps(obj)).decode()
+def write_inputs(problem: Problem, path: str, *, base_only: bool = False) -> int:
+    """Writes the argument lists of ``problem`` to ``path``, one pickle per call; returns their count."""
+    inputs = _inputs(problem, base_only)
+    with open(path, "wb") as f:
+        for args in inputs:
+            pickle.dump(args, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(inputs)
 
 
-def expected_program(problem: Problem, *, base_only: bool = False) -> str:
-    """Runs the canonical solution on every input; prints EXPECTED_MARK + base64(pickle(outputs)) and
-    TIMES_MARK + the JSON list of seconds each input took. For the ``not_none`` oracle the outputs are
-    only "was not None" (the reference returns match objects, which do not pickle)."""
+# Programs read the inputs and the expected outputs one call at a time, so that one huge output (some
+# MBPP+ references return hundreds of MB) is never held twice.
+_STREAM_SRC = '''
+def __codeeval_stream(path):
+    import pickle
+    with open(path, "rb") as f:
+        while True:
+            try:
+                yield pickle.load(f)
+            except EOFError:
+                return
+'''
+
+
+def expected_program(problem: Problem, inputs_path: str) -> str:
+    """Runs the canonical solution on every input of ``inputs_path`` (``write_inputs``); writes the
+    outputs, one pickle per call, to ``EXPECTED_FILE`` in its directory (for the harness to keep) and
+    prints TIMES_MARK + the JSON list of seconds each call took. For the ``not_none`` oracle the outputs
+    are only "was not None" (the reference returns match objects, which do not pickle)."""
     not_none = problem.oracle == "not_none"
     return f"""{solution(problem, problem.canonical_solution)}
 
-import base64 as __b64, copy as __copy, json as __json, pickle as __pickle, time as __time
-__inputs = __pickle.loads(__b64.b64decode({_b64(_inputs(problem, base_only))!r}))
-__outputs, __times = [], []
-for __args in __inputs:
-    __args = __copy.deepcopy(__args)
-    __t0 = __time.perf_counter()
-    __out = {problem.entry_point}(*__args)
-    __times.append(__time.perf_counter() - __t0)
-    __outputs.append(__out is not None if {not_none!r} else __out)
-print("\\n{EXPECTED_MARK}" + __b64.b64encode(__pickle.dumps(__outputs)).decode())
-print("{TIMES_MARK}" + __json.dumps(__times))
+{_STREAM_SRC}
+import json as __json, pickle as __pickle, time as __time
+__times = []
+with open({EXPECTED_FILE!r}, "wb") as __f:
+    for __args in __codeeval_stream({inputs_path!r}):
+        __t0 = __time.perf_counter()
+        __out = {problem.entry_point}(*__args)
+        __times.append(__time.perf_counter() - __t0)
+        __pickle.dump(__out is not None if {not_none!r} else __out, __f, protocol=__pickle.HIGHEST_PROTOCOL)
+        del __out
+print("\\n{TIMES_MARK}" + __json.dumps(__times))
 """
 
 
-def parse_expected(output: str) -> tuple[str, list[float]]:
-    """The base64 blob (kept encoded: never unpickled here) and the per-input seconds of an
-    ``expected_program`` run's output."""
-    at, at_t = output.rfind(EXPECTED_MARK), output.rfind(TIMES_MARK)
-    if at < 0 or at_t < at:
-        raise ValueError("the canonical solution's run printed no expected outputs.")
-    blob = output[at + len(EXPECTED_MARK):].split("\n", 1)[0].strip()
-    times = json.loads(output[at_t + len(TIMES_MARK):].split("\n", 1)[0])
-    return blob, [float(t) for t in times]
+def parse_times(output: str) -> list[float]:
+    """The per-call seconds printed by an ``expected_program`` run."""
+    at = output.rfind(TIMES_MARK)
+    if at < 0:
+        raise ValueError("the canonical solution's run printed no timings.")
+    return [float(t) for t in json.loads(output[at + len(TIMES_MARK):].split("\n", 1)[0])]
 
 
 def time_limits(times: Sequence[float]) -> list[float]:
@@ -305,17 +326,19 @@ def plus_timeout_s(problem: Problem, limits: Sequence[float], *, base_only: bool
     return total + 2.0
 
 
-def plus_program(problem: Problem, completion: str, expected_b64: str, limits: Sequence[float], *,
-                 base_only: bool = False) -> str:
-    """The candidate on every input, each under its own time limit (``limits``, seconds), each output
-    checked against the canonical one by the problem's oracle (see the module docstring)."""
+def plus_program(problem: Problem, completion: str, inputs_path: str, expected_path: str,
+                 limits: Sequence[float], *, base_only: bool = False) -> str:
+    """The candidate on every input of ``inputs_path``, each under its own time limit (``limits``,
+    seconds), each output checked against the canonical one (``expected_path``, as ``expected_program``
+    wrote it) by the problem's oracle (see the module docstring)."""
     n = len(_inputs(problem, base_only))
     if len(limits) != n:
         raise ValueError(f"{problem.task_id}: {len(limits)} time limits for {n} inputs.")
     return f"""{solution(problem, completion)}
 
 {_COMPARE_SRC}
-import base64 as __b64, copy as __copy, pickle as __pickle, signal as __signal
+{_STREAM_SRC}
+import copy as __copy, signal as __signal
 
 
 class __CodeevalTimeout(BaseException):
@@ -326,19 +349,19 @@ def __codeeval_alarm(signum, frame):
     raise __CodeevalTimeout()
 
 
-__inputs = __pickle.loads(__b64.b64decode({_b64(_inputs(problem, base_only))!r}))
-__expected = __pickle.loads(__b64.b64decode({expected_b64!r}))
 __limits = {[float(t) for t in limits]!r}
-assert len(__inputs) == len(__expected) == len(__limits)
 __signal.signal(__signal.SIGALRM, __codeeval_alarm)
-for __i, (__args, __exp, __limit) in enumerate(zip(__inputs, __expected, __limits)):
-    __signal.setitimer(__signal.ITIMER_REAL, __limit)
+__i = -1
+for __i, (__args, __exp) in enumerate(zip(__codeeval_stream({inputs_path!r}), __codeeval_stream({expected_path!r}))):
+    __signal.setitimer(__signal.ITIMER_REAL, __limits[__i])
     try:
         __out = {problem.entry_point}(*__copy.deepcopy(__args))
     except __CodeevalTimeout:
-        raise AssertionError(f"input #{{__i}}: no answer within its {{__limit:g}} s limit") from None
+        raise AssertionError(f"input #{{__i}}: no answer within its {{__limits[__i]:g}} s limit") from None
     finally:
         __signal.setitimer(__signal.ITIMER_REAL, 0)
     if not __codeeval_check({problem.oracle!r}, __out, __exp, __args, {problem.atol!r}):
         raise AssertionError(f"input #{{__i}}: output {{__out!r:.200}} != expected {{__exp!r:.200}}")
+    del __out, __exp
+assert __i + 1 == len(__limits), "fewer expected outputs than inputs"
 """

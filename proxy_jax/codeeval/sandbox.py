@@ -257,9 +257,14 @@ def _check_args(timeout_s: float, memory_mb: int, max_output_bytes: int) -> None
 
 
 def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024,
-                max_output_bytes: int = 1 << 20) -> Result:
-    """Run ``source`` (a complete program) in a fresh isolated process; see the module docstring."""
+                max_output_bytes: int = 1 << 20, keep: Sequence[str] = (), keep_dir: str | None = None) -> Result:
+    """Run ``source`` (a complete program) in a fresh isolated process; see the module docstring.
+
+    ``keep``: names of regular files the program writes in its directory that are moved to ``keep_dir``
+    after the run (each is capped at ``max_output_bytes`` like the output; links are not followed)."""
     _check_args(timeout_s, memory_mb, max_output_bytes)
+    if keep and not (keep_dir and os.path.isdir(keep_dir)):
+        raise ValueError(f"keep_dir={keep_dir!r} must be an existing directory when keep={list(keep)!r} is given.")
     iso = isolation()
     uid = _UIDS.acquire() if iso["drop_uid"] else None
     root = tempfile.mkdtemp(prefix="codeeval-")  # 0700, harness-private: holds input and output files
@@ -311,6 +316,10 @@ def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024,
         size = os.path.getsize(out_path)
         with open(out_path, "rb") as f:
             output = f.read(max_output_bytes).decode("utf-8", "replace")
+        for name in keep:
+            kept = os.path.join(work, os.path.basename(name))
+            if os.path.isfile(kept) and not os.path.islink(kept):
+                os.replace(kept, os.path.join(keep_dir, os.path.basename(name)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
         if uid is not None:
@@ -327,12 +336,12 @@ def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024,
     return Result("failed", f"{reason}: {output[-1000:].strip()}", output, wall_s)
 
 
-def iter_many(sources: Iterable[str | tuple[str, float]], *, workers: int | None = None,
-              **kwargs) -> Iterator[tuple[int, Result]]:
+def iter_many(sources: Iterable[str | dict], *, workers: int | None = None, **kwargs) -> Iterator[tuple[int, Result]]:
     """Yield ``(index, Result)`` for every source as runs finish, ``workers`` processes at a time.
 
-    ``sources`` may be a lazy iterable: at most 2 x workers programs are held in memory at once. An
-    item ``(source, timeout_s)`` runs under its own wall-clock limit instead of ``kwargs["timeout_s"]``.
+    ``sources`` may be a lazy iterable: at most 2 x workers programs are held in memory at once. An item
+    is a program, or a dict of ``run_program`` arguments (``source`` and any of its own ``timeout_s``,
+    ``keep``, ``keep_dir``, ...) that take precedence over ``kwargs``.
     """
     workers = workers or os.cpu_count() or 1
     if workers < 1:
@@ -341,10 +350,9 @@ def iter_many(sources: Iterable[str | tuple[str, float]], *, workers: int | None
     pending = enumerate(sources)
 
     def submit(pool, item):
-        if isinstance(item, tuple):
-            source, timeout_s = item
-            _check_args(timeout_s, kwargs.get("memory_mb", 1024), kwargs.get("max_output_bytes", 1))
-            return pool.submit(run_program, source, **{**kwargs, "timeout_s": timeout_s})
+        if isinstance(item, dict):
+            own = dict(item)
+            return pool.submit(run_program, own.pop("source"), **{**kwargs, **own})
         return pool.submit(run_program, item, **kwargs)
 
     # Threads suffice: each one only waits on its child process.
