@@ -260,6 +260,7 @@ def test_byte_baseline_never_compresses(source):
     ("batch_size", 6, "batch_size=6 must be divisible by the 4 processes"),  # one device per process
     ("seq_len", 0, "seq_len=0"),
     ("num_workers", -1, "num_workers=-1"),
+    ("host_prefetch", -1, "host_prefetch=-1 must be a whole number >= 0"),
     ("source", "s3", "source='s3' is not one of"),
 ])
 def test_config_errors(field, value, needle):
