@@ -175,7 +175,8 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
     state, state_shardings = sharding.init_train_state(config, model, tx, mesh, jax.random.key(config.seed))
     train_step = step_lib.make_train_step(config, model, tx, mesh, state_shardings, true_vocab, lr_schedule)
     eval_step = step_lib.make_eval_step(config, model, mesh, state_shardings, true_vocab)
-    pipeline = pipeline_lib.make_pipeline(config, "train", proxy=proxy) if with_pipeline else None
+    pipeline = (pipeline_lib.make_pipeline(config, "train", proxy=proxy, host_prefetch=config.data.host_prefetch)
+                if with_pipeline else None)
     return Run(config, workdir, proxy, true_vocab, model, mesh, tx, lr_schedule, state, state_shardings,
                train_step, eval_step, pipeline)
 

@@ -122,23 +122,24 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
     data_iter = iter(run.pipeline)
     checkpointer = workdir_lib.checkpointer(workdir, c)
     checkpointer.remove_temporary()  # half-written steps of a killed run
-    try:  # the loop's own try closes the checkpointer from there on
+    bar = None
+    try:  # the loop's own try closes the checkpointer and the data iterator (its packing thread) from there on
         resumed = _resume(checkpointer, run, data_iter, restart_if_unreadable)
         start_step = resumed if resumed is not None else 0
+        data_iter.start_prefetch()  # data.host_prefetch: the first batches are packed while the rest is set up
         writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard)
         eval_docs = assemble.heldout_docs(c, c.train.eval_docs) if c.train.eval_every > 0 else []
+        flops_per_step = flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
+        peak = metrics_lib.peak_flops_per_device()
+        end_step = c.train.steps if stop_after is None else min(c.train.steps, start_step + stop_after)
+        if progress and jax.process_index() == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=c.train.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     except BaseException:
+        data_iter.close()
         checkpointer.close()
         raise
-    flops_per_step = flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
-    peak = metrics_lib.peak_flops_per_device()
-    end_step = c.train.steps if stop_after is None else min(c.train.steps, start_step + stop_after)
-
-    bar = None
-    if progress and jax.process_index() == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=c.train.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
     pending = None  # (step, device metrics, step_time, data_wait) of the step dispatched last
     last_saved = resumed  # the newest checkpoint on disk, always a finite state
@@ -186,7 +187,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
                     summary["preempted_at"] = step
                     break
                 t0 = time.perf_counter()
-                batch = next(data_iter)
+                batch = next(data_iter)  # packed in the background while the device ran the previous steps
                 data_wait = time.perf_counter() - t0
                 if int(batch["step"][0]) != step:
                     raise RuntimeError(f"The input pipeline produced the batch of step {int(batch['step'][0])} "
@@ -213,6 +214,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
                 save(final_step)
             checkpointer.wait()
         finally:
+            data_iter.close()  # stops the packing thread (data.host_prefetch) on every way out, SIGTERM included
             checkpointer.close()
             if bar is not None:
                 bar.close()

@@ -52,7 +52,7 @@ CONFIG_HISTORY = "config_history.jsonl"
 # prefetching. Every other key shapes the parameters, the optimiser state or the data order.
 RESUMABLE = ("train.", "mesh.", "opt.lr", "opt.warmup_steps", "opt.min_lr_ratio", "opt.b1", "opt.b2",
              "opt.eps", "opt.weight_decay", "opt.clip_norm", "opt.grad_accum_steps", "model.attention",
-             "model.remat_policy", "data.prefetch")
+             "model.remat_policy", "data.prefetch", "data.host_prefetch")
 
 
 class WorkdirLockedError(RuntimeError):

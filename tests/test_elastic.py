@@ -32,10 +32,11 @@ def source():
     return corpus.load_split(_config().data, "train")
 
 
-def _hosts(config, source, count, docs=None):
+def _hosts(config, source, count, docs=None, host_prefetch=0):
     hook = None if docs is None else (lambda **d: docs.append((d["index"], d["epoch"], d["step"], d["layout"])))
     return [iter(pipeline.make_pipeline(config, proxy=GzipProxy(), source=source, process_index=p,
-                                        process_count=count, on_document=hook)) for p in range(count)]
+                                        process_count=count, on_document=hook, host_prefetch=host_prefetch))
+            for p in range(count)]
 
 
 def _global(iters, n):
@@ -75,19 +76,24 @@ def test_global_batches_and_draws_do_not_depend_on_the_process_count(source):
         assert docs and all(i % 4 == p for i in docs)
 
 
-@pytest.mark.parametrize("before,after", [(2, 1), (1, 2), (4, 2)])
-def test_resume_on_another_process_count_continues_exactly(source, tmp_path, before, after):
+@pytest.mark.parametrize("before,after,prefetch", [(2, 1, (0, 0)), (1, 2, (0, 0)), (4, 2, (0, 0)),
+                                                    (2, 1, (3, 0)), (1, 4, (2, 1))])
+def test_resume_on_another_process_count_continues_exactly(source, tmp_path, before, after, prefetch):
+    """``prefetch``: data.host_prefetch before and after (packing runs ahead; the files hold the batches taken)."""
     c = _config()
     ref = _global(_hosts(c, source, 1), 9)
-    first = _hosts(c, source, before)
+    first = _hosts(c, source, before, host_prefetch=prefetch[0])
     _assert_same(_global(first, 4), ref[:4])
     for it in first:  # each process writes its own shards' files into the shared item directory
         elastic.write_states(tmp_path, it)
+        it.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"shard-0000{v}-of-00004.json" for v in range(4)]
-    resumed = _hosts(c, source, after)
+    resumed = _hosts(c, source, after, host_prefetch=prefetch[1])
     for p, it in enumerate(resumed):
         elastic.read_states(tmp_path, it, p, after)
     _assert_same(_global(resumed, 5), ref[4:])
+    for it in resumed:
+        it.close()
 
 
 def test_resumes_that_cannot_be_honoured_stop_with_one_sentence(source, tmp_path):

@@ -1,6 +1,8 @@
 """make_pipeline end to end on the standard library's .py files: determinism, resume, workers, hosts."""
 
 import json
+import threading
+import time
 
 import grain
 import numpy as np
@@ -129,6 +131,80 @@ def test_workers_give_identical_batches_and_resume(source):
     _assert_same(_take(plain, 2), ref[4:6])
 
 
+def _packing_threads() -> set:
+    return {t for t in threading.enumerate() if t.name.startswith("grain-thread-prefetch")}
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_host_prefetch_gives_the_same_batches_and_saves_the_consumed_position(source, depth):
+    """The packing thread runs ``depth`` batches ahead, yet the state is the position after the batches
+    the caller took: it equals the in-thread pipeline's state and resumes (with any depth) exactly."""
+    c = _config(virtual_shards=2)  # two shards: the joined rows of both are packed in the thread
+    drawn_plain = []
+    plain = iter(_pipe(c, source, on_document=lambda **d: drawn_plain.append(d)))
+    ref, drawn_after = [], []  # documents drawn once batch k was packed
+    for _ in range(12):
+        ref.append(next(plain))
+        drawn_after.append(len(drawn_plain))
+    before = _packing_threads()
+    drawn = []
+    it = iter(_pipe(c, source, host_prefetch=depth, on_document=lambda **d: drawn.append(d)))
+    _assert_same(_take(it, 5), ref[:5])
+    deadline = time.monotonic() + 60
+    while len(drawn) < drawn_after[4 + depth] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the thread fills its queue: batches 5 .. 4 + depth are packed, not taken
+    assert len(drawn) >= drawn_after[4 + depth] > drawn_after[4]
+    state = it.get_state()
+    expected = iter(_pipe(c, source))
+    _take(expected, 5)
+    assert state == expected.get_state()
+    assert drawn[: len(drawn_plain)] == drawn_plain[: len(drawn)]  # same documents, same draws, same order
+    # The saved position resumes exactly, with the same depth, another one, or none.
+    for resumed_depth in (depth, 3, 0):
+        fresh = iter(_pipe(c, source, host_prefetch=resumed_depth))
+        fresh.set_state(json.loads(json.dumps(state)))
+        _assert_same(_take(fresh, 7), ref[5:])
+        fresh.close()
+    _assert_same(_take(it, 7), ref[5:])  # and the prefetching iterator itself goes on where it was
+    assert _packing_threads() - before
+    it.close()
+    assert not _packing_threads() - before, "close() must stop the packing thread"
+
+
+class _Failing(_First):
+    """A source whose document ``bad`` cannot be read."""
+
+    def __init__(self, source, n, bad):
+        super().__init__(source, n)
+        self.bad = bad
+
+    def __getitem__(self, i):
+        if i == self.bad:
+            raise OSError(f"cannot read document {i}")
+        return self.source[i]
+
+
+def test_host_prefetch_raises_a_packing_error_at_the_same_batch(source):
+    c = _config(shuffle=False)
+    bad = _Failing(source, 400, bad=60)
+
+    def batches_before_error(depth):
+        it = iter(_pipe(c, bad, host_prefetch=depth))
+        taken = 0
+        with pytest.raises(OSError, match="cannot read document 60"):
+            while True:
+                next(it)
+                taken += 1
+        it.close()
+        return taken
+
+    before = _packing_threads()
+    plain = batches_before_error(0)
+    assert plain > 0
+    assert batches_before_error(2) == plain
+    assert not _packing_threads() - before
+
+
 def test_host_slices_are_disjoint_and_cover_all_documents(source):
     c = _config(batch_size=8, num_epochs=1)
     source = _First(source, 301)
@@ -184,6 +260,7 @@ def test_byte_baseline_never_compresses(source):
     ("batch_size", 6, "batch_size=6 must be divisible by the 4 processes"),  # one device per process
     ("seq_len", 0, "seq_len=0"),
     ("num_workers", -1, "num_workers=-1"),
+    ("host_prefetch", -1, "host_prefetch=-1 must be a whole number >= 0"),
     ("source", "s3", "source='s3' is not one of"),
 ])
 def test_config_errors(field, value, needle):

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -45,21 +46,31 @@ def losses_by_step(workdir):
     return out
 
 
+def packing_threads():
+    """Live threads of data.host_prefetch (Grain names its prefetch threads so)."""
+    return [t for t in threading.enumerate() if t.name.startswith("grain-thread-prefetch")]
+
+
 def test_resume_after_kill_gives_identical_losses(tmp_path):
+    """Also across data.host_prefetch: the reference packs 2 batches ahead (the default), the broken run
+    packs 3 ahead when it saves, and the resumed run packs in the loop; every step's loss agrees."""
     full = str(tmp_path / "full")
+    assert tiny_config().data.host_prefetch == 2
     train.train(tiny_config(), full, progress=False)
     reference = losses_by_step(full)
     assert sorted(reference) == list(range(8))
+    assert not packing_threads()
 
     broken = str(tmp_path / "broken")
-    train.train(tiny_config(), broken, progress=False, stop_after=6)
+    train.train(tiny_config(**{"data.host_prefetch": 3}), broken, progress=False, stop_after=6)
     # A kill after step 6 leaves the step-4 checkpoint as the newest complete one.
     shutil.rmtree(os.path.join(broken, "checkpoints", "6"))
-    summary = train.train(tiny_config(), broken, progress=False)
+    summary = train.train(tiny_config(**{"data.host_prefetch": 0}), broken, progress=False)
     assert summary["start_step"] == 4 and summary["final_step"] == 8
     resumed = losses_by_step(broken)
     np.testing.assert_allclose([resumed[s] for s in range(8)], [reference[s] for s in range(8)], rtol=1e-6)
     assert reference[7] < reference[0]
+    assert not packing_threads()
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
@@ -80,6 +91,7 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path):
                             "train.steps": 40, "train.checkpoint_every": 1})
     with pytest.raises(train.NonFiniteLossError, match="Loss became"):
         train.train(config, wd, progress=False)
+    assert not packing_threads(), "an error in the loop must stop the packing thread"
     steps = [int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit()]
     assert steps, "at least one good checkpoint was expected before the blow-up"
 

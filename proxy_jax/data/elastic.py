@@ -18,6 +18,7 @@ one sentence.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -52,31 +53,34 @@ def owned_shards(num_shards: int, process_index: int, process_count: int) -> ran
 
 
 class VirtualShardsDataset(grain.IterDataset):
-    """This process's shards: ``shards`` maps shard index -> its ``PackedBatchDataset`` (ascending)."""
+    """This process's shards: ``shards`` maps shard index -> its ``PackedBatchDataset`` (ascending).
 
-    def __init__(self, shards: dict[int, grain.IterDataset], num_shards: int):
+    ``host_prefetch`` > 0 packs that many batches ahead in a background thread (see
+    :class:`VirtualShardsIterator`); the batches and the saved states are the same for every depth.
+    """
+
+    def __init__(self, shards: dict[int, grain.IterDataset], num_shards: int, host_prefetch: int = 0):
         super().__init__(list(shards.values()))
+        if host_prefetch < 0:
+            raise ValueError(f"host_prefetch={host_prefetch} must be >= 0 (0 = pack in the calling thread).")
         self._shards = dict(sorted(shards.items()))
         self.num_shards = int(num_shards)
+        self.host_prefetch = int(host_prefetch)
 
     def __iter__(self) -> "VirtualShardsIterator":
-        return VirtualShardsIterator({v: iter(ds) for v, ds in self._shards.items()}, self.num_shards)
+        return VirtualShardsIterator({v: iter(ds) for v, ds in self._shards.items()}, self.num_shards,
+                                     self.host_prefetch)
 
     def __str__(self) -> str:
         return f"VirtualShardsDataset(shards={list(self._shards)} of {self.num_shards})"
 
 
-class VirtualShardsIterator(grain.DatasetIterator):
-    """Batches of the owned shards, rows concatenated in shard order; state keyed by shard."""
+class _JoinedShards(grain.DatasetIterator):
+    """Batches of the owned shards, rows concatenated in shard order; state = {shard: its state}."""
 
-    def __init__(self, iterators: dict[int, grain.DatasetIterator], num_shards: int):
+    def __init__(self, iterators: dict[int, grain.DatasetIterator]):
         super().__init__(list(iterators.values()))
         self._iterators = iterators
-        self.num_shards = num_shards
-
-    @property
-    def shards(self) -> list[int]:
-        return list(self._iterators)
 
     def __next__(self) -> dict[str, np.ndarray]:
         parts = [next(it) for it in self._iterators.values()]
@@ -85,8 +89,52 @@ class VirtualShardsIterator(grain.DatasetIterator):
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def get_state(self) -> dict[str, Any]:
+        return {str(v): it.get_state() for v, it in self._iterators.items()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for v, it in self._iterators.items():
+            it.set_state(state[str(v)])
+
+
+class _PackAhead(grain.experimental.ThreadPrefetchDatasetIterator):
+    """Grain's thread prefetch, closed once: its own ``close`` runs again from ``__del__`` and fails when
+    that happens at interpreter exit."""
+
+    def close(self) -> None:
+        if not self._closed:
+            super().close()
+
+
+class VirtualShardsIterator(grain.DatasetIterator):
+    """Batches of the owned shards, rows concatenated in shard order; state keyed by shard.
+
+    With ``host_prefetch`` = n > 0, Grain's ``ThreadPrefetchDatasetIterator`` packs up to n batches ahead
+    in one background thread (plus the one it is packing), so the caller's ``next`` finds them ready. That
+    iterator records the state after each batch it packs and hands it out with that batch, so
+    ``get_state`` is always the position after the last batch returned by ``next``, never the packer's:
+    a checkpoint resumes at the first batch the caller has not taken, for any n. The thread stops on
+    ``set_state`` and on ``close`` (call it; it is also a daemon thread, which cannot keep the process
+    alive); an error in it is raised by the ``next`` that would have returned its batch.
+    """
+
+    def __init__(self, iterators: dict[int, grain.DatasetIterator], num_shards: int, host_prefetch: int = 0):
+        joined = _JoinedShards(iterators)
+        if host_prefetch > 0:
+            joined = _PackAhead(joined, int(host_prefetch))
+        super().__init__(joined)
+        self._shards = list(iterators)
+        self.num_shards = num_shards
+
+    @property
+    def shards(self) -> list[int]:
+        return list(self._shards)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
         return {"version": _STATE_VERSION, "virtual_shards": self.num_shards,
-                "shards": {str(v): it.get_state() for v, it in self._iterators.items()}}
+                "shards": copy.deepcopy(self._parent.get_state())}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores the owned shards from ``state``, which may hold other shards too (other processes')."""
@@ -98,17 +146,10 @@ class VirtualShardsIterator(grain.DatasetIterator):
             raise DataLayoutError(
                 f"The checkpoint's data stream has {saved} virtual shards but this run has {self.num_shards}; "
                 f"set --config.data.virtual_shards={saved} (a multiple of the process count) to continue it.")
-        missing = [v for v in self._iterators if str(v) not in state["shards"]]
+        missing = [v for v in self._shards if str(v) not in state["shards"]]
         if missing:
             raise DataLayoutError(f"The checkpoint holds no state for virtual data shards {missing}; it is incomplete.")
-        for v, it in self._iterators.items():
-            it.set_state(state["shards"][str(v)])
-
-    def close(self) -> None:
-        for it in self._iterators.values():
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
+        self._parent.set_state({str(v): state["shards"][str(v)] for v in self._shards})
 
     def __str__(self) -> str:
         return f"VirtualShardsIterator(shards={self.shards} of {self.num_shards})"

@@ -7,6 +7,7 @@
         PackedBatchDataset                                       mixing + packing, in the main process
           (reads the above via .to_iter_dataset() [.mp_prefetch(workers)]: the per-document stage)
     VirtualShardsDataset                                         the shards' rows, in shard order
+      [host_prefetch batches packed ahead in a thread]           (the training loop's: data.host_prefetch)
 
 Mixing and packing run after the worker processes, in one sequential stage, so that every document
 draws with the rate and mode of the optimiser step whose batch holds its first token, and so that the
@@ -97,7 +98,8 @@ def document_stage(config: ml_collections.ConfigDict, source: Any, proxy: Any, *
 
 def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, proxy=None,
                   process_index: int | None = None, process_count: int | None = None, source=None,
-                  start_step: int = 0, on_document: Callable[..., None] | None = None) -> grain.IterDataset:
+                  start_step: int = 0, on_document: Callable[..., None] | None = None,
+                  host_prefetch: int = 0) -> grain.IterDataset:
     """The batches of ``split`` for this host, as a ``grain.IterDataset`` (see the module docstring).
 
     Args:
@@ -108,7 +110,11 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
       process_index, process_count: this host and the number of hosts (default: from JAX).
       source: a document source to use instead of ``corpus.load_split(config.data, split)``.
       start_step: the first batch is this step's (re-reads earlier documents; prefer restoring state).
-      on_document: debug hook, called once per document with its draw (see ``PackedBatchDataset``).
+      on_document: debug hook, called once per document with its draw (see ``PackedBatchDataset``); with
+        ``host_prefetch`` it is called from the packing thread, ahead of the batches returned.
+      host_prefetch: batches packed ahead in a background thread (``elastic.VirtualShardsIterator``; the
+        training loop passes ``config.data.host_prefetch``); 0 packs inside ``next``. Batches and iterator
+        states are the same for every value; close the iterator to stop the thread.
     """
     process_index = jax.process_index() if process_index is None else int(process_index)
     process_count = jax.process_count() if process_count is None else int(process_count)
@@ -144,4 +150,4 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
             worker_buffer_size=max(1, int(config.data.prefetch)) * _DOCS_PER_PREFETCH,
             on_document=on_document,
         )
-    return elastic.VirtualShardsDataset(shards, num_shards)
+    return elastic.VirtualShardsDataset(shards, num_shards, host_prefetch=host_prefetch)
