@@ -142,12 +142,19 @@ class Run:
         return metrics_lib.to_python(out)
 
     def bpb(self, docs: list[bytes], *, window: int | None = None, progress: bool = True) -> dict[str, float]:
-        """Raw-byte bits per byte of ``docs`` under the current parameters (head 0 only, so rows carry one
-        token beyond the window)."""
+        """Bits per raw byte of ``docs`` under the current parameters, the documents written as the run
+        was trained (``config.text_layout``; the tokenizer baseline scores its symbols per byte of text);
+        head 0 only, so rows carry one token beyond the window."""
         window = window or int(self.config.train.eval_window)
+        layout = config_lib.text_layout(self.config)
+        encode = None
+        if layout == "compressed":  # the tokenizer baseline: its symbols' bits per byte of the same text
+            if self.proxy is None:
+                self.proxy = make_proxy(self.config, self.workdir)
+            encode = self.proxy.encode
         return bpb.raw_bpb(self.host_eval, docs, window=window, extra=1,
                            batch_size=int(self.config.train.eval_batch_size),
-                           progress=progress and jax.process_index() == 0)
+                           progress=progress and jax.process_index() == 0, layout=layout, encode=encode)
 
     def sample(self, prompts: list[bytes], max_new_bytes: int, **kwargs) -> list[bytes]:
         """Bytes generated after each raw prompt (``proxy_jax.generate.generate``)."""

@@ -249,7 +249,8 @@ def make_eval_step(config: ml_collections.ConfigDict, model, mesh, state_shardin
     Only main head 0 is used. Every row is read as one window: inputs ``tokens[:, :-1]``, targets
     ``tokens[:, 1:]`` (so a window of W predictions needs rows of W + 1 tokens); pad targets and
     padding inputs are skipped. Returns ``sum_nll_raw`` (nats over raw-byte targets 64..319),
-    ``raw_count``, and the same over all targets as ``sum_nll`` / ``count``.
+    ``raw_count``, the same over compressed-symbol targets (>= 320) as ``sum_nll_comp`` /
+    ``comp_count``, and over all targets as ``sum_nll`` / ``count``.
     """
     vocab_size = int(vocab_size or model.args.vocab_size)
     rules = sharding_lib.logical_rules(config)
@@ -264,9 +265,12 @@ def make_eval_step(config: ml_collections.ConfigDict, model, mesh, state_shardin
         active = (targets_BxL != vocab.PAD) & (targets_BxL < vocab_size) & (segment_ids_BxT[:, :-1] != 0)
         nll_BxL = _cross_entropy(logits, jnp.where(active, targets_BxL, 0))
         raw = active & vocab.is_raw_byte(targets_BxL)
+        comp = active & vocab.is_comp(targets_BxL)
         return {
             "sum_nll_raw": jnp.where(raw, nll_BxL, 0.0).sum(),
             "raw_count": raw.sum(),
+            "sum_nll_comp": jnp.where(comp, nll_BxL, 0.0).sum(),
+            "comp_count": comp.sum(),
             "sum_nll": jnp.where(active, nll_BxL, 0.0).sum(),
             "count": active.sum(),
         }

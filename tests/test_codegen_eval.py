@@ -7,6 +7,7 @@ agreement between decoding paths), not quality. The canonical solutions give the
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -253,3 +254,21 @@ def test_oracle_translation_on_a_proxy_run(proxy_tokens_run, tmp_path):
     for record in read_jsonl(out):
         ids = np.asarray(record["outputs"][0])
         assert (ids >= vocab.BYTE_OFFSET).all()  # raw bytes or compressed symbols, never a sentinel
+
+
+def test_token_baseline_scores_bits_per_byte_of_its_text(tokens_run, bytes_run):
+    """The tokenizer baseline is scored as it was trained (1 tokens 2), in bits per raw byte of the text."""
+    from proxy_jax.evaluation import score
+
+    from proxy_jax import assemble, workdir as workdir_lib
+
+    tok, byt = score.evaluate_workdir(tokens_run), score.evaluate_workdir(bytes_run)
+    config = workdir_lib.load_config(tokens_run)
+    docs = assemble.heldout_docs(config, 0)
+    proxy = assemble.make_proxy(config, tokens_run)
+    # Every token of every held-out document is scored once, and divided by the documents' bytes.
+    assert tok["symbols"] == sum(len(proxy.encode(d)) for d in docs) < tok["raw_bytes"]
+    assert tok["raw_bytes"] == byt["raw_bytes"] == sum(len(d) for d in docs) > 0
+    # 3 steps leave the model near uniform over its logical vocabulary for each token.
+    uniform = math.log2(320 + 512) * tok["symbols"] / tok["raw_bytes"]
+    assert 0.9 * uniform < tok["raw_bpb"] < 1.1 * uniform

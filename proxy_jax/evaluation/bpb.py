@@ -1,10 +1,16 @@
 """Raw-byte evaluation and the classical compressors beside it.
 
-Bits per byte on RAW bytes only: each held-out document is ``1 12 bytes 13 2``; the documents are
-concatenated and cut into windows of ``window`` tokens with stride ``window`` (attention stays inside each
-document); only targets that are raw bytes (ids 64..319) count, scored by the first head:
+Bits per byte of held-out text, each document written the way the run was trained to read documents
+(``config.text_layout``): ``1 12 bytes 13 2`` (runs with sentinels), ``1 bytes 2`` (the byte baseline)
+or ``1 symbols 2`` (the tokenizer baseline, ``encode`` = its proxy). The documents are concatenated
+and cut into windows of ``window`` tokens with stride ``window`` (attention stays inside each
+document); the targets that carry the text count, scored by the first head: raw bytes (ids 64..319),
+or for the tokenizer baseline its symbols (ids >= 320; sentinels and EOS never count):
 
-    BPB = (sum of their cross-entropies in nats) / (ln 2 x number of raw bytes).
+    BPB = (sum of their cross-entropies in nats) / (ln 2 x number of raw bytes of the documents).
+
+For the tokenizer baseline this is the usual cross-tokenizer comparison: the bits its token
+predictions spend per byte of the same text.
 
 For scale the same documents are compressed one by one with gzip -9 and xz -9e (raw DEFLATE / LZMA2
 streams, so no container header is charged), and their sizes reported in bits per byte.
@@ -27,16 +33,31 @@ from proxy_jax import vocab
 
 def raw_document_ids(doc: bytes) -> np.ndarray:
     """``1 12 bytes 13 2`` for one held-out document."""
-    body = vocab.encode_raw(doc)
-    out = np.empty(body.size + 4, dtype=vocab.ID_DTYPE)
-    out[:2] = (vocab.BOS, vocab.RAW_OPEN)
-    out[2:-2] = body
-    out[-2:] = (vocab.RAW_CLOSE, vocab.EOS)
-    return out
+    return document_ids(doc, "sentinel")
 
 
-def eval_rows(docs: Iterable[bytes], window: int, extra: int) -> Iterator[dict[str, np.ndarray]]:
-    """Rows of ``window + extra`` tokens, stride ``window``, over the concatenated raw documents.
+def document_ids(doc: bytes, layout: str, encode: Callable[[bytes], np.ndarray] | None = None) -> np.ndarray:
+    """One held-out document in ``layout`` (see the module docstring); ``encode``: the proxy's, for
+    ``compressed``."""
+    if layout == "compressed":
+        if encode is None:
+            raise ValueError("layout 'compressed' needs the run's proxy encode function.")
+        body, head, tail = np.asarray(encode(doc), vocab.ID_DTYPE), (vocab.BOS,), (vocab.EOS,)
+        if body.size and int(body.min()) < vocab.COMP_OFFSET:
+            raise ValueError(f"encode gave id {int(body.min())} < {vocab.COMP_OFFSET}: not a compressed symbol id.")
+    elif layout == "plain":
+        body, head, tail = vocab.encode_raw(doc), (vocab.BOS,), (vocab.EOS,)
+    elif layout == "sentinel":
+        body, head, tail = vocab.encode_raw(doc), (vocab.BOS, vocab.RAW_OPEN), (vocab.RAW_CLOSE, vocab.EOS)
+    else:
+        raise ValueError(f"layout={layout!r} must be one of 'sentinel', 'plain', 'compressed'.")
+    return np.concatenate([np.asarray(head, vocab.ID_DTYPE), np.asarray(body, vocab.ID_DTYPE),
+                           np.asarray(tail, vocab.ID_DTYPE)])
+
+
+def eval_rows(docs: Iterable[bytes], window: int, extra: int, layout: str = "sentinel",
+              encode: Callable[[bytes], np.ndarray] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Rows of ``window + extra`` tokens, stride ``window``, over the concatenated documents (``layout``).
 
     Yields dicts with "tokens", "segment_ids" and "positions" (int32 [window + extra]). The tail is padded
     with id 0 / segment 0, which is never a target. ``extra`` is the number of future tokens the model
@@ -44,7 +65,7 @@ def eval_rows(docs: Iterable[bytes], window: int, extra: int) -> Iterator[dict[s
     """
     stream, segs, pos = [], [], []
     for doc in docs:
-        ids = raw_document_ids(doc)
+        ids = document_ids(doc, layout, encode)
         stream.append(ids)
         pos.append(np.arange(ids.size, dtype=np.int32))
         segs.append(np.full(ids.size, len(segs) + 1, dtype=np.int64))
@@ -89,27 +110,43 @@ def raw_bpb(
     extra: int,
     batch_size: int,
     progress: bool = False,
+    layout: str = "sentinel",
+    encode: Callable[[bytes], np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Raw-byte bits per byte of ``docs``; ``eval_step(batch) -> {"sum_nll_raw", "raw_count"}`` (host floats)."""
+    """Bits per raw byte of ``docs`` (see the module docstring); ``eval_step(batch)`` returns host floats
+    ``sum_nll_raw``/``raw_count`` (and ``sum_nll_comp``/``comp_count`` for the compressed layout)."""
     if not docs:
         raise ValueError("There are no documents to score: bits per byte of zero bytes is undefined.")
+    if layout == "compressed":
+        if encode is None:
+            raise ValueError("layout 'compressed' needs the run's proxy encode function.")
+        docs_ids = [np.asarray(encode(d), vocab.ID_DTYPE) for d in docs]
+        cache = iter(docs_ids)
+        encode_once = lambda _doc: next(cache)  # noqa: E731 - each document is encoded once, here
+        nll_key, count_key, expected = "sum_nll_comp", "comp_count", sum(d.size for d in docs_ids)
+    else:
+        encode_once, nll_key, count_key, expected = None, "sum_nll_raw", "raw_count", sum(len(d) for d in docs)
     total_nll, total_count = 0.0, 0.0
-    batches = batched(eval_rows(docs, window, extra), batch_size)
+    batches = batched(eval_rows(docs, window, extra, layout, encode_once), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        tokens = sum(len(d) + 4 for d in docs)
+        tokens = expected + 4 * len(docs)
         batches = tqdm(batches, total=-(-max(tokens - 1, 0) // (window * batch_size)), desc="eval", unit="batch",
                        leave=False, dynamic_ncols=True)
     for batch in batches:
         out = eval_step(batch)
-        total_nll += float(out["sum_nll_raw"])
-        total_count += float(out["raw_count"])
-    expected = sum(len(d) for d in docs)
+        total_nll += float(out[nll_key])
+        total_count += float(out[count_key])
     if int(round(total_count)) != expected:
-        raise RuntimeError(f"Evaluation scored {total_count:.0f} raw bytes but the documents hold {expected}.")
-    bpb = total_nll / (math.log(2) * max(total_count, 1.0))
-    return {"raw_bpb": bpb, "raw_bytes": float(total_count), "docs": float(len(docs))}
+        what = "symbols" if layout == "compressed" else "raw bytes"
+        raise RuntimeError(f"Evaluation scored {total_count:.0f} {what} but the documents hold {expected}.")
+    raw_bytes = float(sum(len(d) for d in docs))
+    bpb = total_nll / (math.log(2) * max(raw_bytes, 1.0))
+    result = {"raw_bpb": bpb, "raw_bytes": raw_bytes, "docs": float(len(docs))}
+    if layout == "compressed":
+        result["symbols"] = float(total_count)
+    return result
 
 
 def compressor_bpb(docs: list[bytes]) -> dict[str, float]:

@@ -34,17 +34,15 @@ import ml_collections
 import numpy as np
 
 from proxy_jax import assemble, generate, sharding, speculative, vocab
+from proxy_jax import config as config_lib
 from proxy_jax.evaluation import translation
 
 KINDS = ("bytes", "bytes_plain", "tokens")
 
 
 def run_kind(config: ml_collections.ConfigDict) -> str:
-    """How a run reads prompts (see the module table)."""
-    m = config.mix
-    if {m.mode_warmup, m.mode_steady, m.mode_final} != {"vanilla"}:
-        return "bytes"
-    return "tokens" if float(m.rate_final) >= 1.0 else "bytes_plain"
+    """How a run reads prompts (see the module table; ``config.text_layout`` decides)."""
+    return {"sentinel": "bytes", "plain": "bytes_plain", "compressed": "tokens"}[config_lib.text_layout(config)]
 
 
 @dataclasses.dataclass
