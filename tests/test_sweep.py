@@ -208,3 +208,21 @@ def test_raw_bytes_table_pairs_runs_with_their_bytes_run_and_control():
     by_run = {line.split(" | ")[0][2:]: line.split(" | ") for line in rows if line.startswith("| ") and "-a" in line}
     assert by_run["proxy_tokens-a"][5:7] == ["+0.5000", "+0.2500 |"]  # vs bytes, vs its own control
     assert by_run["proxy_gzip-a"][5:7] == ["+1.0000", "- |"]  # the tokens control is not gzip's
+
+
+@pytest.mark.parametrize("preset", ["configs/sweeps/cpu.py", "configs/sweeps/cpu.py:quick", "configs/sweeps/gpu.py"])
+def test_shipped_sweeps_expand_to_unique_runs_with_matched_compute(preset, tmp_path):
+    """Every run of a shipped preset has its own name, and runs at one budget spend equal FLOPs."""
+    sweep = sweep_lib.load_sweep(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), preset))
+    specs = sweep_lib.runs(sweep)
+    assert len({s.name for s in specs}) == len(specs) > 0
+    if preset == "configs/sweeps/cpu.py" and "proxy_neural" in sweep["skip"]:  # 4 methods x 3 sizes x 3 budgets, d64 at 2 more, 4 ablations
+        assert len(specs) == 36 + 8 + 4
+    for spec in specs:
+        if sweep["methods"][spec.method].get("control_of"):
+            continue  # its steps follow from its proxy run's batches (test_control_* above)
+        c = sweep_lib.run_config(sweep, spec, str(tmp_path))
+        flops = compute.training_flops(sweep_lib.model_args(c), c.data.seq_len, c.data.batch_size, c.train.steps)
+        # within 1%, or within half a step for the few runs of under 50 steps (the CPU grid's largest model
+        # at its smallest budgets: 25-32 steps); the fits use the FLOPs actually spent
+        assert abs(flops / spec.budget_flops - 1) <= max(0.01, 0.5 / c.train.steps), (spec.name, c.train.steps)

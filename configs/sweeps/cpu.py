@@ -1,5 +1,5 @@
-"""CPU sweep: 3 tiny sizes x 3 budgets for bytes / tokens / proxy_tokens / proxy_gzip, plus the transfer
-control and the pairing and peak-rate ablations at the smallest size.
+"""CPU sweep: 3 tiny sizes x 3 budgets for bytes / tokens / proxy_tokens / proxy_gzip (and d64 at two
+more budgets), plus the transfer control and the pairing and peak-rate ablations at the smallest size.
 
     python launch/sweep.py run --sweep=configs/sweeps/cpu.py --root=/tmp/sweep_cpu
     python launch/sweep.py run --sweep=configs/sweeps/cpu.py:quick --root=/tmp/sweep_cpu_quick
@@ -23,6 +23,7 @@ SIZES = {  # 2 layers each; ~0.1M, 0.25M, 0.5M matmul parameters without the out
     "d128": dict(d_model=128, d_ff=512, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=32),
 }
 BUDGETS = (2.5e11, 5e11, 1e12)  # training FLOPs: 110-430 steps of d64, 30-130 of d128
+EXTRA_BUDGETS = (1.25e11, 2e12)  # d64 only (the best size at every budget of the first record)
 
 
 def get_config(preset: str = ""):
@@ -45,6 +46,8 @@ def get_config(preset: str = ""):
         "evals": 2,
         "grids": [
             {"methods": main, "sizes": sizes, "budgets": budgets, "seeds": [0]},
+            # the smallest size at two more budgets, so that each L(C) fit has 5 points, not 3
+            *([] if quick else [{"methods": main, "sizes": sizes[:1], "budgets": EXTRA_BUDGETS, "seeds": [0]}]),
             # quick: at the smallest budget, so that they come right after the main grid's first budget
             {"methods": ablations, "sizes": sizes[:1], "budgets": budgets[:1] if quick else budgets[1:2],
              "seeds": [0]},
