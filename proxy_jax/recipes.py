@@ -67,9 +67,10 @@ GPU_SETTINGS = {
 GPU_LOSS_CHUNK = 2048  # positions per chunk of the output heads + cross-entropy (config.model.loss_chunk)
 
 # TPU meshes (data, fsdp, tensor) for the paper-scale presets at seq_len 16,384 and 128 rows per step on
-# 64 chips (v5p:4x4x4 or v6e:8x8), splash attention, remat "full": pure FSDP. The per-chip memory and
-# compile results behind this table (and which sizes were not compiled) are in BENCHMARKS.md
-# ("Ahead-of-time compile for TPU"); reproduce with launch/aot_compile.py.
+# 64 chips (v5p:4x4x4 or v6e:8x8), splash attention, remat "full": pure FSDP. Compiled ahead of time for
+# every size on both topologies (BENCHMARKS.md, "Ahead-of-time compile for TPU"): all fit v5p (at most
+# 38.3 GiB of 88.5 per chip); on v6e (29.8 GiB) up to 7B fit, and 14B fits at 64 rows per step (one row
+# per chip: 22.0 GiB), so give it a 128-chip slice or gradient accumulation for the paper's 128 rows.
 TPU_MESH = {"0.5b": (1, 64, 1), "1.5b": (1, 64, 1), "4b": (1, 64, 1), "7b": (1, 64, 1), "14b": (1, 64, 1)}
 
 
