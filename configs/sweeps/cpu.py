@@ -5,9 +5,9 @@ more budgets), plus the transfer control and the pairing and peak-rate ablations
     python launch/sweep.py run --sweep=configs/sweeps/cpu.py:quick --root=/tmp/sweep_cpu_quick
     python launch/sweep.py report /tmp/sweep_cpu
 
-Runtime: planned for about 40 minutes of a quiet 2-core CPU (tokenizer trained once, shared by every
-run), not measured: on the loaded machine of 2026-11-23 one d64 step took ~2 s and half of the quick
-grid took 40 minutes. Result: results/sweep_cpu/ (what ran, what was cut, findings: its README.md).
+Runtime: the 48 runs' own wall times add up to 50.6 minutes on the 2-core CPU VM of 2026-11-23, shared with
+other jobs (the tokenizer is trained once and shared by every run). Result: results/sweep_cpu/ (findings:
+its README.md).
 """
 
 import importlib.util

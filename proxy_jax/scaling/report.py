@@ -200,12 +200,9 @@ def _crossover_lines(points, fits, level: float) -> list[str]:
             continue
         x = fit_lib.crossover(point, base_point, (lo, hi), boot_a=boot, boot_b=base_boot, level=level)
         if x is None:
-            below = point.predict(lo) < base_point.predict(lo)
-            where = "below" if below else "above"
-            lines.append(
-                f"- `{method}`: does not cross below `{BASELINE}` between {lo:.2e} and {hi:.2e} FLOPs "
-                f"(its fit is {where} at {lo:.2e})."
-            )
+            where = "below" if point.predict(lo) < base_point.predict(lo) else "above"
+            lines.append(f"- `{method}`: no crossing between {lo:.2e} and {hi:.2e} FLOPs: its fit stays {where} "
+                         f"`{BASELINE}`'s over the whole range.")
             continue
         text = f"- `{method}`: goes below `{BASELINE}` at {x.compute:.3e} FLOPs"
         if x.interval is not None:
