@@ -160,3 +160,16 @@ def test_code_length_is_within_2_percent_of_ideal_plus_padding(concentration):
     ideal_bits = quantize.ideal_bits_np(freq, data).sum()
     assert 16 * exact >= 0.85 * ideal_bits  # padding can only cost, minus lucky alignment
     assert 16 * exact <= 1.25 * ideal_bits
+
+
+def test_byte_intervals_match_the_cumulative_table():
+    """The coder's (start, width) of each byte equals the numpy cumulative table's, bytes 0 and 255 included."""
+    rng = np.random.default_rng(7)
+    freq = rng.integers(1, 1 << 9, (3, 50, 256)).astype(np.uint32)
+    data = rng.integers(0, 256, (3, 50)).astype(np.uint8)
+    data[0, :2], data[1, :2] = 0, 255
+    cum, fr = quantize.byte_intervals_jnp(jnp.asarray(freq), jnp.asarray(data))
+    table = quantize.cumulative_np(freq)
+    idx = data.astype(np.int64)[..., None]
+    np.testing.assert_array_equal(np.asarray(cum), np.take_along_axis(table, idx, -1)[..., 0])
+    np.testing.assert_array_equal(np.asarray(fr), np.take_along_axis(freq, idx, -1)[..., 0])
