@@ -63,9 +63,13 @@ def eval_rows(docs: Iterable[bytes], window: int, extra: int, layout: str = "sen
     with id 0 / segment 0, which is never a target. ``extra`` is the number of future tokens the model
     predicts, so the row also carries the targets of its last position.
     """
+    return _rows((document_ids(doc, layout, encode) for doc in docs), window, extra)
+
+
+def _rows(docs_ids: Iterable[np.ndarray], window: int, extra: int) -> Iterator[dict[str, np.ndarray]]:
+    """``eval_rows`` over documents already written as ids."""
     stream, segs, pos = [], [], []
-    for doc in docs:
-        ids = document_ids(doc, layout, encode)
+    for ids in docs_ids:
         stream.append(ids)
         pos.append(np.arange(ids.size, dtype=np.int32))
         segs.append(np.full(ids.size, len(segs) + 1, dtype=np.int64))
@@ -117,21 +121,16 @@ def raw_bpb(
     ``sum_nll_raw``/``raw_count`` (and ``sum_nll_comp``/``comp_count`` for the compressed layout)."""
     if not docs:
         raise ValueError("There are no documents to score: bits per byte of zero bytes is undefined.")
-    if layout == "compressed":
-        if encode is None:
-            raise ValueError("layout 'compressed' needs the run's proxy encode function.")
-        docs_ids = [np.asarray(encode(d), vocab.ID_DTYPE) for d in docs]
-        cache = iter(docs_ids)
-        encode_once = lambda _doc: next(cache)  # noqa: E731 - each document is encoded once, here
-        nll_key, count_key, expected = "sum_nll_comp", "comp_count", sum(d.size for d in docs_ids)
-    else:
-        encode_once, nll_key, count_key, expected = None, "sum_nll_raw", "raw_count", sum(len(d) for d in docs)
+    docs_ids = [document_ids(d, layout, encode) for d in docs]
+    scored = vocab.is_comp if layout == "compressed" else vocab.is_raw_byte
+    expected = sum(int(np.sum(scored(ids))) for ids in docs_ids)
+    nll_key, count_key = ("sum_nll_comp", "comp_count") if layout == "compressed" else ("sum_nll_raw", "raw_count")
     total_nll, total_count = 0.0, 0.0
-    batches = batched(eval_rows(docs, window, extra, layout, encode_once), batch_size)
+    batches = batched(_rows(docs_ids, window, extra), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        tokens = expected + 4 * len(docs)
+        tokens = sum(ids.size for ids in docs_ids)
         batches = tqdm(batches, total=-(-max(tokens - 1, 0) // (window * batch_size)), desc="eval", unit="batch",
                        leave=False, dynamic_ncols=True)
     for batch in batches:
