@@ -58,13 +58,13 @@ def main() -> None:
     from proxy_jax import config as config_lib
     from proxy_jax import model as model_lib
     from proxy_jax import vocab
-    from proxy_jax import workdir as workdir_lib
+    from proxy_jax import restore as restore_lib
     from proxy_jax.data import corpus
     from proxy_jax.proxies.neural import NeuralProxy, quantize, reference, segment
     from proxy_jax.proxies.neural import m1 as m1_lib
 
     if args.m1_workdir:
-        m1 = workdir_lib.load_m1(args.m1_workdir)
+        m1 = restore_lib.load_m1(args.m1_workdir)
     else:
         import importlib.util
 

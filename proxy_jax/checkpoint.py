@@ -199,6 +199,24 @@ class Checkpointer:
             return s, restored["state"]
         return None, None
 
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[int | None, Any]:
+        """Only the parameters of the newest step (or ``step``) that restores: ``(step, params)`` or
+        ``(None, None)``; the optimiser state is never read (evaluation, sampling, export)."""
+        candidates = [step] if step is not None else list(reversed(self.steps()))
+        item = {"params": abstract_params}
+        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype),
+                                    item)
+        for s in candidates:
+            try:
+                with quiet_libraries():
+                    restored = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                        item=item, restore_args=restore_args, partial_restore=True)))
+            except Exception as e:  # noqa: BLE001 - any failure means "this step is unusable"
+                self._skip(s, e)
+                continue
+            return s, restored["state"]["params"]
+        return None, None
+
     def restore_data(self, step: int, data_iter: grain.DatasetIterator) -> bool:
         """Moves ``data_iter`` to its saved position at ``step``; False (iterator untouched) if that fails."""
         try:

@@ -247,9 +247,9 @@ def _ahead(args: ModelArgs, name: str) -> int:
 
 def export_workdir(workdir: str, out: str, step: int | None = None) -> int:
     """Export the checkpoint ``step`` (newest when None) of a training workdir; returns the step."""
-    from proxy_jax import workdir as workdir_lib
+    from proxy_jax import restore as restore_lib
 
-    restored = workdir_lib.restore(workdir, step)
+    restored = restore_lib.restore(workdir, step)
     extra: dict[str, Any] = {"proxy_jax_checkpoint_step": restored.step,
                              "max_position_embeddings": int(restored.config.data.seq_len)}
     export_params(restored.args, restored.params, out, config_extra=extra)

@@ -137,6 +137,20 @@ def abstract_train_state(config, model, tx, mesh: Mesh):
     return state, shardings
 
 
+def abstract_params(config, model, mesh: Mesh):
+    """Shapes, dtypes and shardings of the parameters alone (restoring for evaluation needs no optimiser).
+
+    Returns ``(abstract_params, param_shardings)``, as :func:`abstract_train_state` does for the state.
+    """
+    zeros_1x1 = jnp.zeros((1, 1), jnp.int32)
+    abstract = jax.eval_shape(lambda key: model.init(key, zeros_1x1, zeros_1x1, zeros_1x1)["params"],
+                              jax.random.key(0))
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, logical_rules(config))
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(abstract),
+                          shardings)
+    return params, shardings
+
+
 def init_train_state(config, model, tx, mesh: Mesh, rng):
     """Initialise parameters and optimiser state directly in their sharded layout.
 

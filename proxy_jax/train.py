@@ -116,8 +116,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
     if changed:
         log.info("Resuming with changed %s (recorded in %s).", ", ".join(sorted(changed)), workdir_lib.CONFIG_HISTORY)
     workdir_lib.save_config(config, workdir)
-    run = assemble.build(config, workdir)
-    workdir_lib.save_model(run.model.args, run.vocab_size, workdir)
+    run = assemble.build(config, workdir)  # writes the run record (run.json) on the first build
     c = run.config
     data_iter = iter(run.pipeline)
     checkpointer = workdir_lib.checkpointer(workdir, c)
@@ -128,7 +127,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
         start_step = resumed if resumed is not None else 0
         data_iter.start_prefetch()  # data.host_prefetch: the first batches are packed while the rest is set up
         writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard)
-        eval_docs = assemble.heldout_docs(c, c.train.eval_docs) if c.train.eval_every > 0 else []
+        eval_docs = run.corpus.heldout(c.train.eval_docs) if c.train.eval_every > 0 else []
         flops_per_step = flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
         peak = metrics_lib.peak_flops_per_device()
         end_step = c.train.steps if stop_after is None else min(c.train.steps, start_step + stop_after)
@@ -203,7 +202,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
                 pending = (step, dev_metrics, step_time, data_wait)
                 if c.train.eval_every > 0 and (step + 1) % c.train.eval_every == 0 and step + 1 < end_step:
                     finish_pending()
-                    ev = run.bpb(eval_docs)
+                    ev = _bpb(run, eval_docs)
                     writer.write(step + 1, {"eval/raw_bpb": ev["raw_bpb"]})
                     log.info("step %d: eval raw bpb %.4f", step + 1, ev["raw_bpb"])
             else:
@@ -222,7 +221,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
     if last is not None:
         summary["final_loss"] = last["loss"]
     if final_step >= c.train.steps and c.train.eval_every > 0 and eval_docs:
-        ev = run.bpb(eval_docs)
+        ev = _bpb(run, eval_docs)
         writer.write(final_step, {"eval/raw_bpb": ev["raw_bpb"]})
         summary.update({f"eval/{k}": v for k, v in ev.items()})
     elif final_step >= c.train.steps and c.train.eval_every > 0:
@@ -233,20 +232,30 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
     return summary
 
 
+def _bpb(run: assemble.Run, docs: list[bytes]) -> dict[str, float]:
+    """Held-out bits per byte under the current parameters, documents written in the run's text format."""
+    from proxy_jax.evaluation import bpb
+
+    return bpb.model_bpb(run.eval_step, run.state.params, run.mesh, docs, config=run.config,
+                         text_format=run.record.text_format, proxy=run.proxy)
+
+
 def report(summary: dict[str, Any]) -> dict[str, Any]:
     """The end of a run as printed by the command: the summary, gzip/xz beside the final evaluation, and a
     sample from the raw prompt ``train.sample_prompt`` (every process takes part; the mesh samples)."""
+    from proxy_jax import generate
     from proxy_jax.evaluation import bpb
 
     run = summary["run"]
     config = run.config
     out = {k: v for k, v in summary.items() if k != "run"}
     if "eval/raw_bpb" in summary:
-        docs = assemble.heldout_docs(config, config.train.eval_docs)
+        docs = run.corpus.heldout(config.train.eval_docs)
         out.update({f"eval/{k}": v for k, v in bpb.compressor_bpb(docs).items()})
     if config.train.sample_prompt and config.train.sample_bytes > 0:
         prompt = config.train.sample_prompt.encode()
-        text = run.sample([prompt], config.train.sample_bytes, temperature=config.train.sample_temperature,
-                          top_p=config.train.sample_top_p, rng=jax.random.key(config.seed))[0]
+        text = generate.generate(run.model, run.state.params, [prompt], max_new_bytes=config.train.sample_bytes,
+                                 temperature=config.train.sample_temperature, top_p=config.train.sample_top_p,
+                                 rng=jax.random.key(config.seed))[0]
         out["sample"] = (prompt + text).decode("utf-8", errors="replace")
     return out

@@ -243,14 +243,16 @@ def make_train_step(
     return step_fn
 
 
-def make_eval_step(config: ml_collections.ConfigDict, model, mesh, state_shardings=None, vocab_size=None):
+def make_eval_step(config: ml_collections.ConfigDict, model, mesh, state_shardings=None, vocab_size=None, *,
+                   param_shardings=None):
     """Jitted ``fn(params, batch) -> dict`` of summed negative log-likelihoods for bits-per-byte.
 
     Only main head 0 is used. Every row is read as one window: inputs ``tokens[:, :-1]``, targets
     ``tokens[:, 1:]`` (so a window of W predictions needs rows of W + 1 tokens); pad targets and
     padding inputs are skipped. Returns ``sum_nll_raw`` (nats over raw-byte targets 64..319),
     ``raw_count``, the same over compressed-symbol targets (>= 320) as ``sum_nll_comp`` /
-    ``comp_count``, and over all targets as ``sum_nll`` / ``count``.
+    ``comp_count``, and over all targets as ``sum_nll`` / ``count``. Parameters are laid out as
+    ``state_shardings.params`` (training) or ``param_shardings`` (a restored run).
     """
     vocab_size = int(vocab_size or model.args.vocab_size)
     rules = sharding_lib.logical_rules(config)
@@ -275,7 +277,7 @@ def make_eval_step(config: ml_collections.ConfigDict, model, mesh, state_shardin
             "count": active.sum(),
         }
 
-    params_sharding = None if state_shardings is None else state_shardings.params
+    params_sharding = param_shardings if state_shardings is None else state_shardings.params
     jitted = jax.jit(
         eval_step,
         in_shardings=(params_sharding, sharding_lib.batch_sharding(mesh)),

@@ -37,6 +37,37 @@ def config_with(spec: str | None = None, **dotted) -> ml_collections.ConfigDict:
     return config_lib.override(config_lib.base_config(), **dotted)
 
 
+# The one shrink of a preset to a seconds-long CPU run (one layer of width 64, rows of 64, 8 steps,
+# checkpoints every 4, no evaluation, TensorBoard or sample): tests override what they exercise on top.
+TINY = {
+    "train.steps": 8,
+    "train.checkpoint_every": 4,
+    "train.log_every": 1,
+    "train.eval_every": 0,
+    "train.tensorboard": False,
+    "train.sample_prompt": "",
+    "data.seq_len": 64,
+    "data.batch_size": 8,
+    "model.num_layers": 1,
+    "model.d_model": 64,
+    "model.num_heads": 2,
+    "model.num_kv_heads": 2,
+    "model.head_dim": 32,
+    "model.d_ff": 128,
+}
+# A tokenizer small enough to train in seconds on a few hundred kB.
+TINY_TOKENIZER = {"proxy.vocab_size": 512, "proxy.train_max_bytes": 200_000}
+
+
+def tiny_run_config(spec: str = "configs/proxy_gzip.py:tiny", **overrides) -> ml_collections.ConfigDict:
+    """``spec`` shrunk by :data:`TINY` (plus ``overrides``); proxy presets get their schedule rescaled to the
+    steps (``recipes.proxy_schedule``: a warm-up of pairs, then sentinel mode, so both paths run)."""
+    config = recipes.load_config(os.path.join(ROOT, spec), **{**TINY, **overrides})
+    if config.mix.mode_steady != "vanilla":
+        recipes.proxy_schedule(config)
+    return config
+
+
 def packed_attention_inputs(b: int = 4, length: int = 128, heads: int = 4, kv_heads: int = 2, d: int = 32):
     """Random float32 q [b, length, heads, d], k and v [b, length, kv_heads, d], and segment ids of packed rows:
     three documents per row (the third cut short by padding in row 1)."""

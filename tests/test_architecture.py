@@ -33,7 +33,9 @@ LAYERS = {
     "proxy_jax.codeeval": 4,  # sandboxed execution, pass@k, problem sets: leaves
     "proxy_jax.speculative": 4,
     "proxy_jax.scaling": 4,  # fits, compute matching and the report: no training code
+    "proxy_jax.run_record": 4,
     "proxy_jax.workdir": 5,
+    "proxy_jax.restore": 5,
     "proxy_jax.assemble": 6,
     "proxy_jax.train": 7,
     "proxy_jax.scaling.sweep": 7,  # runs sweeps: calls the training loop

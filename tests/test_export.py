@@ -227,7 +227,7 @@ def test_command_exports_a_trained_workdir(tmp_path):
     assert done.stdout.strip() == f"exported step 3 of {workdir} to {out}"
     assert json.loads((out / "config.json").read_text())["proxy_jax_checkpoint_step"] == 3
 
-    restored = workdir_lib.restore(str(workdir))
+    restored = restore_lib.restore(str(workdir))
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out), **_load_kwargs()).eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     ids = tok("def add(a, b):\n    return a + b\n")["input_ids"]

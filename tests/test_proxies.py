@@ -17,7 +17,7 @@ from proxy_jax import assemble, vocab
 from proxy_jax.data import corpus
 from proxy_jax.proxies import NAMES as PROXIES
 from proxy_jax.proxies import (BytesProxy, GzipProxy, TokenizerProxy, TokensAsBytesProxy, make_proxy,
-                               tokenizer as tokmod, train_tokenizer)
+                               tokenizer as tokmod, tokenizer_training, train_tokenizer)
 
 VOCAB = 1024
 TRAIN_BYTES = 3_000_000
@@ -166,11 +166,11 @@ def test_tokenizer_never_emits_unk(tokenizer):
 def test_tokenizer_cache_is_reused(workdir, monkeypatch, tokenizer):
     files = os.listdir(os.path.join(workdir, "proxy"))
     assert any(f.startswith(f"tokenizer-v{VOCAB}-") and f.endswith(".model") for f in files)
-    monkeypatch.setattr(tokmod, "train_tokenizer", lambda *a, **k: pytest.fail("retrained a cached tokenizer"))
+    monkeypatch.setattr(tokenizer_training, "train_tokenizer", lambda *a, **k: pytest.fail("retrained a cached tokenizer"))
     again = assemble.make_proxy(_config(), workdir=workdir)
     assert again.model_sha256 == tokenizer.model_sha256
     # A different setting is a different cache entry (fingerprint includes the settings).
-    assert tokmod.tokenizer_fingerprint(VOCAB, TRAIN_BYTES, "x") != tokmod.tokenizer_fingerprint(VOCAB + 1,
+    assert tokenizer_training.tokenizer_fingerprint(VOCAB, TRAIN_BYTES, "x") != tokenizer_training.tokenizer_fingerprint(VOCAB + 1,
                                                                                                   TRAIN_BYTES, "x")
 
 
@@ -253,29 +253,61 @@ def test_tokens_as_bytes_layout(proxies):
 
 
 def test_registry_errors_and_neural_dispatch(monkeypatch):
-    c = _config("nope")
+    """Names come from the registry; the neural proxy is built from what it is handed (an M1 or a loader,
+    a sample or a function giving one); symbol counts from a config equal the built proxies'."""
+    from proxy_jax.proxies import NeuralProxy, num_symbols
+
     with pytest.raises(ValueError) as e:
-        make_proxy(c.proxy)
+        make_proxy(_config("nope").proxy)
     for name in PROXIES:
         assert name in str(e.value)
     seen = {}
 
-    class FakeNeural:
-        @classmethod
-        def from_settings(cls, proxy_config, m1, sample_docs):
-            seen["args"] = (proxy_config.name, m1, sample_docs)
-            return "neural proxy"
+    def from_settings(cls, proxy_config, m1, sample_docs):
+        seen["args"] = (proxy_config.name, m1, sample_docs)
+        return NeuralProxy.__new__(NeuralProxy)
 
-    fake = types.ModuleType("proxy_jax.proxies.neural")
-    fake.NeuralProxy = FakeNeural
-    monkeypatch.setitem(sys.modules, "proxy_jax.proxies.neural", fake)
-    import proxy_jax.proxies as pkg
-    monkeypatch.setattr(pkg, "neural", fake, raising=False)
-    assert make_proxy(_config("neural").proxy, m1="m1", sample_docs=[b"x"]) == "neural proxy"
-    assert seen["args"] == ("neural", "m1", [b"x"])
+    monkeypatch.setattr(NeuralProxy, "from_settings", classmethod(from_settings))
+    proxy = make_proxy(_config("neural", m1_workdir="/runs/m1").proxy, load_m1=lambda path: f"m1 of {path}",
+                       sample_docs=lambda n: [b"x" * n])
+    assert isinstance(proxy, NeuralProxy) and proxy.m1_workdir == "/runs/m1"
+    assert seen["args"] == ("neural", "m1 of /runs/m1", [b"x" * 262_144])
+    make_proxy(_config("neural", entropy_threshold=2.0).proxy, m1="m1", sample_docs=lambda n: pytest.fail("sampled"))
+    assert seen["args"] == ("neural", "m1", seen["args"][2]) and callable(seen["args"][2])
     assert isinstance(make_proxy(_config("bytes").proxy), BytesProxy)
     assert make_proxy(_config("gzip", gzip_level=1).proxy).level == 1
     assert vocab.vocab_size(make_proxy(_config("gzip").proxy).num_symbols) == 576
+    for name in ("bytes", "gzip", "tokens_as_bytes"):
+        assert num_symbols(_config(name).proxy) == {"bytes": 0, "gzip": 256, "tokens_as_bytes": 256}[name]
+    assert num_symbols(_config("neural", window_bits=12).proxy) == 4096
+    assert num_symbols(_config(vocab_size=777).proxy) == 777
+
+
+def test_manifests_rebuild_the_same_proxy(workdir, tokenizer, train_split):
+    """A pinned manifest rebuilds a proxy that encodes exactly as the original; a changed artifact is refused."""
+    from proxy_jax.proxies import from_manifest
+
+    tok = assemble.make_proxy(_config(), workdir=workdir)
+    tok.pin(workdir)
+    manifest = tok.manifest()
+    assert manifest["artifact"]["file"].startswith("proxy" + os.sep)
+    tab = TokensAsBytesProxy(tok, gray_code=True)
+    for proxy in (tok, tab, GzipProxy(3), BytesProxy()):
+        again = from_manifest(proxy.manifest(), workdir=workdir)
+        for i in range(5):
+            assert np.array_equal(again.encode(train_split[i]), proxy.encode(train_split[i]))
+    path = os.path.join(workdir, manifest["artifact"]["file"])
+    original = open(path, "rb").read()
+    try:
+        with open(path, "ab") as f:
+            f.write(b"\0")
+        with pytest.raises(ValueError, match="sha256"):
+            from_manifest(manifest, workdir=workdir)
+    finally:
+        with open(path, "wb") as f:
+            f.write(original)
+    with pytest.raises(FileNotFoundError, match="run.json"):
+        from_manifest(manifest, workdir=os.path.dirname(workdir))
 
 
 def test_proxy_settings_name_what_determines_the_output():

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from proxy_jax import checkpoint, recipes, train, workdir as workdir_lib
+from proxy_jax import restore as restore_lib
 from proxy_jax.data import corpus
 from proxy_jax.evaluation import bpb, score
 
@@ -276,5 +277,5 @@ def test_non_finite_training_saves_only_finite_states(tmp_path):
     else:
         assert "No checkpoint was saved" in message
     for step in saved:  # every checkpoint on disk is finite
-        restored = workdir_lib.restore(wd, step)
-        assert train.state_is_finite(restored.state)
+        restored = restore_lib.restore(wd, step)
+        assert train.state_is_finite(restored.params)

@@ -10,32 +10,15 @@ import threading
 import numpy as np
 import pytest
 
-from proxy_jax import metrics, recipes, train
+import helpers
+from proxy_jax import metrics, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-    base = {
-        "train.steps": 8,
-        "train.checkpoint_every": 4,
-        "train.log_every": 1,
-        "train.eval_every": 0,
-        "train.tensorboard": False,
-        "train.sample_prompt": "",
-        "data.seq_len": 64,
-        "data.batch_size": 8,
-        "model.num_layers": 1,
-        "model.d_model": 64,
-        "model.num_heads": 2,
-        "model.num_kv_heads": 2,
-        "model.head_dim": 32,
-        "model.d_ff": 128,
-    }
-    base.update(overrides)
-    config = recipes.load_config(os.path.join(ROOT, "configs/proxy_gzip.py:tiny"), **base)
-    recipes.proxy_schedule(config)  # warm-up of 1 step with pairs, then sentinel mode: both paths run
-    return config
+    """proxy_gzip shrunk (``helpers.tiny_run_config``): a warm-up of pairs, then sentinel mode."""
+    return helpers.tiny_run_config("configs/proxy_gzip.py:tiny", **overrides)
 
 
 def losses_by_step(workdir):

@@ -158,3 +158,33 @@ def compressor_bpb(docs: list[bytes]) -> dict[str, float]:
         gz += len(c.compress(d) + c.flush())
         xz += len(lzma.compress(d, format=lzma.FORMAT_RAW, filters=filters))
     return {"gzip_bpb": 8.0 * gz / max(n, 1), "xz_bpb": 8.0 * xz / max(n, 1)}
+
+
+def host_eval(eval_step: Callable, params, mesh) -> Callable[[dict[str, np.ndarray]], dict[str, float]]:
+    """``batch -> host floats`` for :func:`raw_bpb`: every process passes the same global batch and feeds its
+    own slice of rows to the jitted ``eval_step(params, batch)`` (``train_step.make_eval_step``)."""
+    import jax
+
+    from proxy_jax import sharding
+
+    def run(batch: dict[str, np.ndarray]) -> dict[str, float]:
+        count, index = jax.process_count(), jax.process_index()
+        rows = batch["tokens"].shape[0] // count
+        local = {k: v[index * rows : (index + 1) * rows] for k, v in batch.items()}
+        out = jax.device_get(eval_step(params, sharding.host_to_global(local, mesh)))
+        return {k: float(v) for k, v in out.items()}
+
+    return run
+
+
+def model_bpb(eval_step: Callable, params, mesh, docs: list[bytes], *, config, text_format: str, proxy=None,
+              window: int | None = None, progress: bool = True) -> dict[str, float]:
+    """Bits per raw byte of ``docs`` under ``params``, each document written in the run's ``text_format`` (the
+    tokenizer baseline, ``compressed``, scores its symbols per byte of text through ``proxy``); head 0 only,
+    so rows carry one token beyond the window."""
+    import jax
+
+    encode = proxy.encode if text_format == "compressed" else None
+    return raw_bpb(host_eval(eval_step, params, mesh), docs, window=int(window or config.train.eval_window),
+                   extra=1, batch_size=int(config.train.eval_batch_size),
+                   progress=progress and jax.process_index() == 0, layout=text_format, encode=encode)

@@ -1,7 +1,7 @@
 """Generation from a finished run, in the layout the run was trained on.
 
-``load(workdir)`` restores the run (``assemble.restore``: parameters sharded on the run's mesh) and
-decides from its config how the model reads a prompt (``run_kind``):
+``load(workdir)`` restores the run (``proxy_jax.restore``: parameters sharded on the run's mesh) and
+reads from its record how the model reads a prompt (``run_kind``):
 
 | kind            | config                                   | prompt                 | writes                     |
 |-----------------|------------------------------------------|------------------------|----------------------------|
@@ -13,7 +13,7 @@ The byte layout with sentinels is the paper's (SPEC section 8); a run trained wi
 saw ``12``, so it is prompted as it was trained. The tokenizer baseline's prompt is ``BOS`` + the
 tokenizer's ids of the prompt (``proxy.encode``: ids + 320); it samples only token ids below the logical
 vocabulary plus EOS, and its ids are decoded to bytes by the run's own tokenizer
-(``assemble.make_proxy(config, workdir)`` loads the one cached with the run). Stop strings end a row as
+(the run's own, pinned in its record). Stop strings end a row as
 soon as its decoded text holds one and are cut from the returned text.
 
 ``Sampler.complete`` generates one batch (rows left padded, so rows do not affect each other);
@@ -33,21 +33,25 @@ import jax
 import ml_collections
 import numpy as np
 
-from proxy_jax import assemble, generate, sharding, speculative, vocab
+from proxy_jax import generate, sharding, speculative, vocab
+from proxy_jax import restore as restore_lib
 from proxy_jax import config as config_lib
 from proxy_jax.evaluation import translation
 
 KINDS = ("bytes", "bytes_plain", "tokens")
 
 
+_KIND = {"sentinel": "bytes", "plain": "bytes_plain", "compressed": "tokens"}
+
+
 def run_kind(config: ml_collections.ConfigDict) -> str:
     """How a run reads prompts (see the module table; ``config.text_layout`` decides)."""
-    return {"sentinel": "bytes", "plain": "bytes_plain", "compressed": "tokens"}[config_lib.text_layout(config)]
+    return _KIND[config_lib.text_layout(config)]
 
 
 @dataclasses.dataclass
 class Sampler:
-    run: assemble.Run
+    run: restore_lib.RestoredRun
     kind: str
     proxy: object | None = None  # the run's proxy (tokens kind and the translation probe)
 
@@ -61,7 +65,7 @@ class Sampler:
 
     def get_proxy(self):
         if self.proxy is None:
-            self.proxy = assemble.make_proxy(self.run.config, self.run.workdir)
+            self.proxy = self.run.proxy
         return self.proxy
 
     def check_speculative(self, temperature: float) -> None:
@@ -77,7 +81,7 @@ class Sampler:
                  top_p: float = 1.0, rng=None, use_speculative: bool = False) -> tuple[list[bytes], dict]:
         """Bytes written after each prompt (stop strings cut) and generation stats."""
         stop = tuple(bytes(s) for s in stop)
-        params = self.run.state.params
+        params = self.run.params
         mesh_ctx, rules_ctx = self._context()
         with mesh_ctx, rules_ctx:
             if self.kind == "tokens":
@@ -98,13 +102,13 @@ class Sampler:
         allowed_V[vocab.COMP_OFFSET : self.run.vocab_size] = True
         allowed_V[vocab.EOS] = True
         ids = [np.concatenate([[vocab.BOS], proxy.encode(p)]).astype(np.int32) for p in prompts]
-        return generate.generate_text(self.run.model, self.run.state.params, ids, proxy.decode, stop=stop,
+        return generate.generate_text(self.run.model, self.run.params, ids, proxy.decode, stop=stop,
                                       max_new_ids=max_new, allowed_V=allowed_V, stop_ids=(vocab.EOS,),
                                       temperature=temperature, top_p=top_p, rng=rng)
 
     def check_translation(self) -> None:
         config = self.run.config
-        if config.proxy.name == "bytes" or self.run.vocab_size <= vocab.COMP_OFFSET:
+        if self.run.record.proxy_name == "bytes" or self.run.vocab_size <= vocab.COMP_OFFSET:
             raise ValueError(f"{self.run.workdir} is a byte-only run: it has no compressed view to translate to; "
                              "run --task=oracle_translation on a proxy run.")
         if self.kind != "bytes":
@@ -117,11 +121,11 @@ class Sampler:
         allowed_V = translation.allowed_mask(args.padded_vocab_size, self.run.vocab_size)
         mesh_ctx, rules_ctx = self._context()
         with mesh_ctx, rules_ctx:
-            return generate.generate_ids(self.run.model, self.run.state.params, prompt_ids, max_new_ids=max_new,
+            return generate.generate_ids(self.run.model, self.run.params, prompt_ids, max_new_ids=max_new,
                                          allowed_V=allowed_V, stop_ids=translation.STOP_IDS)
 
 
 def load(workdir: str, step: int | None = None) -> Sampler:
     """A run restored from ``workdir`` (newest checkpoint, or ``step``), ready to generate."""
-    run = assemble.restore(workdir, step)
-    return Sampler(run, run_kind(run.config))
+    run = restore_lib.restore(workdir, step)
+    return Sampler(run, _KIND[run.text_format])

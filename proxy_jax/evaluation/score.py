@@ -1,6 +1,6 @@
 """Scoring a finished run: raw-byte bits per byte of its held-out split (or of other documents).
 
-``evaluate_workdir`` restores the newest checkpoint of a workdir (``proxy_jax.workdir``), scores whole
+``evaluate_workdir`` restores the newest checkpoint of a workdir (``proxy_jax.restore``), scores whole
 documents beside gzip -9 and xz -9e, and returns a JSON-able dict; ``python -m proxy_jax.evaluate`` prints it.
 
 Refused with one sentence (``ValueError``): no documents to score, a window whose logits cannot fit in
@@ -19,6 +19,8 @@ import jax
 import ml_collections
 
 from proxy_jax import assemble
+from proxy_jax import restore as restore_lib
+from proxy_jax import train_step as step_lib
 from proxy_jax.evaluation import bpb
 
 
@@ -71,7 +73,7 @@ def _out_of_memory(e: BaseException) -> bool:
 def evaluate_workdir(workdir: str, *, data: str = "", data_glob: str = "**/*.py", max_docs: int = 0,
                      window: int = 0, step: int | None = None) -> dict[str, Any]:
     """Restores a run's parameters and scores raw bytes of its held-out split (or every document of ``data``)."""
-    run = assemble.restore(workdir, step)
+    run = restore_lib.restore(workdir, step)
     config, split = run.config, "validation"
     if data:
         config, split = documents_config(config, data, data_glob), "train"
@@ -82,10 +84,14 @@ def evaluate_workdir(workdir: str, *, data: str = "", data_glob: str = "**/*.py"
                          ".array_record or a folder).")
     window = window or int(config.train.eval_window)
     batch_size = int(config.train.eval_batch_size)
-    check_window(window, batch_size, run.model.args.padded_vocab_size)
+    check_window(window, batch_size, run.padded_vocab_size)
     result = {"workdir": workdir, "step": run.step, "data": data or "held-out split"}
     try:
-        result.update(run.bpb(docs, window=window))
+        eval_step = step_lib.make_eval_step(run.config, run.model, run.mesh, vocab_size=run.vocab_size,
+                                            param_shardings=run.param_shardings)
+        proxy = run.proxy if run.text_format == "compressed" else None
+        result.update(bpb.model_bpb(eval_step, run.params, run.mesh, docs, config=run.config,
+                                    text_format=run.text_format, proxy=proxy, window=window))
     except Exception as e:  # noqa: BLE001 - only an out-of-memory error becomes a sentence
         if not _out_of_memory(e):
             raise

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from proxy_jax import vocab
-from proxy_jax.proxies.base import Proxy
+from proxy_jax.proxies.base import Inputs, Proxy, register
 
 
+@register
 class BytesProxy(Proxy):
     """Identity: the "compressed" view is the raw bytes themselves (ids 64..319, no extra symbols)."""
 
@@ -29,12 +30,14 @@ class BytesProxy(Proxy):
         return {"name": self.name, "num_symbols": self.num_symbols}
 
 
+@register
 class GzipProxy(Proxy):
     """The bytes of a deterministic gzip stream (no file name, mtime 0) as 256 symbols."""
 
     name = "gzip"
     num_symbols = 256
     lossless = True
+    settings = ("gzip_level",)
 
     def __init__(self, level: int = 9):
         if not isinstance(level, int) or not 0 <= level <= 9:
@@ -56,3 +59,11 @@ class GzipProxy(Proxy):
 
     def manifest(self) -> dict[str, Any]:
         return {"name": self.name, "num_symbols": self.num_symbols, "level": self.level}
+
+    @classmethod
+    def build(cls, proxy_config, inputs: Inputs) -> "GzipProxy":
+        return cls(int(proxy_config.gzip_level))
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], inputs: Inputs) -> "GzipProxy":
+        return cls(int(manifest["level"]))

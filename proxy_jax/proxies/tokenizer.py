@@ -12,25 +12,24 @@ bytes).
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import re
-from typing import Any, Callable, Iterable
+import shutil
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from proxy_jax import vocab
-from proxy_jax.proxies.base import Proxy
+from proxy_jax.proxies import tokenizer_training as training
+from proxy_jax.proxies.base import Inputs, Proxy, file_sha256, pinned_file, register
 
-SPACE_MARK = "\u2581"
+SPACE_MARK = training.SPACE_MARK
 # Lone surrogates stand for the bytes of invalid UTF-8 (errors="surrogateescape"); U+2581 must also
 # bypass SentencePiece because its decoder reads it as a space.
 _NOT_TEXT = re.compile("[\udc80-\udcff\u2581]+")
-_TRAIN_CHUNK_BYTES = 4096
-TRAINER_VERSION = 1  # bump when the training recipe changes: it is part of the cache fingerprint
 
 
 def _lossless_normalizer(proto: sentencepiece_model_pb2.ModelProto) -> bool:
@@ -45,11 +44,18 @@ def _lossless_normalizer(proto: sentencepiece_model_pb2.ModelProto) -> bool:
     return changed
 
 
+@register
 class TokenizerProxy(Proxy):
-    """BPE token ids as symbols: id = piece id + 320, ``num_symbols`` = number of pieces."""
+    """BPE token ids as symbols: id = piece id + 320, ``num_symbols`` = number of pieces.
+
+    Its artifact is the SentencePiece ``.model`` file: :meth:`pin` keeps it under ``{workdir}/proxy/`` and
+    the manifest names it with its sha256, so a run keeps its tokenizer whatever happens to the corpus.
+    """
 
     name = "tokenizer"
     lossless = True
+    settings = ("vocab_size", "train_max_bytes", "model_path")
+    artifact: dict[str, str] | None = None  # {"file": path relative to the workdir, "sha256"} once pinned
 
     def __init__(self, model_proto: bytes, origin: str = ""):
         proto = sentencepiece_model_pb2.ModelProto()
@@ -61,6 +67,7 @@ class TokenizerProxy(Proxy):
         self._proto = proto.SerializeToString()
         self.origin = origin
         self.model_sha256 = hashlib.sha256(model_proto).hexdigest()
+        self._model_bytes = bytes(model_proto)
         self._setup()
 
     @classmethod
@@ -93,12 +100,79 @@ class TokenizerProxy(Proxy):
 
     def __getstate__(self):
         return {"proto": self._proto, "origin": self.origin, "sha": self.model_sha256,
-                "overridden": self.normalizer_overridden}
+                "overridden": self.normalizer_overridden, "artifact": self.artifact}
 
     def __setstate__(self, state):
         self._proto, self.origin = state["proto"], state["origin"]
         self.model_sha256, self.normalizer_overridden = state["sha"], state["overridden"]
+        self.artifact, self._model_bytes = state.get("artifact"), None
         self._setup()
+
+    # ---- registry ------------------------------------------------------------------------------------
+    @classmethod
+    def settings_of(cls, proxy_config) -> dict[str, Any]:
+        # A user model is named by its file name (folders differ between machines); a trained one by its
+        # training settings.
+        settings = {"name": cls.name, **{k: proxy_config[k] for k in cls.settings}}
+        path = settings.pop("model_path")
+        if path:
+            del settings["vocab_size"], settings["train_max_bytes"]
+            settings["model_file"] = os.path.basename(path)
+        return settings
+
+    @classmethod
+    def symbols_of(cls, proxy_config) -> int:
+        if proxy_config.model_path and os.path.isfile(proxy_config.model_path):
+            proto = sentencepiece_model_pb2.ModelProto()
+            with open(proxy_config.model_path, "rb") as f:
+                proto.ParseFromString(f.read())
+            return len(proto.pieces)
+        return int(proxy_config.vocab_size)
+
+    @classmethod
+    def build(cls, proxy_config, inputs: Inputs) -> "TokenizerProxy":
+        """``proxy.model_path``, else the tokenizer that came with the data, else one trained on
+        ``inputs.train_docs()`` and cached under ``{workdir}/proxy`` (keyed by the corpus fingerprint)."""
+        if proxy_config.model_path:
+            return cls.from_file(proxy_config.model_path)
+        if inputs.tokenizer_file:
+            return cls.from_file(inputs.tokenizer_file)
+        vocab_size, max_bytes = int(proxy_config.vocab_size), int(proxy_config.train_max_bytes)
+        if max_bytes <= 0:
+            raise ValueError(f"config.proxy.train_max_bytes must be > 0, got {max_bytes}.")
+        if inputs.train_docs is None:
+            raise ValueError(f"config.proxy.name={proxy_config.name!r} with no proxy.model_path trains a tokenizer "
+                             "and needs the training documents (proxy_jax.assemble.make_proxy passes them).")
+        fingerprint = inputs.corpus_fingerprint or "docs:" + training.fingerprint_docs(inputs.train_docs(), max_bytes)
+        model = training.cached_tokenizer(inputs.workdir, vocab_size, max_bytes, fingerprint, inputs.train_docs)
+        return cls.from_file(model) if isinstance(model, str) else cls(model)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], inputs: Inputs) -> "TokenizerProxy":
+        proxy = cls.from_file(pinned_file(manifest, inputs.workdir or ""))
+        proxy.artifact = dict(manifest["artifact"])
+        return proxy
+
+    def pin(self, workdir: str | None) -> None:
+        """Keeps the model file under ``{workdir}/proxy/`` (a trained one is already there)."""
+        if not workdir:
+            return
+        root = os.path.abspath(workdir)
+        src = os.path.abspath(self.origin) if self.origin else ""
+        if src and os.path.isfile(src) and src.startswith(os.path.join(root, "proxy") + os.sep):
+            path = src
+        else:
+            path = os.path.join(root, "proxy", f"tokenizer-{self.model_sha256[:12]}.model")
+            if not os.path.isfile(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.tmp{os.getpid()}"
+                if src and os.path.isfile(src):
+                    shutil.copyfile(src, tmp)
+                else:
+                    with open(tmp, "wb") as f:
+                        f.write(self._model_bytes or self._proto)
+                os.replace(tmp, path)
+        self.artifact = {"file": os.path.relpath(path, root), "sha256": file_sha256(path)}
 
     @property
     def model_proto(self) -> bytes:
@@ -165,8 +239,11 @@ class TokenizerProxy(Proxy):
         return self.piece_bytes(vocab.decode_comp(ids))
 
     def manifest(self) -> dict[str, Any]:
-        return {"name": self.name, "num_symbols": self.num_symbols, "vocab_size": self.num_symbols,
-                "model_sha256": self.model_sha256, "normalizer_overridden": self.normalizer_overridden}
+        out = {"name": self.name, "num_symbols": self.num_symbols, "vocab_size": self.num_symbols,
+               "model_sha256": self.model_sha256, "normalizer_overridden": self.normalizer_overridden}
+        if self.artifact:
+            out["artifact"] = dict(self.artifact)
+        return out
 
 
 def gray(x):
@@ -183,12 +260,27 @@ def inverse_gray(g):
     return x
 
 
+@register
 class TokensAsBytesProxy(Proxy):
     """Each token id as 2 big-endian bytes (256 symbols), optionally Gray-coded over byte-sorted pieces."""
 
     name = "tokens_as_bytes"
     num_symbols = 256
     lossless = True
+    settings = TokenizerProxy.settings + ("gray_code",)
+    settings_of = TokenizerProxy.__dict__["settings_of"]  # model_path is named by its file, as there
+
+    @classmethod
+    def build(cls, proxy_config, inputs: Inputs) -> "TokensAsBytesProxy":
+        return cls(TokenizerProxy.build(proxy_config, inputs), bool(proxy_config.gray_code))
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], inputs: Inputs) -> "TokensAsBytesProxy":
+        tokenizer = TokenizerProxy.from_manifest({"name": cls.name, "artifact": manifest.get("artifact")}, inputs)
+        return cls(tokenizer, bool(manifest["gray_code"]))
+
+    def pin(self, workdir: str | None) -> None:
+        self.tokenizer.pin(workdir)
 
     def __init__(self, tokenizer: TokenizerProxy, gray_code: bool = False):
         if tokenizer.num_symbols > 65536:
@@ -231,90 +323,8 @@ class TokensAsBytesProxy(Proxy):
 
     def manifest(self) -> dict[str, Any]:
         m = self.tokenizer.manifest()
-        return {"name": self.name, "num_symbols": self.num_symbols, "gray_code": self.gray_code,
-                "tokenizer_vocab_size": m["vocab_size"], "model_sha256": m["model_sha256"]}
-
-
-# ---- training -------------------------------------------------------------------------------------
-
-def _training_sentences(docs: Iterable[bytes], max_bytes: int) -> list[str]:
-    """Documents -> text chunks of at most ~4 KiB cut at line ends, until ``max_bytes`` are taken."""
-    out, total = [], 0
-    for doc in docs:
-        if total >= max_bytes:
-            break
-        text = bytes(doc[:max_bytes - total]).decode("utf-8", errors="ignore").replace(SPACE_MARK, " ")
-        total += min(len(doc), max_bytes - total)
-        chunk, size = [], 0
-        for line in text.splitlines(keepends=True):
-            n = len(line.encode("utf-8"))
-            if chunk and size + n > _TRAIN_CHUNK_BYTES:
-                out.append("".join(chunk))
-                chunk, size = [], 0
-            chunk.append(line)
-            size += n
-        if chunk:
-            out.append("".join(chunk))
-    return out
-
-
-def trainer_settings(vocab_size: int) -> dict[str, Any]:
-    return dict(
-        model_type="bpe", vocab_size=int(vocab_size), character_coverage=0.9995,
-        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
-        allow_whitespace_only_pieces=True, split_digits=True, byte_fallback=True,
-        max_sentence_length=4 * _TRAIN_CHUNK_BYTES + 64, input_sentence_size=0, shuffle_input_sentence=False,
-        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, num_threads=2, max_sentencepiece_length=16,
-    )
-
-
-def train_tokenizer(docs: Iterable[bytes], vocab_size: int, out_prefix: str, max_bytes: int) -> str:
-    """Trains a lossless BPE model on ``docs`` (first ``max_bytes`` bytes, in order) -> ``out_prefix.model``.
-
-    The result depends only on the input and the settings (no sampling, fixed order), and is written
-    atomically, so concurrent trainers of the same model are harmless.
-    """
-    if vocab_size < 260:
-        raise ValueError(f"proxy.vocab_size must be at least 260 (256 byte pieces + unk + merges), "
-                         f"got {vocab_size}.")
-    sentences = _training_sentences(docs, max_bytes)
-    if not sentences:
-        raise ValueError("the tokenizer got no training text; check config.data (the training split is empty).")
-    model = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model,
-                                       minloglevel=2, **trainer_settings(vocab_size))
-    except RuntimeError as e:
-        m = re.search(r"required_chars\. (\d+) vs (\d+)", str(e))
-        if m is None:
-            raise
-        raise ValueError(f"proxy.vocab_size={vocab_size} cannot hold the 257 byte and unknown pieces plus the "
-                         f"corpus's common characters; raise it to at least {int(m.group(2)) + 64}.") from e
-    path = out_prefix + ".model"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, path)
-    return path
-
-
-def tokenizer_fingerprint(vocab_size: int, max_bytes: int, corpus_fingerprint: str) -> str:
-    settings = sorted(trainer_settings(vocab_size).items()) + [("max_bytes", int(max_bytes)),
-                                                                 ("version", TRAINER_VERSION)]
-    return hashlib.sha256(f"{settings!r}|{corpus_fingerprint}".encode()).hexdigest()
-
-
-def cached_tokenizer(workdir: str | None, vocab_size: int, max_bytes: int, corpus_fingerprint: str,
-                     train_docs: Callable[[], Iterable[bytes]]) -> TokenizerProxy:
-    """The tokenizer for these settings and corpus: loaded from ``{workdir}/proxy`` or trained there."""
-    fp = tokenizer_fingerprint(vocab_size, max_bytes, corpus_fingerprint)
-    if workdir:
-        prefix = os.path.join(workdir, "proxy", f"tokenizer-v{vocab_size}-{fp[:12]}")
-        if os.path.isfile(prefix + ".model"):
-            return TokenizerProxy.from_file(prefix + ".model")
-        return TokenizerProxy.from_file(train_tokenizer(train_docs(), vocab_size, prefix, max_bytes))
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        path = train_tokenizer(train_docs(), vocab_size, os.path.join(tmp, "tokenizer"), max_bytes)
-        return TokenizerProxy.from_file(path)
+        out = {"name": self.name, "num_symbols": self.num_symbols, "gray_code": self.gray_code,
+               "tokenizer_vocab_size": m["vocab_size"], "model_sha256": m["model_sha256"]}
+        if "artifact" in m:
+            out["artifact"] = m["artifact"]
+        return out

@@ -44,7 +44,7 @@ import ml_collections
 from proxy_jax import assemble
 from proxy_jax import recipes
 from proxy_jax import train as train_lib
-from proxy_jax import vocab
+from proxy_jax import run_record
 from proxy_jax.model import ModelArgs, count_params
 from proxy_jax.scaling import compute
 from proxy_jax.scaling import results as results_lib
@@ -118,23 +118,9 @@ def shard(specs: list[RunSpec], shard_spec: str) -> list[RunSpec]:
     return specs[i::n]
 
 
-def num_symbols(config: ml_collections.ConfigDict) -> int:
-    """Compressed symbols of the run's vocabulary, from its config (no proxy built; tokenizer: its model)."""
-    if config.data.raw_only_of_mix or config.proxy.name == "bytes":
-        return 0
-    if config.proxy.name in ("gzip", "tokens_as_bytes"):
-        return 256
-    if config.proxy.name == "neural":
-        return 2 ** int(config.proxy.window_bits)
-    if config.proxy.model_path:
-        from proxy_jax.proxies.tokenizer import TokenizerProxy
-
-        return TokenizerProxy.from_file(config.proxy.model_path).num_symbols
-    return int(config.proxy.vocab_size)
-
-
 def model_args(config: ml_collections.ConfigDict) -> ModelArgs:
-    return ModelArgs.from_config(config.model, vocab.padded_vocab_size(num_symbols(config)))
+    """The model a run of ``config`` will have (its vocabulary from the proxy registry, nothing built)."""
+    return ModelArgs.from_config(config.model, assemble.vocab_sizes(config)[1])
 
 
 def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
@@ -232,8 +218,9 @@ def shared_tokenizer(sweep: dict[str, Any], specs: list[RunSpec], root: str) -> 
 
 def collect(config: ml_collections.ConfigDict, spec: RunSpec, workdir: str, wall_s: float,
             control_of: str | None = None) -> dict[str, Any]:
-    """The result dict of a finished run (the keys ``scaling.report.write_report`` reads, and more)."""
-    args = model_args(config)
+    """The result dict of a finished run (the keys ``scaling.report.write_report`` reads, and more); the
+    model is the one the run recorded (``run.json``)."""
+    args = run_record.read(workdir).args
     c = config
     per_step = compute.flops_per_step(args, c.data.seq_len, c.data.batch_size)
     rows = results_lib.read_rows(workdir)

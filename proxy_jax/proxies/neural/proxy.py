@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proxy_jax import vocab
-from proxy_jax.proxies.base import Proxy
+from proxy_jax.proxies.base import Inputs, Proxy, register
 from proxy_jax.proxies.neural import coder, quantize, reference, segment
 from proxy_jax.proxies.neural import m1 as m1_lib
 
@@ -45,11 +45,16 @@ def _code_batch(freq_BxLx256, bytes_BxL, lengths_B, *, window_bits: int, precisi
     return coder.encode_lanes(bytes_BxL, cum_BxL, freq_BxL, valid_BxL, window_bits=window_bits, precision=precision)
 
 
+@register
 class NeuralProxy(Proxy):
-    """The neural proxy (``num_symbols = 2**window_bits``)."""
+    """The neural proxy (``num_symbols = 2**window_bits``). Its artifacts are M1 (named by its workdir and
+    pinned by its parameter hash) and the fitted entropy threshold, both in its manifest."""
 
     name = "neural"
     lossless = False  # decoding needs the side information of ``encode_detailed``
+    settings = ("window_bits", "entropy_quantile", "entropy_threshold", "entropy_sample_bytes", "chunk_bytes",
+                "min_segment_bytes", "quantize_bits", "m1_batch_rows")
+    m1_workdir = ""  # where M1 was loaded from (recorded in the manifest)
 
     def __init__(self, model: m1_lib.M1, *, window_bits: int = 16, precision: int = quantize.DEFAULT_PRECISION,
                  entropy_quantile: float = 0.9, entropy_threshold: float | None = None, chunk_bytes: int = 2048,
@@ -115,6 +120,42 @@ class NeuralProxy(Proxy):
                 raise ValueError("proxy.entropy_threshold=0 asks for a threshold fitted on a corpus sample, but no "
                                  "sample_docs were given; pass them or set --config.proxy.entropy_threshold.")
             proxy.fit_threshold(sample_docs)
+        return proxy
+
+    @classmethod
+    def symbols_of(cls, proxy_config) -> int:
+        return 1 << int(proxy_config.window_bits)
+
+    @classmethod
+    def build(cls, proxy_config, inputs: Inputs) -> "NeuralProxy":
+        """M1 from ``inputs.m1`` (or loaded from ``proxy.m1_workdir``) and, unless the threshold is set, the
+        corpus sample ``inputs.sample_docs`` to fit it on."""
+        m1 = inputs.m1
+        if m1 is None and inputs.load_m1 is not None:
+            m1 = inputs.load_m1(proxy_config.m1_workdir)
+        sample = inputs.sample_docs
+        if proxy_config.entropy_threshold <= 0 and callable(sample):
+            sample = sample(int(proxy_config.entropy_sample_bytes))
+        proxy = cls.from_settings(proxy_config, m1, sample)
+        proxy.m1_workdir = str(proxy_config.m1_workdir)
+        return proxy
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], inputs: Inputs) -> "NeuralProxy":
+        """The recorded M1 (its hash checked) with the recorded threshold: no threshold pass, no corpus."""
+        where = manifest.get("m1_workdir", "")
+        if inputs.load_m1 is None:
+            raise ValueError("The neural proxy's M1 cannot be loaded here (no loader was given).")
+        m1 = inputs.load_m1(where)
+        if m1.params_hash != manifest["m1_params_sha256"]:
+            raise ValueError(f"M1 in {where} has changed since the run was trained (parameter hash "
+                             f"{m1.params_hash[:12]}..., recorded {manifest['m1_params_sha256'][:12]}...); point "
+                             "--config.proxy.m1_workdir at the M1 the run trained with.")
+        proxy = cls(m1, window_bits=manifest["window_bits"], precision=manifest["quantize_bits"],
+                    entropy_quantile=manifest["entropy_quantile"], entropy_threshold=manifest["entropy_threshold"],
+                    chunk_bytes=manifest["chunk_bytes"], min_segment_bytes=manifest["min_segment_bytes"],
+                    batch_rows=manifest["m1_batch_rows"])
+        proxy.m1_workdir = where
         return proxy
 
     def fit_threshold(self, docs: list[bytes]) -> float:
@@ -216,6 +257,8 @@ class NeuralProxy(Proxy):
     def manifest(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "num_symbols": self.num_symbols,
+            "m1_workdir": self.m1_workdir,
             "m1_params_sha256": self.model.params_hash,
             "m1_args": dataclasses.asdict(self.model.args),
             "quantization": quantize.RULE_NAME,

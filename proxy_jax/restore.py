@@ -1,0 +1,154 @@
+"""One restore: a finished run read back from its workdir, for every consumer after training.
+
+``restore(workdir, step=None)`` returns a :class:`RestoredRun`: the run's config and record
+(``run_record``), its model, a mesh over this host's devices, the parameters (sharded on that mesh; the
+optimiser state is never read), the step, and the proxy rebuilt from the record's manifest with its pinned
+artifact (built on first use). Evaluation, sampling, generation, export, the sweep and the notebook all use
+it; nothing on this path scans a corpus or builds an optimiser.
+
+A workdir written before runs carried ``run.json`` is read from its ``config.json`` and ``model.json``: the
+record is derived once (one log line says so) and written beside them when the workdir is writable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import logging
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from proxy_jax import config as config_lib
+from proxy_jax import proxies, run_record, sharding, vocab
+from proxy_jax import workdir as workdir_lib
+from proxy_jax.model import ModelArgs, Transformer
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RestoredRun:
+    """A trained run, ready to evaluate, sample from or export (one object for every consumer)."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    record: run_record.RunRecord
+    model: Transformer
+    mesh: Any
+    params: Any
+    param_shardings: Any
+    step: int
+    healthy: bool | None = None  # the checkpoint's health mark, where the run recorded one
+
+    @property
+    def args(self) -> ModelArgs:
+        return self.model.args
+
+    @property
+    def vocab_size(self) -> int:
+        """Logical vocabulary: 320 + the proxy's symbols (ids at or above it were never trained)."""
+        return self.record.vocab_size
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return self.record.padded_vocab_size
+
+    @property
+    def text_format(self) -> str:
+        return self.record.text_format
+
+    @functools.cached_property
+    def proxy(self) -> proxies.Proxy:
+        """The proxy the run trained with, from the record (its artifact checked against its sha256)."""
+        return proxies.from_manifest(self.record.proxy, workdir=self.workdir, load_m1=load_m1)
+
+    def context(self):
+        """``with run.context(): ...`` runs model code on the run's mesh with its logical axis rules."""
+        return _Context(self.mesh, sharding.logical_rules(self.config))
+
+
+class _Context:
+    def __init__(self, mesh, rules):
+        self._mesh, self._rules, self._stack = mesh, rules, []
+
+    def __enter__(self):
+        self._stack = [jax.set_mesh(self._mesh), nn.logical_axis_rules(self._rules)]
+        for c in self._stack:
+            c.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for c in reversed(self._stack):
+            c.__exit__(*exc)
+
+
+def read_record(workdir: str, config: ml_collections.ConfigDict | None = None) -> run_record.RunRecord:
+    """``run.json`` of ``workdir``; for an older workdir, the record derived from its config and
+    ``model.json`` (written back when possible)."""
+    if run_record.exists(workdir):
+        return run_record.read(workdir)
+    config = config if config is not None else workdir_lib.load_config(workdir)
+    args, vocab_size = workdir_lib.load_model(workdir)
+    manifest = {"name": config.proxy.name, "num_symbols": vocab_size - vocab.RAW_VOCAB_SIZE,
+                "settings": proxies.proxy_settings(config.proxy)}
+    models = sorted(glob.glob(os.path.join(workdir, "proxy", "*.model")))
+    if len(models) == 1:
+        manifest["artifact"] = {"file": os.path.relpath(models[0], workdir),
+                                "sha256": proxies.base.file_sha256(models[0])}
+    record = run_record.RunRecord(
+        proxy=manifest, text_format=config_lib.text_layout(config), vocab_size=int(vocab_size),
+        model=dataclasses.asdict(args), num_targets=config_lib.num_targets(args),
+        mesh={"shape": list(config.mesh.shape), "axis_names": list(config.mesh.axis_names)}, corpus={})
+    log.info("%s has no %s (written before runs recorded themselves); derived it from config.json and "
+             "model.json.", workdir, run_record.RUN)
+    try:
+        run_record.write(workdir, record)
+    except OSError:
+        pass
+    return record
+
+
+def restore(workdir: str, step: int | None = None, *, mesh=None) -> RestoredRun:
+    """The newest checkpoint of ``workdir`` that loads (or ``step``), parameters only, on ``mesh`` (default:
+    the run's mesh shape over this host's devices)."""
+    config = workdir_lib.load_config(workdir)
+    record = read_record(workdir, config)
+    if mesh is None:
+        sharding.validate(config, jax.device_count())  # the run's mesh must fit this host's devices
+        mesh = sharding.make_mesh(config)
+    model = Transformer(record.args)
+    abstract, shardings = sharding.abstract_params(config, model, mesh)
+    ckpt = workdir_lib.checkpointer(workdir, config)
+    where = os.path.join(workdir, workdir_lib.CHECKPOINTS)
+    try:
+        if step is not None and step not in ckpt.steps():
+            raise FileNotFoundError(f"{where} has no step {step}; it holds steps {ckpt.steps() or 'none'}.")
+        restored_step, params = ckpt.restore_params(abstract, step=step)
+    finally:
+        ckpt.close()
+    if params is None:
+        if ckpt.unreadable:
+            raise ckpt.unreadable_error()
+        raise FileNotFoundError(f"{where} holds no checkpoint" + (f" of step {step}" if step is not None else "")
+                                + "; train the run first.")
+    return RestoredRun(workdir, config, record, model, mesh, params, shardings, int(restored_step))
+
+
+def load_m1(m1_workdir: str, step: int | None = None):
+    """The neural proxy's M1: a byte-only run (``configs/m1.py``) restored from ``m1_workdir``."""
+    from proxy_jax.proxies.neural import m1 as m1_lib
+
+    if not m1_workdir or not os.path.isdir(m1_workdir):
+        raise FileNotFoundError(
+            f"proxy.m1_workdir={m1_workdir!r} is not a directory; train M1 first with "
+            "`python -m proxy_jax.main --config=configs/m1.py:tiny --workdir=DIR` and pass that DIR.")
+    run = restore(m1_workdir, step)
+    if run.record.proxy_name != "bytes":
+        raise ValueError(f"{m1_workdir} holds a {run.record.proxy_name!r} run; M1 must be a byte-only run "
+                         "(configs/m1.py).")
+    return m1_lib.M1.from_params(run.args, run.params, context=int(run.config.data.seq_len))

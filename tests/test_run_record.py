@@ -1,0 +1,108 @@
+"""A run carries what it is (run.json): the proxy it trained with is pinned, so a corpus that changed after
+training changes neither evaluation nor a resumed run; one restore serves every consumer."""
+
+import json
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import helpers
+from proxy_jax import assemble, proxies, restore, run_record, train
+from proxy_jax.evaluation import score
+
+
+def _corpus(root, names):
+    os.makedirs(root, exist_ok=True)
+    for path in names:
+        shutil.copyfile(path, os.path.join(root, path.name))
+    return str(root)
+
+
+def _config(spec, folder, **overrides):
+    return helpers.tiny_run_config(spec, **{**helpers.TINY_TOKENIZER, "data.source": "dir", "data.path": folder,
+                                            "data.val_fraction": 0.0, **overrides})
+
+
+@pytest.fixture(scope="module")
+def files():
+    paths = helpers.stdlib_paths(120)
+    return paths[:40], paths[40:80], paths[80:]  # the corpus, files added later, documents to score
+
+
+def test_tokenizer_run_scores_the_same_after_its_corpus_changed(tmp_path, files, caplog):
+    first, added, scored = files
+    folder = _corpus(tmp_path / "corpus", first)
+    docs = _corpus(tmp_path / "scored", scored[:6])
+    wd = str(tmp_path / "tokens")
+    train.train(_config("configs/tokens.py:tiny", folder, **{"train.steps": 4}), wd, progress=False)
+    record = run_record.read(wd)
+    assert record.text_format == "compressed" and record.proxy["name"] == "tokenizer"
+    pinned = os.path.join(wd, record.proxy["artifact"]["file"])
+    assert proxies.base.file_sha256(pinned) == record.proxy["artifact"]["sha256"]
+    assert record.vocab_size == 320 + record.proxy["num_symbols"]
+    assert len(run_record.corpus_keys(wd)) == record.corpus["documents"] >= len(first)  # pieces of long files
+    before = score.evaluate_workdir(wd, data=docs)
+
+    _corpus(folder, added)
+    # The changed corpus really would give another tokenizer, so the check below can fail.
+    retrained = assemble.make_proxy(_config("configs/tokens.py:tiny", folder), str(tmp_path / "other"))
+    assert retrained.model_sha256 != proxies.from_manifest(record.proxy, workdir=wd).model_sha256
+    after = score.evaluate_workdir(wd, data=docs)
+    assert after["raw_bpb"] == before["raw_bpb"] and after["raw_bytes"] == before["raw_bytes"]
+    assert sorted(os.listdir(os.path.join(wd, "proxy"))) == [os.path.basename(pinned)]
+
+
+def test_resumed_proxy_run_keeps_its_tokenizer_when_files_are_added(tmp_path, files, caplog):
+    first, added, _ = files
+    folder = _corpus(tmp_path / "corpus", first)
+    wd = str(tmp_path / "proxy_tokens")
+    config = _config("configs/proxy_tokens.py:tiny", folder)
+    summary = train.train(config, wd, progress=False, stop_after=4)
+    original = summary["run"].proxy
+    sample = helpers.stdlib_paths(1)[0].read_bytes()[:2000]
+    _corpus(folder, added)
+    with caplog.at_level(logging.WARNING, logger="proxy_jax.assemble"):
+        resumed = train.train(config, wd, progress=False)
+    assert resumed["start_step"] == 4 and resumed["final_step"] == 8
+    assert np.array_equal(resumed["run"].proxy.encode(sample), original.encode(sample))
+    assert resumed["run"].proxy.manifest()["model_sha256"] == original.manifest()["model_sha256"]
+    line = next(r.getMessage() for r in caplog.records if "training split changed" in r.getMessage())
+    assert f"{len(added)} added ({added[0].name}" in line and "keeps the tokenizer proxy" in line
+    assert len(os.listdir(os.path.join(wd, "proxy"))) == 1
+
+
+def test_one_restore_serves_consumers_and_old_workdirs(tmp_path, caplog):
+    """Parameters only (no optimiser state is read), the recorded proxy and text format; a workdir written
+    before run.json existed is read from config.json + model.json, with one log line."""
+    wd = str(tmp_path / "gzip")
+    config = helpers.tiny_run_config(**{"train.steps": 4, "train.checkpoint_every": 2})
+    summary = train.train(config, wd, progress=False)
+    run = restore.restore(wd)
+    assert run.step == 4 and run.text_format == "sentinel" and run.vocab_size == 576
+    assert run.padded_vocab_size == run.args.vocab_size == 640
+    assert isinstance(run.proxy, proxies.GzipProxy) and run.proxy.level == config.proxy.gzip_level
+    trained = summary["run"].state.params
+    for a, b in zip(jax_leaves(run.params), jax_leaves(trained)):
+        np.testing.assert_array_equal(a, b)
+    assert restore.restore(wd, step=2).step == 2
+    with pytest.raises(FileNotFoundError, match="no step 3"):
+        restore.restore(wd, step=3)
+
+    record = run_record.read(wd)
+    os.remove(os.path.join(wd, run_record.RUN))
+    with open(os.path.join(wd, "model.json"), "w") as f:
+        json.dump({"args": record.model, "vocab_size": record.vocab_size}, f)
+    with caplog.at_level(logging.INFO, logger="proxy_jax.restore"):
+        old = restore.restore(wd)
+    assert sum("derived it from config.json" in r.getMessage() for r in caplog.records) == 1
+    assert old.text_format == "sentinel" and old.vocab_size == 576 and old.args == run.args
+    assert run_record.exists(wd)  # written back once
+
+
+def jax_leaves(tree):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
