@@ -185,6 +185,13 @@ def _proxy_of_record(config, workdir: str, corpus: Corpus) -> tuple[proxies.Prox
     if record.proxy.get("settings") != proxies.proxy_settings(config.proxy):
         return None  # a run that never saved a checkpoint, restarted with other proxy settings
     proxy = proxies.from_manifest(record.proxy, workdir=workdir, load_m1=restore_lib.load_m1)
+    given = str(config.proxy.get("model_path", "") or "")
+    if given and os.path.isfile(given) and "model_sha256" in record.proxy:
+        sha = proxies.base.file_sha256(given)
+        if sha != record.proxy["model_sha256"]:
+            raise ValueError(f"--config.proxy.model_path={given} is not the tokenizer the run in {workdir} trained "
+                             f"with (sha256 {sha[:12]}..., recorded {record.proxy['model_sha256'][:12]}...); point it "
+                             "at the original file or use a new --workdir.")
     if config.data.source != "preprocessed" and record.corpus.get("fingerprint"):
         train = corpus.split("train")
         keys = [train.key(i) for i in range(len(train))]

@@ -5,8 +5,8 @@
   only in the subprocess that ``test_multidevice.py`` starts with ``PROXY_JAX_TEST_DEVICES=8`` (8 fake
   CPU devices must be set before JAX starts, so they cannot share a process with the others).
 * absl flags are marked parsed (Grain's worker processes read them).
-* Fixtures wrap ``helpers.py`` (also importable where a module needs them at import time): a config with
-  dotted overrides, the standard-library documents, a mixing schedule.
+* Shared helpers (the standard-library documents, configs with dotted overrides, the one shrink of a preset
+  to a tiny run, mixing schedules) live in ``helpers.py``; tests import them directly.
 """
 
 import os
@@ -16,29 +16,8 @@ if DEVICES > 1:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import pytest  # noqa: E402
 from absl import flags  # noqa: E402
-
-import helpers  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()
 
 collect_ignore = [] if DEVICES > 1 else ["multidevice"]
-
-
-@pytest.fixture
-def tiny_config():
-    """``tiny_config(spec=None, **{"dotted.key": value})``: the base config (or a config file) with overrides."""
-    return helpers.config_with
-
-
-@pytest.fixture(scope="session")
-def stdlib_docs():
-    """The first 4000 bytes of the first 64 top-level standard-library files."""
-    return helpers.stdlib_docs(64, 4000)
-
-
-@pytest.fixture
-def mix():
-    """``mix(warmup, steady, decay, rates, modes)``: a ``config.mix`` (see ``helpers.mix_config``)."""
-    return helpers.mix_config

@@ -21,13 +21,9 @@ from proxy_jax.codeeval import problems as problems_lib
 from proxy_jax.evaluation import codegen, sampler as sampler_lib, translation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = {
-    "train.steps": 3, "train.checkpoint_every": 3, "train.log_every": 1, "train.eval_every": 0,
-    "train.tensorboard": False, "train.sample_prompt": "", "data.seq_len": 64, "data.batch_size": 4,
-    "data.source": "dir", "data.val_fraction": 0.2, "model.num_layers": 1, "model.d_model": 64,
-    "model.num_heads": 2, "model.num_kv_heads": 2, "model.head_dim": 32, "model.d_ff": 128,
-}
-TOKENIZER = {"proxy.vocab_size": 512, "proxy.train_max_bytes": 200_000}
+TINY = {**helpers.TINY, "train.steps": 3, "train.checkpoint_every": 3, "data.batch_size": 4, "data.source": "dir",
+        "data.val_fraction": 0.2}
+TOKENIZER = helpers.TINY_TOKENIZER
 
 
 @pytest.fixture(scope="session")

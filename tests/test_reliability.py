@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 
+import helpers
 from proxy_jax import checkpoint, recipes, train, workdir as workdir_lib
 from proxy_jax import restore as restore_lib
 from proxy_jax.data import corpus
@@ -29,12 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small(**overrides):
-    base = {"train.steps": 6, "train.checkpoint_every": 2, "train.log_every": 1, "train.eval_every": 0,
-            "train.tensorboard": False, "train.sample_prompt": "", "data.seq_len": 64, "data.batch_size": 8,
-            "model.num_layers": 1, "model.d_model": 64, "model.num_heads": 2, "model.num_kv_heads": 2,
-            "model.head_dim": 32, "model.d_ff": 128}
-    base.update(overrides)
-    return recipes.load_config(os.path.join(ROOT, "configs/bytes.py:tiny"), **base)
+    """The byte baseline shrunk (``helpers.TINY``), 6 steps with a checkpoint every 2."""
+    return helpers.tiny_run_config("configs/bytes.py:tiny", **{"train.steps": 6, "train.checkpoint_every": 2,
+                                                               **overrides})
 
 
 def steps_on_disk(wd):

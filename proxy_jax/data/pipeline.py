@@ -33,7 +33,7 @@ import numpy as np
 from absl import flags
 
 from proxy_jax import config as config_lib
-from proxy_jax import vocab
+from proxy_jax import proxies, vocab
 from proxy_jax.data import elastic
 from proxy_jax.data import packing
 from proxy_jax.data import schedule
@@ -71,7 +71,7 @@ class LoadDocument:
 
 def needs_compression(config: ml_collections.ConfigDict) -> bool:
     """Whether some step can emit a compressed view (a pure byte baseline never makes one)."""
-    return config.proxy.name != "bytes" and schedule.max_rate(config.mix) > 0.0
+    return proxies.proxy_class(config.proxy.name).compresses and schedule.max_rate(config.mix) > 0.0
 
 
 def document_stage(config: ml_collections.ConfigDict, source: Any, proxy: Any, *, process_index: int,

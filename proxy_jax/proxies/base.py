@@ -86,6 +86,8 @@ class Proxy(abc.ABC):
     lossless: bool = True
     #: The ``config.proxy`` keys that shape this proxy's output.
     settings: tuple[str, ...] = ()
+    #: Whether the proxy makes a compressed view at all (the byte baseline's identity does not).
+    compresses: bool = True
 
     @abc.abstractmethod
     def encode(self, data: bytes) -> np.ndarray:

@@ -19,6 +19,7 @@ class BytesProxy(Proxy):
     name = "bytes"
     num_symbols = 0
     lossless = True
+    compresses = False
 
     def encode(self, data: bytes) -> np.ndarray:
         return vocab.encode_raw(data)
