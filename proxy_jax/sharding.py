@@ -1,7 +1,7 @@
 """Device mesh, logical-axis rules, sharded initialisation and host -> global batches.
 
 The mesh has three axes, ``data``, ``fsdp`` and ``tensor`` (``config.mesh.shape``; one -1 takes the
-remaining devices). Parameters carry logical axis names (see ``model.py``) that ``config.mesh.rules``
+remaining devices). Parameters carry logical axis names (``proxy_jax.model.transformer``) that ``config.mesh.rules``
 maps onto mesh axes; the batch dimension is split over ``("data", "fsdp")``.
 """
 
