@@ -115,7 +115,6 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
     changed = workdir_lib.check_resume(config, workdir)
     if changed:
         log.info("Resuming with changed %s (recorded in %s).", ", ".join(sorted(changed)), workdir_lib.CONFIG_HISTORY)
-    workdir_lib.save_config(config, workdir)
     run = assemble.build(config, workdir)  # writes the run record (run.json) on the first build
     c = run.config
     data_iter = iter(run.pipeline)
@@ -125,6 +124,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
     try:  # the loop's own try closes the checkpointer and the data iterator (its packing thread) from there on
         resumed = _resume(checkpointer, run, data_iter, restart_if_unreadable)
         start_step = resumed if resumed is not None else 0
+        workdir_lib.save_config(config, workdir, changed)  # only now: a refused resume changes nothing
         data_iter.start_prefetch()  # data.host_prefetch: the first batches are packed while the rest is set up
         writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard)
         eval_docs = run.corpus.heldout(c.train.eval_docs) if c.train.eval_every > 0 else []

@@ -69,12 +69,21 @@ def _require(workdir: str, name: str) -> str:
     return path
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def save_config(config: ml_collections.ConfigDict, workdir: str,
+                changed: dict[str, tuple[Any, Any]] | None = None) -> None:
+    """Writes ``config.json`` and, for a resume that changed resumable keys (``check_resume``'s result), one
+    row of ``config_history.jsonl``. The training loop calls it only once the run has restored, so a refused
+    resume leaves the workdir as it was."""
     if jax.process_index() != 0:
         return
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG), "w", encoding="utf-8") as f:
+    if changed:
+        with open(os.path.join(workdir, CONFIG_HISTORY), "a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": time.time(), "changed": {k: list(v) for k, v in changed.items()}}) + "\n")
+    tmp = os.path.join(workdir, CONFIG + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, os.path.join(workdir, CONFIG))
 
 
 def _holder(fd: int) -> dict:
@@ -160,9 +169,9 @@ def _resumable(key: str) -> bool:
 
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple[Any, Any]]:
     """Compares ``config`` with the run saved in ``workdir`` (if it has checkpoints); returns the changed
-    resumable keys ``{key: (saved, now)}`` and records them in ``config_history.jsonl``; raises
-    :class:`ConfigMismatchError` naming every other changed key. Keys the saved config lacks (added to
-    the library since) are not compared."""
+    resumable keys ``{key: (saved, now)}`` (``save_config`` records them once the resume succeeds); raises
+    :class:`ConfigMismatchError` naming every other changed key. Writes nothing. Keys the saved config
+    lacks (added to the library since) are not compared."""
     path = os.path.join(workdir, CONFIG)
     ckpt_dir = os.path.join(workdir, CHECKPOINTS)
     has_steps = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
@@ -178,9 +187,6 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
         raise ConfigMismatchError(
             f"{workdir} holds a run made with other settings that cannot change on resume: {shown}; keep the "
             "saved values (see its config.json) or use a new --workdir.")
-    if changed and jax.process_index() == 0:
-        with open(os.path.join(workdir, CONFIG_HISTORY), "a", encoding="utf-8") as f:
-            f.write(json.dumps({"time": time.time(), "changed": {k: list(v) for k, v in changed.items()}}) + "\n")
     return changed
 
 

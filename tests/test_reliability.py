@@ -117,7 +117,10 @@ def test_resume_refuses_shape_changes_and_records_allowed_ones(tmp_path):
     assert not os.path.exists(os.path.join(wd, workdir_lib.CONFIG_HISTORY))
 
     allowed = small(**{"train.steps": 20, "opt.lr": 1e-4})
-    assert workdir_lib.check_resume(allowed, wd) == {"train.steps": (6, 20), "opt.lr": (3e-3, 1e-4)}
+    changes = workdir_lib.check_resume(allowed, wd)
+    assert changes == {"train.steps": (6, 20), "opt.lr": (3e-3, 1e-4)}
+    assert not os.path.exists(os.path.join(wd, workdir_lib.CONFIG_HISTORY))  # recorded only once resumed
+    workdir_lib.save_config(allowed, wd, changes)
     rows = [json.loads(line) for line in open(os.path.join(wd, workdir_lib.CONFIG_HISTORY))]
     assert rows[-1]["changed"] == {"train.steps": [6, 20], "opt.lr": [3e-3, 1e-4]}
     assert workdir_lib.check_resume(config, tmp_path / "fresh") == {}  # nothing to resume: anything goes

@@ -106,3 +106,36 @@ def jax_leaves(tree):
     import jax
 
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _snapshot(wd):
+    out = {}
+    for root, _, names in os.walk(wd):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, wd)] = f.read()
+    return out
+
+
+def test_a_refused_resume_changes_nothing_in_the_workdir(tmp_path):
+    """Refused before building (a frozen key changed) or after (no checkpoint restores): config.json,
+    config_history.jsonl, run.json and the checkpoints stay byte for byte as they were."""
+    from proxy_jax import checkpoint, workdir as workdir_lib
+
+    wd = str(tmp_path / "run")
+    config = helpers.tiny_run_config("configs/bytes.py:tiny", **{"train.steps": 4, "train.checkpoint_every": 2})
+    train.train(config, wd, progress=False)
+    for step in os.listdir(os.path.join(wd, "checkpoints")):
+        for root, _, names in os.walk(os.path.join(wd, "checkpoints", step, "state")):
+            for name in names:
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    before = _snapshot(wd)
+    with pytest.raises(workdir_lib.ConfigMismatchError):
+        train.train(helpers.tiny_run_config("configs/bytes.py:tiny", **{"data.seq_len": 32}), wd, progress=False)
+    assert _snapshot(wd) == before
+    longer = helpers.tiny_run_config("configs/bytes.py:tiny", **{"train.steps": 6, "train.checkpoint_every": 2})
+    with pytest.raises(checkpoint.UnreadableCheckpointsError):
+        train.train(longer, wd, progress=False)
+    assert _snapshot(wd) == before
