@@ -30,10 +30,15 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.8"],
+        # gcsfs + gcp-storage-emulator: the gs:// workdir tests run against a local Cloud Storage server.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.8",
+                 "gcsfs>=2024.2", "gcp-storage-emulator>=2024.8"],
         "notebook": ["matplotlib>=3.8"],
         # proxy_jax.export: safetensors + tokenizers write a Hugging Face Llama checkpoint; transformers and
         # (CPU) torch load it to check it. Tested with transformers 4.57.1 and 5.23.0, torch 2.13.0.
+        # Workdirs on Google Cloud Storage (--workdir=gs://bucket/run): gcsfs for the run's own files; Orbax
+        # writes checkpoints there through TensorStore.
+        "gcs": ["gcsfs>=2024.2"],
         "export": ["safetensors>=0.4", "tokenizers>=0.22", "transformers>=4.57", "torch"],
     },
 )

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import signal
 import sys
 from typing import Any
@@ -26,6 +25,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from proxy_jax import storage
 from proxy_jax.data import elastic
 
 log = logging.getLogger(__name__)
@@ -146,11 +146,11 @@ class Checkpointer:
         """Deletes Orbax's half-written step directories (``*.orbax-checkpoint-tmp*``); only the run that
         owns the directory may call this (a reader could remove a save in progress)."""
         removed = []
-        if jax.process_index() != 0 or not os.path.isdir(self.directory):
+        if jax.process_index() != 0 or not storage.isdir(self.directory):
             return removed
-        for name in os.listdir(self.directory):
+        for name in storage.listdir(self.directory):
             if TMP_SUFFIX in name:
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+                storage.rmtree(storage.join(self.directory, name))
                 removed.append(name)
         return removed
 
@@ -159,15 +159,15 @@ class Checkpointer:
         moved = []
         if jax.process_index() == 0:
             dest_root = self.directory.rstrip("/") + ".unreadable"
-            os.makedirs(dest_root, exist_ok=True)
+            storage.makedirs(dest_root)
             for step in steps:
-                src = os.path.join(self.directory, str(step))
-                if not os.path.exists(src):
+                src = storage.join(self.directory, str(step))
+                if not storage.exists(src):
                     continue
-                dest, k = os.path.join(dest_root, str(step)), 1
-                while os.path.exists(dest):
-                    dest, k = os.path.join(dest_root, f"{step}.{k}"), k + 1
-                shutil.move(src, dest)
+                dest, k = storage.join(dest_root, str(step)), 1
+                while storage.exists(dest):
+                    dest, k = storage.join(dest_root, f"{step}.{k}"), k + 1
+                storage.move(src, dest)
                 moved.append(dest)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any
 
 import jax
 import numpy as np
+
+from proxy_jax import storage
 
 # Dense bf16 peak FLOP/s per chip, keyed by a substring of ``jax.devices()[0].device_kind`` (lower case).
 PEAK_FLOPS = {
@@ -49,6 +50,9 @@ def to_python(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in host.items()}
 
 
+REMOTE_FLUSH_S = 30.0  # object storage: seconds between rewrites of metrics.jsonl
+
+
 class MetricsWriter:
     """Appends one JSON object per call to ``workdir/metrics.jsonl`` and mirrors scalars to TensorBoard."""
 
@@ -57,34 +61,56 @@ class MetricsWriter:
         self._tb = None
         if not self.enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        self._path = storage.join(workdir, "metrics.jsonl")
+        # Object storage has no appends: rows are kept and the object rewritten at most every
+        # REMOTE_FLUSH_S seconds (and on close); a local file is appended to and flushed per row.
+        self._remote = storage.is_remote(workdir)
+        self._rows: list[str] = []
+        self._flushed = time.time()
+        if self._remote:
+            self._rows = storage.read_text(self._path).splitlines(keepends=True) if storage.exists(self._path) else []
+            self._file = None
+        else:
+            storage.makedirs(workdir)
+            self._file = open(self._path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(storage.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
-        self._file.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
-        self._file.flush()
+        line = json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n"
+        if self._remote:
+            self._rows.append(line)
+            if time.time() - self._flushed >= REMOTE_FLUSH_S:
+                self._flush_remote()
+        else:
+            self._file.write(line)
+            self._file.flush()
         if self._tb is not None:
             for k, v in scalars.items():
                 if math.isfinite(float(v)):
                     self._tb.add_scalar(k, float(v), int(step))
 
+    def _flush_remote(self) -> None:
+        storage.write_text(self._path, "".join(self._rows))
+        self._flushed = time.time()
+
     def close(self) -> None:
         if not self.enabled:
             return
-        self._file.close()
+        if self._remote:
+            self._flush_remote()
+        else:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """All rows of ``workdir/metrics.jsonl`` (for notebooks and tests)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = storage.read_text(storage.join(workdir, "metrics.jsonl"))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

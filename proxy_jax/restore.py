@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import logging
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -24,7 +22,7 @@ import jax
 import ml_collections
 
 from proxy_jax import config as config_lib
-from proxy_jax import proxies, run_record, sharding, vocab
+from proxy_jax import proxies, run_record, sharding, storage, vocab
 from proxy_jax import workdir as workdir_lib
 from proxy_jax.model import ModelArgs, Transformer
 
@@ -96,10 +94,11 @@ def read_record(workdir: str, config: ml_collections.ConfigDict | None = None) -
     args, vocab_size = workdir_lib.load_model(workdir)
     manifest = {"name": config.proxy.name, "num_symbols": vocab_size - vocab.RAW_VOCAB_SIZE,
                 "settings": proxies.proxy_settings(config.proxy)}
-    models = sorted(glob.glob(os.path.join(workdir, "proxy", "*.model")))
+    folder = storage.join(workdir, "proxy")
+    models = [n for n in storage.listdir(folder) if n.endswith(".model")] if storage.isdir(folder) else []
     if len(models) == 1:
-        manifest["artifact"] = {"file": os.path.relpath(models[0], workdir),
-                                "sha256": proxies.base.file_sha256(models[0])}
+        manifest["artifact"] = {"file": f"proxy/{models[0]}",
+                                "sha256": proxies.base.file_sha256(storage.join(folder, models[0]))}
     record = run_record.RunRecord(
         proxy=manifest, text_format=config_lib.text_layout(config), vocab_size=int(vocab_size),
         model=dataclasses.asdict(args), num_targets=config_lib.num_targets(args),
@@ -124,7 +123,7 @@ def restore(workdir: str, step: int | None = None, *, mesh=None) -> RestoredRun:
     model = Transformer(record.args)
     abstract, shardings = sharding.abstract_params(config, model, mesh)
     ckpt = workdir_lib.checkpointer(workdir, config)
-    where = os.path.join(workdir, workdir_lib.CHECKPOINTS)
+    where = storage.join(workdir, workdir_lib.CHECKPOINTS)
     try:
         if step is not None and step not in ckpt.steps():
             raise FileNotFoundError(f"{where} has no step {step}; it holds steps {ckpt.steps() or 'none'}.")
@@ -143,7 +142,7 @@ def load_m1(m1_workdir: str, step: int | None = None):
     """The neural proxy's M1: a byte-only run (``configs/m1.py``) restored from ``m1_workdir``."""
     from proxy_jax.proxies.neural import m1 as m1_lib
 
-    if not m1_workdir or not os.path.isdir(m1_workdir):
+    if not m1_workdir or not storage.isdir(m1_workdir):
         raise FileNotFoundError(
             f"proxy.m1_workdir={m1_workdir!r} is not a directory; train M1 first with "
             "`python -m proxy_jax.main --config=configs/m1.py:tiny --workdir=DIR` and pass that DIR.")

@@ -24,10 +24,9 @@ import dataclasses
 import gzip
 import json
 import logging
-import os
 from typing import Any
 
-from proxy_jax import __version__
+from proxy_jax import __version__, storage
 from proxy_jax.model import ModelArgs
 
 RUN = "run.json"
@@ -81,38 +80,31 @@ class RunRecord:
 
 
 def path(workdir: str) -> str:
-    return os.path.join(workdir, RUN)
+    return storage.join(workdir, RUN)
 
 
 def exists(workdir: str) -> bool:
-    return os.path.isfile(path(workdir))
+    return storage.isfile(path(workdir))
 
 
 def write(workdir: str, record: RunRecord, corpus_keys: list[str] | None = None) -> None:
-    """Writes ``run.json`` (atomically) and, when given, the training split's keys."""
-    os.makedirs(workdir, exist_ok=True)
+    """Writes ``run.json`` (each file replaced whole) and, when given, the training split's keys."""
+    storage.makedirs(workdir)
     if corpus_keys is not None and len(corpus_keys) <= MAX_KEYS:
-        tmp = os.path.join(workdir, CORPUS_KEYS + ".tmp")
-        with gzip.open(tmp, "wt", encoding="utf-8", errors="surrogatepass") as f:
-            f.write("\n".join(corpus_keys))
-        os.replace(tmp, os.path.join(workdir, CORPUS_KEYS))
-    tmp = path(workdir) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record.to_json(), f, indent=2, sort_keys=True)
-    os.replace(tmp, path(workdir))
+        data = "\n".join(corpus_keys).encode("utf-8", "surrogatepass")
+        storage.write_bytes(storage.join(workdir, CORPUS_KEYS), gzip.compress(data, mtime=0))
+    storage.write_text(path(workdir), json.dumps(record.to_json(), indent=2, sort_keys=True))
 
 
 def read(workdir: str) -> RunRecord:
-    with open(path(workdir), encoding="utf-8") as f:
-        return RunRecord.from_json(json.load(f))
+    return RunRecord.from_json(json.loads(storage.read_text(path(workdir))))
 
 
 def corpus_keys(workdir: str) -> list[str] | None:
-    p = os.path.join(workdir, CORPUS_KEYS)
-    if not os.path.isfile(p):
+    p = storage.join(workdir, CORPUS_KEYS)
+    if not storage.isfile(p):
         return None
-    with gzip.open(p, "rt", encoding="utf-8", errors="surrogatepass") as f:
-        text = f.read()
+    text = gzip.decompress(storage.read_bytes(p)).decode("utf-8", "surrogatepass")
     return text.split("\n") if text else []
 
 

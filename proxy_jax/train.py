@@ -28,6 +28,7 @@ import numpy as np
 from proxy_jax import assemble
 from proxy_jax import checkpoint as ckpt_lib
 from proxy_jax import metrics as metrics_lib
+from proxy_jax import storage
 from proxy_jax import workdir as workdir_lib
 from proxy_jax.model import flops_per_token
 
@@ -83,6 +84,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     run stops (``checkpoint.UnreadableCheckpointsError``) unless ``restart_if_unreadable``: then they
     are set aside and training starts from step 0.
     """
+    storage.check_usable(workdir)
     with workdir_lib.lock(workdir):
         return _train(config, workdir, progress, stop_after, restart_if_unreadable)
 
@@ -105,7 +107,7 @@ def _resume(checkpointer: ckpt_lib.Checkpointer, run: assemble.Run, data_iter, r
     if restored is None:
         return None
     run.state = restored
-    log.info("Resumed from step %d of %s.", start_step, os.path.dirname(checkpointer.directory))
+    log.info("Resumed from step %d of %s.", start_step, checkpointer.directory.rsplit("/", 1)[0])
     return int(start_step)
 
 

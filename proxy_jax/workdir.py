@@ -38,6 +38,7 @@ import ml_collections
 
 from proxy_jax import checkpoint as ckpt_lib
 from proxy_jax import config as config_lib
+from proxy_jax import storage
 from proxy_jax.model import ModelArgs
 
 CONFIG = "config.json"
@@ -63,8 +64,8 @@ class ConfigMismatchError(ValueError):
 
 
 def _require(workdir: str, name: str) -> str:
-    path = os.path.join(workdir, name)
-    if not os.path.exists(path):
+    path = storage.join(workdir, name)
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} does not exist: --workdir must be a directory written by proxy_jax.main.")
     return path
 
@@ -76,14 +77,11 @@ def save_config(config: ml_collections.ConfigDict, workdir: str,
     resume leaves the workdir as it was."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     if changed:
-        with open(os.path.join(workdir, CONFIG_HISTORY), "a", encoding="utf-8") as f:
-            f.write(json.dumps({"time": time.time(), "changed": {k: list(v) for k, v in changed.items()}}) + "\n")
-    tmp = os.path.join(workdir, CONFIG + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, os.path.join(workdir, CONFIG))
+        row = {"time": time.time(), "changed": {k: list(v) for k, v in changed.items()}}
+        storage.append_text(storage.join(workdir, CONFIG_HISTORY), json.dumps(row) + "\n")
+    storage.write_text(storage.join(workdir, CONFIG), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _holder(fd: int) -> dict:
@@ -125,6 +123,10 @@ def lock(workdir: str):
     if jax.process_index() != 0:
         yield
         return
+    if storage.is_remote(workdir):
+        with _object_lock(workdir):
+            yield
+        return
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -153,6 +155,28 @@ def lock(workdir: str):
         os.close(fd)  # also drops the flock
 
 
+@contextlib.contextmanager
+def _object_lock(workdir: str):
+    """The lock of a workdir on object storage: no ``flock`` there, so the ``lock`` object names its holder
+    and a newcomer refuses a holder that is alive (same host) or on another host. Two processes starting
+    within the time it takes to write one object can both pass: keep one writer per workdir."""
+    path = storage.join(workdir, LOCK)
+    host, pid = socket.gethostname(), os.getpid()
+    try:
+        holder = json.loads(storage.read_text(path) or "{}") if storage.exists(path) else {}
+    except ValueError:
+        holder = {}
+    if holder and (holder.get("host") != host or _alive(holder.get("pid", 0))) and holder.get("pid") != pid:
+        raise WorkdirLockedError(
+            f"{workdir} is in use by process {holder.get('pid')} on host {holder.get('host')} (see {path}); wait "
+            f"for it to finish, use another --workdir, or delete {path} if that run is gone.")
+    storage.write_text(path, json.dumps({"host": host, "pid": pid, "since": time.time()}))
+    try:
+        yield
+    finally:
+        storage.write_text(path, "")
+
+
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in tree.items():
@@ -172,13 +196,12 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
     resumable keys ``{key: (saved, now)}`` (``save_config`` records them once the resume succeeds); raises
     :class:`ConfigMismatchError` naming every other changed key. Writes nothing. Keys the saved config
     lacks (added to the library since) are not compared."""
-    path = os.path.join(workdir, CONFIG)
-    ckpt_dir = os.path.join(workdir, CHECKPOINTS)
-    has_steps = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
-    if not (os.path.exists(path) and has_steps):
+    path = storage.join(workdir, CONFIG)
+    ckpt_dir = storage.join(workdir, CHECKPOINTS)
+    has_steps = storage.isdir(ckpt_dir) and any(n.isdigit() for n in storage.listdir(ckpt_dir))
+    if not (storage.exists(path) and has_steps):
         return {}
-    with open(path, encoding="utf-8") as f:
-        saved = _flat(json.load(f))
+    saved = _flat(json.loads(storage.read_text(path)))
     now = _flat(json.loads(config.to_json_best_effort()))
     changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
     frozen = sorted(k for k in changed if not _resumable(k))
@@ -192,8 +215,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The saved config, on top of today's defaults (keys added since the run was made keep their defaults)."""
-    with open(_require(workdir, CONFIG), encoding="utf-8") as f:
-        saved = json.load(f)
+    saved = json.loads(storage.read_text(_require(workdir, CONFIG)))
     config = config_lib.base_config()
     _merge(config, saved)
     return config
@@ -212,10 +234,9 @@ def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
 
 def load_model(workdir: str) -> tuple[ModelArgs, int]:
     """``(ModelArgs, logical vocabulary size)`` of an older workdir's ``model.json``."""
-    with open(_require(workdir, MODEL), encoding="utf-8") as f:
-        saved = json.load(f)
+    saved = json.loads(storage.read_text(_require(workdir, MODEL)))
     return ModelArgs(**saved["args"]), int(saved["vocab_size"])
 
 
 def checkpointer(workdir: str, config: ml_collections.ConfigDict) -> ckpt_lib.Checkpointer:
-    return ckpt_lib.Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=config.train.keep_checkpoints)
+    return ckpt_lib.Checkpointer(storage.join(workdir, CHECKPOINTS), keep=config.train.keep_checkpoints)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
-import os
 from typing import Any, Callable, Iterable
 
 import numpy as np
+
+from proxy_jax import storage
 
 #: name -> proxy class, filled by :func:`register` as each proxy module is imported.
 REGISTRY: dict[str, type["Proxy"]] = {}
@@ -54,8 +55,10 @@ class Inputs:
 
 
 def file_sha256(path: str) -> str:
+    if storage.is_remote(path):
+        return hashlib.sha256(storage.read_bytes(path)).hexdigest()
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(storage.local(path), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -64,8 +67,8 @@ def file_sha256(path: str) -> str:
 def pinned_file(manifest: dict[str, Any], workdir: str) -> str:
     """The path of a manifest's artifact under ``workdir``, after checking its sha256; one sentence if not."""
     art = manifest.get("artifact") or {}
-    path = os.path.join(workdir, art.get("file", ""))
-    if not art.get("file") or not os.path.isfile(path):
+    path = storage.join(workdir, art.get("file", ""))
+    if not art.get("file") or not storage.isfile(path):
         raise FileNotFoundError(f"{path} is missing: the run in {workdir} recorded its {manifest['name']} proxy "
                                 f"there (run.json); restore the file from a copy of the workdir.")
     got = file_sha256(path)

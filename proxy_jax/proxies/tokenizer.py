@@ -15,14 +15,13 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 from typing import Any
 
 import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from proxy_jax import vocab
+from proxy_jax import storage, vocab
 from proxy_jax.proxies import tokenizer_training as training
 from proxy_jax.proxies.base import Inputs, Proxy, file_sha256, pinned_file, register
 
@@ -72,11 +71,10 @@ class TokenizerProxy(Proxy):
 
     @classmethod
     def from_file(cls, path: str) -> "TokenizerProxy":
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise FileNotFoundError(f"SentencePiece model {path!r} does not exist; set proxy.model_path to a "
                                     "'.model' file or leave it empty to train one.")
-        with open(path, "rb") as f:
-            return cls(f.read(), origin=path)
+        return cls(storage.read_bytes(path), origin=str(path))
 
     def _setup(self):
         sp = spm.SentencePieceProcessor(model_proto=self._proto)
@@ -122,10 +120,9 @@ class TokenizerProxy(Proxy):
 
     @classmethod
     def symbols_of(cls, proxy_config) -> int:
-        if proxy_config.model_path and os.path.isfile(proxy_config.model_path):
+        if proxy_config.model_path and storage.isfile(proxy_config.model_path):
             proto = sentencepiece_model_pb2.ModelProto()
-            with open(proxy_config.model_path, "rb") as f:
-                proto.ParseFromString(f.read())
+            proto.ParseFromString(storage.read_bytes(proxy_config.model_path))
             return len(proto.pieces)
         return int(proxy_config.vocab_size)
 
@@ -157,22 +154,22 @@ class TokenizerProxy(Proxy):
         """Keeps the model file under ``{workdir}/proxy/`` (a trained one is already there)."""
         if not workdir:
             return
-        root = os.path.abspath(workdir)
-        src = os.path.abspath(self.origin) if self.origin else ""
-        if src and os.path.isfile(src) and src.startswith(os.path.join(root, "proxy") + os.sep):
-            path = src
+        root = storage.local(workdir) if storage.is_remote(workdir) else os.path.abspath(storage.local(workdir))
+        folder = storage.join(root, "proxy")
+        src = "" if not self.origin else self.origin if storage.is_remote(self.origin) else os.path.abspath(self.origin)
+        if src and src.startswith(folder.rstrip("/") + ("/" if storage.is_remote(root) else os.sep)) \
+                and storage.isfile(src):
+            name = src[len(folder):].lstrip("/" + os.sep)
         else:
-            path = os.path.join(root, "proxy", f"tokenizer-{self.model_sha256[:12]}.model")
-            if not os.path.isfile(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = f"{path}.tmp{os.getpid()}"
-                if src and os.path.isfile(src):
-                    shutil.copyfile(src, tmp)
+            name = f"tokenizer-{self.model_sha256[:12]}.model"
+            path = storage.join(folder, name)
+            if not storage.isfile(path):
+                storage.makedirs(folder)
+                if src and storage.isfile(src):
+                    storage.copy(src, path)
                 else:
-                    with open(tmp, "wb") as f:
-                        f.write(self._model_bytes or self._proto)
-                os.replace(tmp, path)
-        self.artifact = {"file": os.path.relpath(path, root), "sha256": file_sha256(path)}
+                    storage.write_bytes(path, self._model_bytes or self._proto)
+        self.artifact = {"file": f"proxy/{name}", "sha256": file_sha256(storage.join(folder, name))}
 
     @property
     def model_proto(self) -> bytes:

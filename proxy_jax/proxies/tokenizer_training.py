@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterable
 
 import sentencepiece as spm
 
+from proxy_jax import storage
+
 SPACE_MARK = "\u2581"  # SentencePiece's escaped space
 _TRAIN_CHUNK_BYTES = 4096
 TRAINER_VERSION = 1  # bump when the training recipe changes: it is part of the cache fingerprint
@@ -102,14 +104,20 @@ def cached_tokenizer(workdir: str | None, vocab_size: int, max_bytes: int, corpu
     """The tokenizer for these settings and corpus: the path of the one cached in ``{workdir}/proxy``
     (trained there first if missing), or, with no workdir, the bytes of a freshly trained model."""
     fp = tokenizer_fingerprint(vocab_size, max_bytes, corpus_fingerprint)
+    import tempfile
+
     if workdir:
-        prefix = os.path.join(workdir, "proxy", f"tokenizer-v{vocab_size}-{fp[:12]}")
-        if os.path.isfile(prefix + ".model"):
+        prefix = storage.join(workdir, "proxy", f"tokenizer-v{vocab_size}-{fp[:12]}")
+        if storage.isfile(prefix + ".model"):
             return prefix + ".model"
         logging.getLogger(__name__).info("Training a %d-piece BPE tokenizer on up to %d bytes of the training "
                                          "split (cached in %s).", vocab_size, max_bytes, prefix + ".model")
-        return train_tokenizer(train_docs(), vocab_size, prefix, max_bytes)
-    import tempfile
+        if not storage.is_remote(workdir):
+            return train_tokenizer(train_docs(), vocab_size, storage.local(prefix), max_bytes)
+        with tempfile.TemporaryDirectory() as tmp:  # trained locally, then copied to object storage
+            storage.copy(train_tokenizer(train_docs(), vocab_size, os.path.join(tmp, "tokenizer"), max_bytes),
+                         prefix + ".model")
+        return prefix + ".model"
     with tempfile.TemporaryDirectory() as tmp:
         path = train_tokenizer(train_docs(), vocab_size, os.path.join(tmp, "tokenizer"), max_bytes)
         with open(path, "rb") as f:
