@@ -18,6 +18,7 @@ MAX_LINES = 400
 LAYERS = {
     "proxy_jax": 0,  # the package itself (its __init__ only), never a prefix of another module's layer
     "proxy_jax.vocab": 0,
+    "proxy_jax.text_format": 0,  # how a run writes a document: vocab and numpy only
     "proxy_jax.config": 0,
     "proxy_jax.recipes": 0,
     "proxy_jax.model": 1,  # a leaf network library: M1 of the neural proxy runs it
