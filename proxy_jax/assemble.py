@@ -24,6 +24,7 @@ from proxy_jax import config as config_lib
 from proxy_jax import metrics as metrics_lib
 from proxy_jax import optimizer as optimizer_lib
 from proxy_jax import proxies, sharding, vocab
+from proxy_jax import text_format as text_format_lib
 from proxy_jax import train_step as step_lib
 from proxy_jax import workdir as workdir_lib
 from proxy_jax.data import corpus, schedule, shards
@@ -141,26 +142,36 @@ class Run:
         out = self.eval_step(self.state.params, sharding.host_to_global(local, self.mesh))
         return metrics_lib.to_python(out)
 
+    @property
+    def text_format(self) -> text_format_lib.TextFormat:
+        """How the run writes a document (``text_format.of_mix``), hence how text is presented to it."""
+        return text_format_lib.of_mix(self.config.mix)
+
+    def get_proxy(self):
+        """The run's proxy (a restored run makes it on first use: the tokenizer baseline needs it)."""
+        if self.proxy is None:
+            self.proxy = make_proxy(self.config, self.workdir)
+        return self.proxy
+
     def bpb(self, docs: list[bytes], *, window: int | None = None, progress: bool = True) -> dict[str, float]:
-        """Bits per raw byte of ``docs`` under the current parameters, the documents written as the run
-        was trained (``config.text_layout``; the tokenizer baseline scores its symbols per byte of text);
-        head 0 only, so rows carry one token beyond the window."""
+        """Bits per raw byte of ``docs`` under the current parameters, the documents written in the run's
+        text format (the tokenizer baseline scores its symbols per byte of text); head 0 only, so rows
+        carry one token beyond the window."""
         window = window or int(self.config.train.eval_window)
-        layout = config_lib.text_layout(self.config)
-        encode = None
-        if layout == "compressed":  # the tokenizer baseline: its symbols' bits per byte of the same text
-            if self.proxy is None:
-                self.proxy = make_proxy(self.config, self.workdir)
-            encode = self.proxy.encode
+        fmt = self.text_format
+        encode = self.get_proxy().encode if fmt.symbols else None
         return bpb.raw_bpb(self.host_eval, docs, window=window, extra=1,
                            batch_size=int(self.config.train.eval_batch_size),
-                           progress=progress and jax.process_index() == 0, layout=layout, encode=encode)
+                           progress=progress and jax.process_index() == 0, fmt=fmt, encode=encode)
 
     def sample(self, prompts: list[bytes], max_new_bytes: int, **kwargs) -> list[bytes]:
-        """Bytes generated after each raw prompt (``proxy_jax.generate.generate``)."""
+        """Bytes generated after each raw prompt in the run's text format (``proxy_jax.generate.generate``)."""
         from proxy_jax import generate
 
-        return generate.generate(self.model, self.state.params, prompts, max_new_bytes=max_new_bytes, **kwargs)
+        fmt = self.text_format
+        proxy = self.get_proxy() if fmt.symbols else None
+        return generate.generate(self.model, self.state.params, prompts, max_new_bytes=max_new_bytes, fmt=fmt,
+                                 proxy=proxy, vocab_size=self.vocab_size, **kwargs)
 
 
 def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: bool = True) -> Run:

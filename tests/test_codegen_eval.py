@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import helpers
-from proxy_jax import generate, recipes, train, vocab
+from proxy_jax import generate, recipes, text_format, train, vocab
 from proxy_jax.codeeval import problems as problems_lib
 from proxy_jax.evaluation import codegen, sampler as sampler_lib, translation
 
@@ -161,10 +161,10 @@ def test_oracle_that_writes_f_of_x_scores_exact_match_one():
     assert off_by_one["edit_distance"] == pytest.approx(expected)
 
 
-def test_run_kind_follows_the_mix():
-    kinds = {spec: sampler_lib.run_kind(recipes.load_config(os.path.join(ROOT, f"configs/{spec}.py:tiny")))
-             for spec in ("bytes", "tokens", "proxy_tokens", "proxy_gzip")}
-    assert kinds == {"bytes": "bytes_plain", "tokens": "tokens", "proxy_tokens": "bytes", "proxy_gzip": "bytes"}
+def test_text_format_follows_the_mix():
+    formats = {spec: text_format.of_mix(recipes.load_config(os.path.join(ROOT, f"configs/{spec}.py:tiny")).mix).name
+               for spec in ("bytes", "tokens", "proxy_tokens", "proxy_gzip")}
+    assert formats == {"bytes": "plain", "tokens": "compressed", "proxy_tokens": "sentinel", "proxy_gzip": "sentinel"}
 
 
 # ---- with trained runs ----------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_cli_humaneval_end_to_end(bytes_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert 0.0 <= result["pass@k"]["pass@1"] <= 1.0 and result["n_problems"] == 3
-    assert result["kind"] == "bytes_plain" and result["generated"] == 3
+    assert result["text_format"] == "plain" and result["generated"] == 3
     # Records are appended as the parallel sandboxes finish: the set of problems is fixed, not their order.
     assert sorted(r["task_id"] for r in read_jsonl(out)) == [f"HumanEval/{i}" for i in range(3)]
     completions = read_jsonl(codegen.sibling(out, "completions"))
@@ -228,7 +228,7 @@ def test_byte_run_refuses_oracle_translation(bytes_run):
 @pytest.mark.slow
 def test_token_baseline_generates_token_ids_and_decodes_them(tokens_run):
     s = sampler_lib.load(tokens_run)
-    assert s.kind == "tokens"
+    assert s.fmt.name == "compressed"
     proxy = s.get_proxy()
     prompts = [b"def add(a, b):\n    return", b"import os\n"]
     args = s.run.model.args
