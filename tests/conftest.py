@@ -6,7 +6,9 @@
   CPU devices must be set before JAX starts, so they cannot share a process with the others).
 * absl flags are marked parsed (Grain's worker processes read them).
 * Fixtures wrap ``helpers.py`` (also importable where a module needs them at import time): a config with
-  dotted overrides, the standard-library documents, a mixing schedule.
+  dotted overrides, the standard-library documents, a mixing schedule, and three runs trained for a few
+  steps on a small folder of standard-library files (session-wide: evaluation, generation and export
+  tests share them).
 """
 
 import os
@@ -42,3 +44,33 @@ def stdlib_docs():
 def mix():
     """``mix(warmup, steady, decay, rates, modes)``: a ``config.mix`` (see ``helpers.mix_config``)."""
     return helpers.mix_config
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A folder of the first 3000 bytes of 40 standard-library files."""
+    root = tmp_path_factory.mktemp("corpus")
+    for path in helpers.stdlib_paths(40):
+        (root / path.name).write_bytes(path.read_bytes()[:3000])
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def bytes_run(tmp_path_factory, corpus):
+    """The byte baseline (no sentinels) with two main heads, so that --speculative has a draft head."""
+    return helpers.train_tiny(str(tmp_path_factory.mktemp("bytes")), corpus, "configs/bytes.py:tiny",
+                              **{"model.num_pred_heads": 2})
+
+
+@pytest.fixture(scope="session")
+def tokens_run(tmp_path_factory, corpus):
+    """The tokenizer baseline (mix modes vanilla, rate 1) with a 512-piece tokenizer."""
+    return helpers.train_tiny(str(tmp_path_factory.mktemp("tokens")), corpus, "configs/tokens.py:tiny",
+                              **helpers.TINY_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def proxy_tokens_run(tmp_path_factory, corpus):
+    """The paper's recipe (tokenizer proxy, sentinels) with a 512-piece tokenizer."""
+    return helpers.train_tiny(str(tmp_path_factory.mktemp("proxy_tokens")), corpus, "configs/proxy_tokens.py:tiny",
+                              **helpers.TINY_TOKENIZER)

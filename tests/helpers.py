@@ -37,6 +37,25 @@ def config_with(spec: str | None = None, **dotted) -> ml_collections.ConfigDict:
     return config_lib.override(config_lib.base_config(), **dotted)
 
 
+# A run trained for 3 steps on a small folder corpus: enough for every consumer of a finished run.
+TINY_RUN = {
+    "train.steps": 3, "train.checkpoint_every": 3, "train.log_every": 1, "train.eval_every": 0,
+    "train.tensorboard": False, "train.sample_prompt": "", "data.seq_len": 64, "data.batch_size": 4,
+    "data.source": "dir", "data.val_fraction": 0.2, "model.num_layers": 1, "model.d_model": 64,
+    "model.num_heads": 2, "model.num_kv_heads": 2, "model.head_dim": 32, "model.d_ff": 128,
+}
+TINY_TOKENIZER = {"proxy.vocab_size": 512, "proxy.train_max_bytes": 200_000}
+
+
+def train_tiny(workdir: str, corpus: str, spec: str, **overrides) -> str:
+    """Trains ``configs/NAME.py:PRESET`` with ``TINY_RUN`` on the folder ``corpus`` into ``workdir``."""
+    from proxy_jax import train
+
+    config = recipes.load_config(os.path.join(ROOT, spec), **{**TINY_RUN, "data.path": corpus, **overrides})
+    train.train(config, workdir, progress=False)
+    return workdir
+
+
 def packed_attention_inputs(b: int = 4, length: int = 128, heads: int = 4, kv_heads: int = 2, d: int = 32):
     """Random float32 q [b, length, heads, d], k and v [b, length, kv_heads, d], and segment ids of packed rows:
     three documents per row (the third cut short by padding in row 1)."""

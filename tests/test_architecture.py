@@ -38,7 +38,8 @@ LAYERS = {
     "proxy_jax.assemble": 6,
     "proxy_jax.train": 7,
     "proxy_jax.scaling.sweep": 7,  # runs sweeps: calls the training loop
-    "proxy_jax.export": 7,
+    "proxy_jax.huggingface": 7,  # restores a run (workdir) and writes it for transformers
+    "proxy_jax.export": 8,
     "proxy_jax.evaluation.score": 7,
     "proxy_jax.evaluation.sampler": 7,  # restores a run (assemble) and generates in its layout
     "proxy_jax.evaluation.codegen": 7,  # code tasks and probes of a run: sampler + codeeval

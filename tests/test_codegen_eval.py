@@ -1,7 +1,8 @@
 """Code-generation evaluation of runs: the command end to end, resume, speculative decoding, the token
 baseline, the oracle-translation metric and the robustness report.
 
-Runs are trained for a few steps on a small folder of standard-library files (session fixtures); their
+Runs are trained for a few steps on a small folder of standard-library files (session fixtures in
+``conftest.py``: ``bytes_run``, ``tokens_run``, ``proxy_tokens_run``); their
 pass@1 is near 0, so tests check behaviour (numbers in range, files written, what is regenerated,
 agreement between decoding paths), not quality. The canonical solutions give the known answers.
 """
@@ -16,49 +17,11 @@ import numpy as np
 import pytest
 
 import helpers
-from proxy_jax import generate, recipes, text_format, train, vocab
+from proxy_jax import generate, recipes, text_format, vocab
 from proxy_jax.codeeval import problems as problems_lib
 from proxy_jax.evaluation import codegen, sampler as sampler_lib, translation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = {
-    "train.steps": 3, "train.checkpoint_every": 3, "train.log_every": 1, "train.eval_every": 0,
-    "train.tensorboard": False, "train.sample_prompt": "", "data.seq_len": 64, "data.batch_size": 4,
-    "data.source": "dir", "data.val_fraction": 0.2, "model.num_layers": 1, "model.d_model": 64,
-    "model.num_heads": 2, "model.num_kv_heads": 2, "model.head_dim": 32, "model.d_ff": 128,
-}
-TOKENIZER = {"proxy.vocab_size": 512, "proxy.train_max_bytes": 200_000}
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    for path in helpers.stdlib_paths(40):
-        (root / path.name).write_bytes(path.read_bytes()[:3000])
-    return str(root)
-
-
-def _train(tmp_path_factory, corpus, spec, name, **overrides):
-    workdir = str(tmp_path_factory.mktemp(name))
-    config = recipes.load_config(os.path.join(ROOT, spec), **{**TINY, "data.path": corpus, **overrides})
-    train.train(config, workdir, progress=False)
-    return workdir
-
-
-@pytest.fixture(scope="session")
-def bytes_run(tmp_path_factory, corpus):
-    """The byte baseline (no sentinels) with two main heads, so that --speculative has a draft head."""
-    return _train(tmp_path_factory, corpus, "configs/bytes.py:tiny", "bytes", **{"model.num_pred_heads": 2})
-
-
-@pytest.fixture(scope="session")
-def tokens_run(tmp_path_factory, corpus):
-    return _train(tmp_path_factory, corpus, "configs/tokens.py:tiny", "tokens", **TOKENIZER)
-
-
-@pytest.fixture(scope="session")
-def proxy_tokens_run(tmp_path_factory, corpus):
-    return _train(tmp_path_factory, corpus, "configs/proxy_tokens.py:tiny", "proxy_tokens", **TOKENIZER)
 
 
 def run_cli(*args, timeout=300):
