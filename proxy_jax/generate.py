@@ -205,8 +205,8 @@ def generate(
 
 
 def generate_text(model: Transformer, params, prompt_ids: list[np.ndarray], decode, *, stop=(), max_new_ids: int,
-                  allowed_V: np.ndarray, stop_ids=SENTINEL.stop_ids, temperature: float = 0.0, top_p: float = 1.0, rng=None,
-                  use_cache: bool = True) -> list[bytes]:
+                  allowed_V: np.ndarray, stop_ids=SENTINEL.stop_ids, temperature: float = 0.0, top_p: float = 1.0,
+                  rng=None, use_cache: bool = True) -> list[bytes]:
     """:func:`generate_ids` read as text: ``decode(ids) -> bytes`` (raw bytes, or a tokenizer's decoder); a row
     also ends once its text holds one of the ``stop`` strings, and is returned cut before it."""
     stop = tuple(bytes(s) for s in stop)

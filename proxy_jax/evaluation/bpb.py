@@ -31,9 +31,10 @@ import numpy as np
 from proxy_jax import text_format
 
 
-def eval_rows(docs: Iterable[bytes], window: int, extra: int,
-              fmt: str | text_format.TextFormat = "sentinel", encode: Callable[[bytes], np.ndarray] | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Rows of ``window + extra`` tokens, stride ``window``, over the concatenated documents (text format ``fmt``).
+def eval_rows(docs: Iterable[bytes], window: int, extra: int, fmt: str | text_format.TextFormat = "sentinel",
+              encode: Callable[[bytes], np.ndarray] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Rows of ``window + extra`` tokens, stride ``window``, over the concatenated documents (text format
+    ``fmt``).
 
     Yields dicts with "tokens", "segment_ids" and "positions" (int32 [window + extra]). The tail is padded
     with id 0 / segment 0, which is never a target. ``extra`` is the number of future tokens the model

@@ -143,7 +143,8 @@ def score_set(probs: list[problems_lib.Problem], out: str | None, *, sampler=Non
         completions, generated = harness.canonical_completions(probs), 0
     else:
         stats: dict = {}
-        settings = {"step": sampler.run.step, "text_format": sampler.fmt.name, "n": gen["n"], "temperature": gen["temperature"],
+        settings = {"step": sampler.run.step, "text_format": sampler.fmt.name, "n": gen["n"],
+                    "temperature": gen["temperature"],
                     "top_p": gen["top_p"], "max_new": gen["max_new"], "seed": gen["seed"]}
         rows = _code_generator(sampler, max_new=gen["max_new"], temperature=gen["temperature"], top_p=gen["top_p"],
                                seed=gen["seed"], use_speculative=gen["speculative"], stats=stats)

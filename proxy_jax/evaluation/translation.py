@@ -1,8 +1,9 @@
 """The oracle-translation probe's maths: does the model write f(x) after ``<raw>x</raw><comp>``?
 
 For each snippet x the model reads ``1 12 x 13 14`` and writes ids until ``</comp>`` (15) or EOS (the
-prompt, the ids it may write and the stop ids are ``proxy_jax.text_format``'s); the written ids y are compared with the proxy's own view f(x) (``proxy.encode(x)``, ids in the shared
-vocabulary: symbols s + 320 and, for the neural proxy, raw passthrough bytes 64..319):
+prompt, the ids it may write and the stop ids are ``proxy_jax.text_format``'s); the written ids y are
+compared with the proxy's own view f(x) (``proxy.encode(x)``, ids in the shared vocabulary: symbols
+s + 320 and, for the neural proxy, raw passthrough bytes 64..319):
 
 - ``exact_match``: the fraction of snippets with y == f(x);
 - ``edit_distance``: the mean over snippets of Levenshtein(y, f(x)) / max(|y|, |f(x)|) (insertions,
