@@ -35,8 +35,9 @@ from proxy_jax.model import ModelArgs
 
 EXTRA_HEADS_FILE = "proxy_jax_extra_heads.safetensors"
 # No position limit is stored in ModelArgs; RoPE extrapolates. Callers that know the training context
-# (export_workdir) override this through config_extra.
+# (export_workdir: data.seq_len) pass it instead.
 DEFAULT_MAX_POSITIONS = 32768
+
 
 def check_exportable(args: ModelArgs) -> None:
     """Raise one sentence when ``args`` describes a model a Llama checkpoint cannot reproduce."""
