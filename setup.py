@@ -34,11 +34,13 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.8",
                  "gcsfs>=2024.2", "gcp-storage-emulator>=2024.8"],
         "notebook": ["matplotlib>=3.8"],
-        # proxy_jax.export: safetensors + tokenizers write a Hugging Face Llama checkpoint; transformers and
-        # (CPU) torch load it to check it. Tested with transformers 4.57.1 and 5.23.0, torch 2.13.0.
         # Workdirs on Google Cloud Storage (--workdir=gs://bucket/run): gcsfs for the run's own files; Orbax
         # writes checkpoints there through TensorStore.
         "gcs": ["gcsfs>=2024.2"],
+        # proxy_jax.huggingface (python -m proxy_jax.export): safetensors + tokenizers write a Hugging Face Llama
+        # checkpoint; transformers converts a tokenizer-baseline run's SentencePiece model (SpmConverter, >= 5) and,
+        # with (CPU) torch, loads the export to check it. Tested with transformers 5.24.0, tokenizers 0.23.3,
+        # safetensors 0.8.0, torch 2.13.0+cpu.
         "export": ["safetensors>=0.4", "tokenizers>=0.22", "transformers>=4.57", "torch"],
     },
 )

@@ -29,6 +29,7 @@ from proxy_jax import __version__, proxies, run_record, sharding, vocab
 from proxy_jax import config as config_lib
 from proxy_jax import optimizer as optimizer_lib
 from proxy_jax import restore as restore_lib
+from proxy_jax import text_format as text_format_lib
 from proxy_jax import train_step as step_lib
 from proxy_jax.data import corpus as corpus_lib
 from proxy_jax.data import schedule, shards
@@ -213,7 +214,7 @@ def _new_record(config, workdir: str, proxy: proxies.Proxy, corpus: Corpus, args
         corpus_info.update(description=train.description, fingerprint=train.fingerprint(), documents=len(train))
     record = run_record.RunRecord(
         proxy={**proxy.manifest(), "settings": proxies.proxy_settings(config.proxy)},
-        text_format=config_lib.text_layout(config), vocab_size=int(logical_vocab), model=dataclasses.asdict(args),
+        text_format=text_format_lib.of_mix(config.mix).name, vocab_size=int(logical_vocab), model=dataclasses.asdict(args),
         num_targets=config_lib.num_targets(args),
         mesh={"shape": list(sharding.mesh_shape(config, jax.device_count())),
               "axis_names": list(config.mesh.axis_names), "devices": jax.device_count()},

@@ -175,22 +175,6 @@ def num_targets(model) -> int:
     return int(model.num_pred_heads) + int(model.num_raw_pred_heads)
 
 
-LAYOUTS = ("sentinel", "plain", "compressed")
-
-
-def text_layout(config: ml_collections.ConfigDict) -> str:
-    """How a run's training documents look, hence how evaluation and prompts must present text to it:
-
-    ``sentinel``    ``1 12 bytes 13 2``: any mix with sentinels (every proxy run, the transfer control)
-    ``plain``       ``1 bytes 2``: modes all ``vanilla``, rate < 1 (the byte baseline)
-    ``compressed``  ``1 symbols 2``: modes all ``vanilla``, rate 1 (the tokenizer baseline: no raw byte)
-    """
-    m = config.mix
-    if {m.mode_warmup, m.mode_steady, m.mode_final} != {"vanilla"}:
-        return "sentinel"
-    return "compressed" if float(m.rate_final) >= 1.0 else "plain"
-
-
 def _positive(value, key: str, *, zero_ok: bool = False) -> None:
     if not (value >= 0 if zero_ok else value > 0):
         raise ValueError(f"--config.{key}={value} must be {'>= 0' if zero_ok else '> 0'}.")

@@ -1,18 +1,20 @@
-"""Byte-level text generation: the model reads ``1 12 <prompt bytes>`` and writes raw bytes.
+"""Text generation in a run's text format: the model reads ``prefix + <prompt>`` and writes text ids.
 
 Prompts of different lengths share one batch by left-padding: padding slots have segment id 0 (no
 one attends to them) and every row's positions start at 0 on its own BOS, so a row's output does not
 depend on its neighbours (except under EVA attention, whose windows are aligned to absolute slots:
 there the amount of left padding moves a row's window boundaries; cached and recomputed generation
-still agree exactly). Each step samples from main head 0 restricted to raw bytes (64..319) plus
-the two stop ids ``</raw>`` and EOS; a row that draws a stop id, or whose text contains one of the
-``stop`` strings, is finished (the stop id or string is not part of the returned text). Greedy when
-``temperature == 0``; otherwise temperature scaling followed by nucleus (top-p) sampling.
+still agree exactly). Each step samples from main head 0 restricted to the ids the run's text format
+may write (``proxy_jax.text_format``: raw bytes 64..319 and its stop ids, or for ``compressed`` the
+symbols and EOS); a row that draws a stop id, or whose text contains one of the ``stop`` strings, is
+finished (the stop id or string is not part of the returned text). Greedy when ``temperature == 0``;
+otherwise temperature scaling followed by nucleus (top-p) sampling.
 
 ``generate_ids`` is the same loop over id sequences: the caller gives the prompt ids, the allowed-id
 mask, the stop ids and an ``is_done`` test of a row's new ids (the tokenizer baseline generates token
-ids with it, the oracle-translation probe compressed symbols). ``generate`` is ``generate_ids`` with the
-prompt ``prefix + <prompt bytes>`` (``prefix`` defaults to ``1 12``), the byte mask and stop strings.
+ids with it, the oracle-translation probe compressed symbols). ``generate`` is ``generate_ids`` in a text
+format (default ``sentinel``: prompt ``1 12 <prompt bytes>``): its prompt prefix, allowed ids, stop ids
+and decoding, and stop strings.
 
 ``use_cache=True`` feeds the prompt once and then one byte per step against the KV cache;
 ``use_cache=False`` recomputes the full forward pass every step (the reference the cache is tested
@@ -27,22 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proxy_jax import vocab
+from proxy_jax import text_format as text_format_lib
 from proxy_jax.model import ModelArgs, Transformer, init_cache
 
-STOP_IDS = (vocab.RAW_CLOSE, vocab.EOS)
-
-
-def allowed_mask(padded_vocab_size: int) -> np.ndarray:
-    ids = np.arange(padded_vocab_size)
-    allowed = (ids >= vocab.BYTE_OFFSET) & (ids < vocab.COMP_OFFSET)
-    allowed[list(STOP_IDS)] = True
-    return allowed
+SENTINEL = text_format_lib.SENTINEL
 
 
 def sample_next(logits_BxV, rng, temperature, top_p, *, greedy: bool, allowed_V=None):
-    """Next id per row from head-0 logits, only the ids of ``allowed_V`` (default: bytes and stop ids)."""
-    allowed = jnp.asarray(allowed_mask(logits_BxV.shape[-1]) if allowed_V is None else allowed_V)
+    """Next id per row from head-0 logits, only the ids of ``allowed_V`` (default: the ``sentinel`` format's)."""
+    size = logits_BxV.shape[-1]
+    allowed = jnp.asarray(SENTINEL.allowed_mask(size, size) if allowed_V is None else allowed_V)
     logits_BxV = jnp.where(allowed, logits_BxV.astype(jnp.float32), -jnp.inf)
     if greedy:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
@@ -109,7 +105,7 @@ def generate_ids(
     *,
     max_new_ids: int,
     allowed_V: np.ndarray,
-    stop_ids=STOP_IDS,
+    stop_ids=SENTINEL.stop_ids,
     is_done=None,
     temperature: float = 0.0,
     top_p: float = 1.0,
@@ -183,24 +179,34 @@ def generate(
     rng=None,
     use_cache: bool = True,
     stop=(),
-    prefix=(vocab.BOS, vocab.RAW_OPEN),
+    fmt: str | text_format_lib.TextFormat = SENTINEL,
+    proxy=None,
+    vocab_size: int | None = None,
 ) -> list[bytes]:
-    """Continue each prompt by up to ``max_new_bytes`` bytes; returns the new bytes of every prompt.
+    """Continue each prompt by up to ``max_new_bytes`` ids of text; returns the new bytes of every prompt.
 
-    The model reads ``prefix + <prompt bytes>`` (``prefix=(1,)`` for a run trained without sentinels).
+    The model reads the prompt in text format ``fmt`` (``text_format.TextFormat.prompt_ids``) and writes
+    the ids that format allows; ``compressed`` needs the run's ``proxy`` (its ``encode`` and ``decode``)
+    and the logical ``vocab_size`` (default ``model.args.vocab_size``), and its ids are symbols.
     """
     if not prompts:
         return []
     _check(max_new_bytes, temperature, top_p, rng)
-    ids = [np.concatenate([np.asarray(prefix, np.int32), vocab.encode_raw(p)]).astype(np.int32) for p in prompts]
-    return generate_text(model, params, ids, vocab.decode_raw, stop=stop, max_new_ids=max_new_bytes,
-                         allowed_V=allowed_mask(model.args.padded_vocab_size), temperature=temperature,
-                         top_p=top_p, rng=rng, use_cache=use_cache)
+    fmt = text_format_lib.get(fmt)
+    if fmt.symbols and proxy is None:
+        raise ValueError(f"text format {fmt.name!r} generates the proxy's symbols; pass the run's proxy.")
+    encode, decode = (proxy.encode, proxy.decode) if proxy is not None else (None, None)
+    args = model.args
+    ids = [fmt.prompt_ids(p, encode) for p in prompts]
+    allowed_V = fmt.allowed_mask(args.padded_vocab_size, vocab_size or args.vocab_size)
+    return generate_text(model, params, ids, lambda new: fmt.decode(new, decode), stop=stop,
+                         max_new_ids=max_new_bytes, allowed_V=allowed_V, stop_ids=fmt.stop_ids,
+                         temperature=temperature, top_p=top_p, rng=rng, use_cache=use_cache)
 
 
 def generate_text(model: Transformer, params, prompt_ids: list[np.ndarray], decode, *, stop=(), max_new_ids: int,
-                  allowed_V: np.ndarray, stop_ids=STOP_IDS, temperature: float = 0.0, top_p: float = 1.0, rng=None,
-                  use_cache: bool = True) -> list[bytes]:
+                  allowed_V: np.ndarray, stop_ids=SENTINEL.stop_ids, temperature: float = 0.0, top_p: float = 1.0,
+                  rng=None, use_cache: bool = True) -> list[bytes]:
     """:func:`generate_ids` read as text: ``decode(ids) -> bytes`` (raw bytes, or a tokenizer's decoder); a row
     also ends once its text holds one of the ``stop`` strings, and is returned cut before it."""
     stop = tuple(bytes(s) for s in stop)

@@ -22,7 +22,7 @@ import jax
 import ml_collections
 
 from proxy_jax import config as config_lib
-from proxy_jax import proxies, run_record, sharding, storage, vocab
+from proxy_jax import proxies, run_record, sharding, storage, text_format, vocab
 from proxy_jax import workdir as workdir_lib
 from proxy_jax.model import ModelArgs, Transformer
 
@@ -42,6 +42,7 @@ class RestoredRun:
     param_shardings: Any
     step: int
     healthy: bool | None = None  # the checkpoint's health mark, where the run recorded one
+    _eval_step: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def args(self) -> ModelArgs:
@@ -64,6 +65,19 @@ class RestoredRun:
     def proxy(self) -> proxies.Proxy:
         """The proxy the run trained with, from the record (its artifact checked against its sha256)."""
         return proxies.from_manifest(self.record.proxy, workdir=self.workdir, load_m1=load_m1)
+
+    def bpb(self, docs: list[bytes], *, window: int | None = None, progress: bool = True) -> dict[str, float]:
+        """Bits per raw byte of ``docs``, each written in the run's text format (``evaluation.bpb.model_bpb``;
+        the tokenizer baseline is scored through its pinned tokenizer)."""
+        from proxy_jax import train_step
+        from proxy_jax.evaluation import bpb
+
+        if self._eval_step is None:
+            self._eval_step = train_step.make_eval_step(self.config, self.model, self.mesh, vocab_size=self.vocab_size,
+                                                        param_shardings=self.param_shardings)
+        proxy = self.proxy if text_format.get(self.text_format).symbols else None
+        return bpb.model_bpb(self._eval_step, self.params, self.mesh, docs, config=self.config, fmt=self.text_format,
+                             proxy=proxy, window=window, progress=progress)
 
     def context(self):
         """``with run.context(): ...`` runs model code on the run's mesh with its logical axis rules."""
@@ -100,7 +114,7 @@ def read_record(workdir: str, config: ml_collections.ConfigDict | None = None) -
         manifest["artifact"] = {"file": f"proxy/{models[0]}",
                                 "sha256": proxies.base.file_sha256(storage.join(folder, models[0]))}
     record = run_record.RunRecord(
-        proxy=manifest, text_format=config_lib.text_layout(config), vocab_size=int(vocab_size),
+        proxy=manifest, text_format=text_format.of_mix(config.mix).name, vocab_size=int(vocab_size),
         model=dataclasses.asdict(args), num_targets=config_lib.num_targets(args),
         mesh={"shape": list(config.mesh.shape), "axis_names": list(config.mesh.axis_names)}, corpus={})
     log.info("%s has no %s (written before runs recorded themselves); derived it from config.json and "

@@ -1,9 +1,9 @@
 """Greedy multi-byte decoding: the extra prediction heads draft bytes, one forward pass verifies them.
 
 Output contract: for every prompt, :func:`generate_speculative` returns exactly the bytes that
-``generate.generate(..., temperature=0)`` returns (same prompt layout ``1 12 <bytes>``, same allowed
-ids: raw bytes 64..319 plus the stop ids ``</raw>`` and EOS, same stop strings, same
-``max_new_bytes``), up to floating-point ties between two allowed ids.
+``generate.generate(..., temperature=0)`` returns in the same byte text format (``sentinel`` or
+``plain``: the same prompt prefix, allowed ids and stop ids, from ``proxy_jax.text_format``; same stop
+strings, same ``max_new_bytes``), up to floating-point ties between two allowed ids.
 
 One step, per row. The row has a *pending* id ``x`` (decided by head 0, not yet in the KV cache) and
 ``D`` drafted ids ``d_1..d_D`` for the ids after it. Main head ``h`` at a slot predicts the id
@@ -46,29 +46,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from proxy_jax import text_format as text_format_lib
 from proxy_jax import vocab
-from proxy_jax.generate import STOP_IDS, cut_at_stop, first_stop
+from proxy_jax.generate import cut_at_stop, first_stop
 from proxy_jax.model import ModelArgs, Transformer, init_cache
 
 
-def _allowed_ids(size: int) -> np.ndarray:
-    """Boolean [size]: the ids greedy decoding may choose (raw bytes and the two stop ids)."""
-    ids = np.arange(size)
-    allowed = (ids >= vocab.BYTE_OFFSET) & (ids < vocab.COMP_OFFSET)
-    allowed[list(STOP_IDS)] = True
-    return allowed
-
-
-def _masked_argmax(logits_xV):
-    allowed = jnp.asarray(_allowed_ids(logits_xV.shape[-1]))
+def _masked_argmax(logits_xV, fmt: text_format_lib.TextFormat):
+    """Argmax over the ids greedy decoding may choose in byte format ``fmt`` (raw bytes and its stop ids)."""
+    size = logits_xV.shape[-1]
+    allowed = jnp.asarray(fmt.allowed_mask(size, size))
     return jnp.argmax(jnp.where(allowed, logits_xV, -jnp.inf), axis=-1).astype(jnp.int32)
 
 
-def _chain(logits_BxHxV, raw_BxRxC, num_draft: int):
+def _chain(logits_BxHxV, raw_BxRxC, num_draft: int, fmt: text_format_lib.TextFormat):
     """Head 0's choice and the ``num_draft`` drafted ids that follow it, from one slot per row."""
-    ids_BxN = _masked_argmax(logits_BxHxV)
+    ids_BxN = _masked_argmax(logits_BxHxV, fmt)
     if raw_BxRxC is not None:
-        ids_BxN = jnp.concatenate([ids_BxN, _masked_argmax(raw_BxRxC)], axis=1)
+        ids_BxN = jnp.concatenate([ids_BxN, _masked_argmax(raw_BxRxC, fmt)], axis=1)
     return ids_BxN[:, 0], ids_BxN[:, 1 : 1 + num_draft]
 
 
@@ -111,7 +106,7 @@ def _compact_rows(cache, index, fill_B, new_fill_B, width: int):
 
 
 @functools.lru_cache(maxsize=16)
-def _step_fns(args: ModelArgs, num_draft: int):
+def _step_fns(args: ModelArgs, num_draft: int, fmt: text_format_lib.TextFormat):
     model = Transformer(args)
 
     @jax.jit
@@ -120,7 +115,7 @@ def _step_fns(args: ModelArgs, num_draft: int):
             {"params": params, "cache": cache}, tokens_BxP, segment_ids_BxP, positions_BxP,
             decode=True, mutable=["cache"],
         )
-        nxt_B, drafts_BxD = _chain(logits[:, -1], None if raw is None else raw[:, -1], num_draft)
+        nxt_B, drafts_BxD = _chain(logits[:, -1], None if raw is None else raw[:, -1], num_draft, fmt)
         return nxt_B, drafts_BxD, mutated["cache"]
 
     @functools.partial(jax.jit, donate_argnums=(1,))
@@ -133,12 +128,13 @@ def _step_fns(args: ModelArgs, num_draft: int):
             {"params": params, "cache": _set_cache_index(cache, index)}, fed_BxT, jnp.ones_like(fed_BxT),
             positions_BxT, decode=True, mutable=["cache"],
         )
-        greedy_BxT = _masked_argmax(logits[:, :, 0])
+        greedy_BxT = _masked_argmax(logits[:, :, 0], fmt)
         match_BxD = fed_BxT[:, 1:] == greedy_BxT[:, :-1]
         accepted_B = jnp.sum(jnp.cumprod(match_BxD.astype(jnp.int32), axis=1), axis=1)
         at_B = accepted_B[:, None, None, None]
         last_raw = None if raw is None else jnp.take_along_axis(raw, at_B, axis=1)[:, 0]
-        verifier_B, drafts_BxD = _chain(jnp.take_along_axis(logits, at_B, axis=1)[:, 0], last_raw, num_draft)
+        verifier_B, drafts_BxD = _chain(jnp.take_along_axis(logits, at_B, axis=1)[:, 0], last_raw, num_draft,
+                                        fmt)
         new_fill_B = jnp.where(active_B, fill_B + accepted_B + 1, 0)
         cache = _compact_rows(mutated["cache"], index, fill_B, new_fill_B, width)
         return accepted_B, verifier_B, drafts_BxD, cache, new_fill_B
@@ -154,14 +150,18 @@ def generate_speculative(
     max_new_bytes: int,
     stop=(),
     num_draft: int | None = None,
-    prefix=(vocab.BOS, vocab.RAW_OPEN),
+    fmt: str | text_format_lib.TextFormat = text_format_lib.SENTINEL,
 ) -> tuple[list[bytes], dict]:
     """Greedy continuation of each prompt by up to ``max_new_bytes`` bytes, drafting with the extra heads.
 
     ``num_draft`` ids are drafted per step (default: every extra head, ``num_pred_heads - 1 +
     num_raw_pred_heads``; 0 decodes one byte per pass). Returns the new bytes of every prompt and
-    the stats described in the module docstring. ``prefix`` is as in ``generate.generate``.
+    the stats described in the module docstring. ``fmt`` is a byte text format, as in ``generate.generate``.
     """
+    fmt = text_format_lib.get(fmt)
+    if fmt.symbols:
+        raise ValueError(f"speculative decoding drafts raw bytes; text format {fmt.name!r} writes the proxy's "
+                         "symbols, so use proxy_jax.generate.generate.")
     args = model_or_args.args if isinstance(model_or_args, Transformer) else model_or_args
     if not isinstance(args, ModelArgs):
         raise ValueError(f"model_or_args is a {type(model_or_args).__name__}; pass a Transformer or ModelArgs.")
@@ -188,7 +188,7 @@ def generate_speculative(
         return [], stats
     stop = tuple(bytes(s) for s in stop)
 
-    ids = [np.concatenate([np.asarray(prefix, np.int32), vocab.encode_raw(p)]).astype(np.int32) for p in prompts]
+    ids = [fmt.prompt_ids(p) for p in prompts]
     b, plen = len(ids), max(len(x) for x in ids)
     tokens = np.zeros((b, plen), np.int32)
     segments = np.zeros((b, plen), np.int32)
@@ -201,7 +201,7 @@ def generate_speculative(
     # cached and a step writes below plen + max_new_bytes - 2 + width.
     slots = plen + max_new_bytes + width
 
-    prefill, step = _step_fns(args, num_draft)
+    prefill, step = _step_fns(args, num_draft, fmt)
     out = [bytearray() for _ in range(b)]
     decided = np.zeros(b, np.int64)
     done = np.zeros(b, bool)
@@ -209,7 +209,7 @@ def generate_speculative(
 
     def take(row, token):
         decided[row] += 1
-        if token in STOP_IDS:
+        if token in fmt.stop_ids:
             done[row] = True
             return
         out[row].append(int(token) - vocab.BYTE_OFFSET)

@@ -239,13 +239,13 @@ def _bpb(run: assemble.Run, docs: list[bytes]) -> dict[str, float]:
     from proxy_jax.evaluation import bpb
 
     return bpb.model_bpb(run.eval_step, run.state.params, run.mesh, docs, config=run.config,
-                         text_format=run.record.text_format, proxy=run.proxy)
+                         fmt=run.record.text_format, proxy=run.proxy)
 
 
 def report(summary: dict[str, Any]) -> dict[str, Any]:
     """The end of a run as printed by the command: the summary, gzip/xz beside the final evaluation, and a
     sample from the raw prompt ``train.sample_prompt`` (every process takes part; the mesh samples)."""
-    from proxy_jax import generate
+    from proxy_jax import generate, text_format
     from proxy_jax.evaluation import bpb
 
     run = summary["run"]
@@ -256,8 +256,10 @@ def report(summary: dict[str, Any]) -> dict[str, Any]:
         out.update({f"eval/{k}": v for k, v in bpb.compressor_bpb(docs).items()})
     if config.train.sample_prompt and config.train.sample_bytes > 0:
         prompt = config.train.sample_prompt.encode()
+        fmt = text_format.get(run.record.text_format)  # prompted as the run was trained to read text
         text = generate.generate(run.model, run.state.params, [prompt], max_new_bytes=config.train.sample_bytes,
                                  temperature=config.train.sample_temperature, top_p=config.train.sample_top_p,
-                                 rng=jax.random.key(config.seed))[0]
+                                 rng=jax.random.key(config.seed), fmt=fmt, proxy=run.proxy if fmt.symbols else None,
+                                 vocab_size=run.vocab_size)[0]
         out["sample"] = (prompt + text).decode("utf-8", errors="replace")
     return out

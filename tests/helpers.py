@@ -68,6 +68,20 @@ def tiny_run_config(spec: str = "configs/proxy_gzip.py:tiny", **overrides) -> ml
     return config
 
 
+# A run trained for 3 steps on a small folder corpus: enough for every consumer of a finished run.
+TINY_RUN = {**TINY, "train.steps": 3, "train.checkpoint_every": 3, "data.batch_size": 4, "data.source": "dir",
+            "data.val_fraction": 0.2}
+
+
+def train_tiny(workdir: str, corpus: str, spec: str, **overrides) -> str:
+    """Trains ``configs/NAME.py:PRESET`` with ``TINY_RUN`` on the folder ``corpus`` into ``workdir``."""
+    from proxy_jax import train
+
+    config = recipes.load_config(os.path.join(ROOT, spec), **{**TINY_RUN, "data.path": corpus, **overrides})
+    train.train(config, workdir, progress=False)
+    return workdir
+
+
 def packed_attention_inputs(b: int = 4, length: int = 128, heads: int = 4, kv_heads: int = 2, d: int = 32):
     """Random float32 q [b, length, heads, d], k and v [b, length, kv_heads, d], and segment ids of packed rows:
     three documents per row (the third cut short by padding in row 1)."""

@@ -83,13 +83,13 @@ def main():
         history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
     # Raw-byte evaluation as the trainer runs it: every process builds the same batches, each feeds its rows.
     from proxy_jax import assemble
-    from proxy_jax import config as config_lib
+    from proxy_jax import text_format
     from proxy_jax.evaluation import bpb
 
     c.train.eval_window, c.train.eval_batch_size = 64, 4
     eval_step = train_step_lib.make_eval_step(c, model, mesh, shardings, vocab_size)
     docs = [d[:300] for d in assemble.heldout_docs(c, 6)]
-    evaluation = bpb.model_bpb(eval_step, state.params, mesh, docs, config=c, text_format=config_lib.text_layout(c),
+    evaluation = bpb.model_bpb(eval_step, state.params, mesh, docs, config=c, fmt=text_format.of_mix(c.mix),
                                progress=False)
     with open(args.out, "w") as f:
         json.dump({"process_count": jax.process_count(), "devices": jax.device_count(), "metrics": history,

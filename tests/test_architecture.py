@@ -18,6 +18,7 @@ MAX_LINES = 400
 LAYERS = {
     "proxy_jax": 0,  # the package itself (its __init__ only), never a prefix of another module's layer
     "proxy_jax.vocab": 0,
+    "proxy_jax.text_format": 0,  # how a run writes a document: vocab and numpy only
     "proxy_jax.config": 0,
     "proxy_jax.recipes": 0,
     "proxy_jax.storage": 0,
@@ -40,7 +41,8 @@ LAYERS = {
     "proxy_jax.assemble": 6,
     "proxy_jax.train": 7,
     "proxy_jax.scaling.sweep": 7,  # runs sweeps: calls the training loop
-    "proxy_jax.export": 7,
+    "proxy_jax.huggingface": 7,  # restores a run (workdir) and writes it for transformers
+    "proxy_jax.export": 8,
     "proxy_jax.evaluation.score": 7,
     "proxy_jax.evaluation.sampler": 7,  # restores a run (assemble) and generates in its layout
     "proxy_jax.evaluation.codegen": 7,  # code tasks and probes of a run: sampler + codeeval

@@ -1,7 +1,8 @@
 """Code-generation evaluation of runs: the command end to end, resume, speculative decoding, the token
 baseline, the oracle-translation metric and the robustness report.
 
-Runs are trained for a few steps on a small folder of standard-library files (session fixtures); their
+Runs are trained for a few steps on a small folder of standard-library files (session fixtures in
+``conftest.py``: ``bytes_run``, ``tokens_run``, ``proxy_tokens_run``); their
 pass@1 is near 0, so tests check behaviour (numbers in range, files written, what is regenerated,
 agreement between decoding paths), not quality. The canonical solutions give the known answers.
 """
@@ -16,45 +17,11 @@ import numpy as np
 import pytest
 
 import helpers
-from proxy_jax import generate, recipes, train, vocab
+from proxy_jax import generate, recipes, text_format, vocab
 from proxy_jax.codeeval import problems as problems_lib
 from proxy_jax.evaluation import codegen, sampler as sampler_lib, translation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = {**helpers.TINY, "train.steps": 3, "train.checkpoint_every": 3, "data.batch_size": 4, "data.source": "dir",
-        "data.val_fraction": 0.2}
-TOKENIZER = helpers.TINY_TOKENIZER
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    for path in helpers.stdlib_paths(40):
-        (root / path.name).write_bytes(path.read_bytes()[:3000])
-    return str(root)
-
-
-def _train(tmp_path_factory, corpus, spec, name, **overrides):
-    workdir = str(tmp_path_factory.mktemp(name))
-    config = recipes.load_config(os.path.join(ROOT, spec), **{**TINY, "data.path": corpus, **overrides})
-    train.train(config, workdir, progress=False)
-    return workdir
-
-
-@pytest.fixture(scope="session")
-def bytes_run(tmp_path_factory, corpus):
-    """The byte baseline (no sentinels) with two main heads, so that --speculative has a draft head."""
-    return _train(tmp_path_factory, corpus, "configs/bytes.py:tiny", "bytes", **{"model.num_pred_heads": 2})
-
-
-@pytest.fixture(scope="session")
-def tokens_run(tmp_path_factory, corpus):
-    return _train(tmp_path_factory, corpus, "configs/tokens.py:tiny", "tokens", **TOKENIZER)
-
-
-@pytest.fixture(scope="session")
-def proxy_tokens_run(tmp_path_factory, corpus):
-    return _train(tmp_path_factory, corpus, "configs/proxy_tokens.py:tiny", "proxy_tokens", **TOKENIZER)
 
 
 def run_cli(*args, timeout=300):
@@ -157,10 +124,10 @@ def test_oracle_that_writes_f_of_x_scores_exact_match_one():
     assert off_by_one["edit_distance"] == pytest.approx(expected)
 
 
-def test_run_kind_follows_the_mix():
-    kinds = {spec: sampler_lib.run_kind(recipes.load_config(os.path.join(ROOT, f"configs/{spec}.py:tiny")))
-             for spec in ("bytes", "tokens", "proxy_tokens", "proxy_gzip")}
-    assert kinds == {"bytes": "bytes_plain", "tokens": "tokens", "proxy_tokens": "bytes", "proxy_gzip": "bytes"}
+def test_text_format_follows_the_mix():
+    formats = {spec: text_format.of_mix(recipes.load_config(os.path.join(ROOT, f"configs/{spec}.py:tiny")).mix).name
+               for spec in ("bytes", "tokens", "proxy_tokens", "proxy_gzip")}
+    assert formats == {"bytes": "plain", "tokens": "compressed", "proxy_tokens": "sentinel", "proxy_gzip": "sentinel"}
 
 
 # ---- with trained runs ----------------------------------------------------------------------------
@@ -173,7 +140,7 @@ def test_cli_humaneval_end_to_end(bytes_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert 0.0 <= result["pass@k"]["pass@1"] <= 1.0 and result["n_problems"] == 3
-    assert result["kind"] == "bytes_plain" and result["generated"] == 3
+    assert result["text_format"] == "plain" and result["generated"] == 3
     # Records are appended as the parallel sandboxes finish: the set of problems is fixed, not their order.
     assert sorted(r["task_id"] for r in read_jsonl(out)) == [f"HumanEval/{i}" for i in range(3)]
     completions = read_jsonl(codegen.sibling(out, "completions"))
@@ -224,7 +191,7 @@ def test_byte_run_refuses_oracle_translation(bytes_run):
 @pytest.mark.slow
 def test_token_baseline_generates_token_ids_and_decodes_them(tokens_run):
     s = sampler_lib.load(tokens_run)
-    assert s.kind == "tokens"
+    assert s.fmt.name == "compressed"
     proxy = s.get_proxy()
     prompts = [b"def add(a, b):\n    return", b"import os\n"]
     args = s.run.model.args
@@ -256,12 +223,12 @@ def test_token_baseline_scores_bits_per_byte_of_its_text(tokens_run, bytes_run):
     """The tokenizer baseline is scored as it was trained (1 tokens 2), in bits per raw byte of the text."""
     from proxy_jax.evaluation import score
 
-    from proxy_jax import assemble, workdir as workdir_lib
+    from proxy_jax import assemble, restore
 
     tok, byt = score.evaluate_workdir(tokens_run), score.evaluate_workdir(bytes_run)
-    config = workdir_lib.load_config(tokens_run)
-    docs = assemble.heldout_docs(config, 0)
-    proxy = assemble.make_proxy(config, tokens_run)
+    run = restore.restore(tokens_run)
+    docs = assemble.heldout_docs(run.config, 0)
+    proxy = run.proxy
     # Every token of every held-out document is scored once, and divided by the documents' bytes.
     assert tok["symbols"] == sum(len(proxy.encode(d)) for d in docs) < tok["raw_bytes"]
     assert tok["raw_bytes"] == byt["raw_bytes"] == sum(len(d) for d in docs) > 0

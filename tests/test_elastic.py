@@ -33,7 +33,7 @@ def source():
 
 
 def _hosts(config, source, count, docs=None, host_prefetch=0):
-    hook = None if docs is None else (lambda **d: docs.append((d["index"], d["epoch"], d["step"], d["layout"])))
+    hook = None if docs is None else (lambda **d: docs.append((d["index"], d["epoch"], d["step"], d["arrangement"])))
     return [iter(pipeline.make_pipeline(config, proxy=GzipProxy(), source=source, process_index=p,
                                         process_count=count, on_document=hook, host_prefetch=host_prefetch))
             for p in range(count)]
@@ -65,7 +65,7 @@ def test_global_batches_and_draws_do_not_depend_on_the_process_count(source):
             ref, ref_docs = batches, docs
         else:
             _assert_same(batches, ref)
-            assert sorted(docs) == sorted(ref_docs)  # same documents, same steps, same layouts
+            assert sorted(docs) == sorted(ref_docs)  # same documents, same steps, same arrangements
     assert all(b["tokens"].shape[0] == 4 for b in ref)
     # Process p of 4 owns shard p, which packs documents p, p+4, p+8, ... only.
     for p in range(4):

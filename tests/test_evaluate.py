@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import helpers
-from proxy_jax import vocab
+from proxy_jax import text_format, vocab
 from proxy_jax.evaluation import bpb as evaluate
 
 
@@ -19,7 +19,7 @@ def stdlib_docs(n, max_bytes=6000):
 def test_rows_score_every_raw_byte_once(window, extra):
     docs = stdlib_docs(12) + [b"", b"x"]
     rows = list(evaluate.eval_rows(docs, window, extra))
-    stream = np.concatenate([evaluate.raw_document_ids(d) for d in docs])
+    stream = np.concatenate([text_format.SENTINEL.document_ids(d) for d in docs])
     # Head-0 targets of row r are stream[r*window + 1 : (r+1)*window + 1]: every token after the first once.
     targets = np.concatenate([r["tokens"][1 : window + 1] for r in rows])
     valid = targets[: stream.size - 1]
@@ -64,25 +64,25 @@ def _toy_encode(doc: bytes) -> np.ndarray:
     return vocab.COMP_OFFSET + (np.frombuffer(doc, np.uint8)[::3] % 64).astype(np.int32)
 
 
-def test_document_layouts():
+def test_document_formats():
     doc = b"ab\x00\xff"
     raw = list(vocab.encode_raw(doc))
-    assert list(evaluate.document_ids(doc, "sentinel")) == [1, 12, *raw, 13, 2]
-    assert list(evaluate.document_ids(doc, "plain")) == [1, *raw, 2]
-    assert list(evaluate.document_ids(doc, "compressed", _toy_encode)) == [1, *_toy_encode(doc), 2]
-    assert list(evaluate.document_ids(b"", "plain")) == [1, 2]
+    assert list(text_format.get("sentinel").document_ids(doc)) == [1, 12, *raw, 13, 2]
+    assert list(text_format.get("plain").document_ids(doc)) == [1, *raw, 2]
+    assert list(text_format.get("compressed").document_ids(doc, _toy_encode)) == [1, *_toy_encode(doc), 2]
+    assert list(text_format.get("plain").document_ids(b"")) == [1, 2]
     with pytest.raises(ValueError, match="proxy encode"):
-        evaluate.document_ids(doc, "compressed")
-    with pytest.raises(ValueError, match="layout='bytes'"):
-        evaluate.document_ids(doc, "bytes")
+        text_format.get("compressed").document_ids(doc)
+    with pytest.raises(ValueError, match="text format 'bytes'"):
+        text_format.get("bytes")
     with pytest.raises(ValueError, match="id 0 < 320"):
-        evaluate.document_ids(doc, "compressed", lambda d: np.frombuffer(d, np.uint8).astype(np.int32))
+        text_format.COMPRESSED.document_ids(doc, lambda d: np.frombuffer(d, np.uint8).astype(np.int32))
 
 
-@pytest.mark.parametrize("layout", ["sentinel", "plain", "compressed"])
-def test_bpb_matches_an_independent_per_document_computation(layout):
+@pytest.mark.parametrize("fmt", text_format.NAMES)
+def test_bpb_matches_an_independent_per_document_computation(fmt):
     """Packed, batched, sharded scoring equals running the model on each document piece alone; in every
-    layout the bits are divided by the documents' raw bytes."""
+    text format the bits are divided by the documents' raw bytes."""
     import jax
     import jax.numpy as jnp
 
@@ -96,8 +96,8 @@ def test_bpb_matches_an_independent_per_document_computation(layout):
     config.model.dtype = "float32"
     config.model.num_layers = 1
     window, batch_size = 64, 8
-    symbols = 64 if layout == "compressed" else 0
-    encode = _toy_encode if layout == "compressed" else None
+    symbols = 64 if fmt == "compressed" else 0
+    encode = _toy_encode if fmt == "compressed" else None
     args = model_lib.ModelArgs.from_config(config.model, vocab.padded_vocab_size(symbols))
     model = model_lib.Transformer(args)
     mesh = sharding.make_mesh(config)
@@ -109,16 +109,16 @@ def test_bpb_matches_an_independent_per_document_computation(layout):
     def host_eval(batch):
         return {k: float(v) for k, v in jax.device_get(step(state.params, batch)).items()}
 
-    packed = evaluate.raw_bpb(host_eval, docs, window=window, extra=1, batch_size=batch_size, layout=layout,
+    packed = evaluate.raw_bpb(host_eval, docs, window=window, extra=1, batch_size=batch_size, fmt=fmt,
                               encode=encode)
 
     apply = jax.jit(lambda p, t, s, q: model.apply({"params": p}, t, s, q))
 
     # Independent: the context of a target is its own document's tokens inside the same window.
-    ids = [evaluate.document_ids(d, layout, encode) for d in docs]
+    ids = [text_format.get(fmt).document_ids(d, encode) for d in docs]
     stream = np.concatenate(ids)
     starts = np.cumsum([0] + [d.size for d in ids])
-    scored = vocab.is_comp if layout == "compressed" else vocab.is_raw_byte
+    scored = vocab.is_comp if fmt == "compressed" else vocab.is_raw_byte
     nll, count = 0.0, 0
     for lo in range(0, stream.size - 1, window):
         hi = min(lo + window, stream.size - 1)  # input positions of this window
@@ -138,9 +138,9 @@ def test_bpb_matches_an_independent_per_document_computation(layout):
             count += int(counted.sum())
     raw_bytes = sum(len(d) for d in docs)
     assert packed["raw_bytes"] == raw_bytes
-    assert count == (sum(len(_toy_encode(d)) for d in docs) if layout == "compressed" else raw_bytes)
+    assert count == (sum(len(_toy_encode(d)) for d in docs) if fmt == "compressed" else raw_bytes)
     independent = nll / (np.log(2) * raw_bytes)
     assert abs(packed["raw_bpb"] - independent) < 1e-4 * independent
     # An untrained model is near-uniform over its ids: ln(320) or ln(384) nats per scored target.
-    per_target = 8.58 if layout == "compressed" else 8.32
+    per_target = 8.58 if fmt == "compressed" else 8.32
     assert 0.85 * per_target * count / raw_bytes < independent < 1.2 * per_target * count / raw_bytes

@@ -9,7 +9,7 @@ import pytest
 from proxy_jax import config as config_lib
 from proxy_jax import generate as generate_lib
 from proxy_jax import model as model_lib
-from proxy_jax import vocab
+from proxy_jax import text_format, vocab
 from helpers import stdlib_docs
 
 NEW = 12
@@ -75,10 +75,10 @@ def test_sampling_only_emits_bytes_or_stop_ids():
     logits[:, 3:12] += 20.0  # so are reserved specials
     ids = generate_lib.sample_next(jnp.asarray(logits), jax.random.key(0), 1.0, 1.0, greedy=False)
     ids = np.asarray(ids)
-    ok = vocab.is_raw_byte(ids) | np.isin(ids, generate_lib.STOP_IDS)
+    ok = vocab.is_raw_byte(ids) | np.isin(ids, text_format.SENTINEL.stop_ids)
     assert ok.all()
     greedy = np.asarray(generate_lib.sample_next(jnp.asarray(logits), None, 1.0, 1.0, greedy=True))
-    masked = np.where(generate_lib.allowed_mask(640), logits, -np.inf)
+    masked = np.where(text_format.SENTINEL.allowed_mask(640, 640), logits, -np.inf)
     np.testing.assert_array_equal(greedy, masked.argmax(-1))
 
 

@@ -53,7 +53,7 @@ def test_training_steps_move_no_array_implicitly(tmp_path):
                 state, out = run.train_step(state, sharding.host_to_global(next(it), run.mesh))
                 losses.append(metrics.to_python(out)["loss"])
             scores = bpb.model_bpb(run.eval_step, state.params, run.mesh, docs, config=run.config,
-                                   text_format=run.record.text_format, proxy=run.proxy, progress=False)
+                                   fmt=run.record.text_format, proxy=run.proxy, progress=False)
     finally:
         it.close()
     assert np.all(np.isfinite(losses)) and np.isfinite(scores["raw_bpb"])

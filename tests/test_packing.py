@@ -128,7 +128,7 @@ def test_document_counters():
 
 
 def test_every_document_draws_with_its_batch_step():
-    """Warm-up where the rate changes every step; re-derive each document's layout from the batch step."""
+    """Warm-up where the rate changes every step; re-derive each document's arrangement from the batch step."""
     L, K, B, n = 40, 2, 2, 40
     mode = "translation_random"
     mix = _mix(mode, w=40)
@@ -148,12 +148,12 @@ def test_every_document_draws_with_its_batch_step():
                 d = by_start[p]
                 assert d["step"] == step and d["rate"] == rate and d["mode"] == mode_k
                 u_c, u_o = mixing.document_uniforms(0, d["index"], d["epoch"], step)
-                layout = mixing.choose_layout(mode_k, rate, u_c, u_o)
-                assert layout == d["layout"]
-                # The batch itself shows the layout: the first stream's sentinel and whether a pair follows.
+                arrangement = mixing.choose_arrangement(mode_k, rate, u_c, u_o)
+                assert arrangement == d["arrangement"]
+                # The batch itself shows the arrangement: the first stream's sentinel and whether a pair follows.
                 if t + 1 < len(toks):
                     first = toks[t + 1]
-                    assert first == (vocab.COMP_OPEN if layout in (mixing.COMP, mixing.PAIR_COMP_FIRST)
+                    assert first == (vocab.COMP_OPEN if arrangement in (mixing.COMP, mixing.PAIR_COMP_FIRST)
                                      else vocab.RAW_OPEN)
                 checked += 1
     assert checked > 50 and len(rates) == n

@@ -126,11 +126,11 @@ def test_control_sees_the_raw_documents_of_its_proxy_run(modes):
     n = min(len(proxy_raw), len(control_raw))
     assert n > 20
     assert control_raw[:n] == proxy_raw[:n]
-    # Same draws: each document takes the layout (and the step's rate and mode) it takes in the proxy run.
+    # Same draws: each document takes the arrangement (and the step's rate and mode) it takes in the proxy run.
     k = min(len(proxy_draws), len(control_draws))
-    key = lambda d: (d["index"], d["epoch"], d["step"], d["rate"], d["mode"], d["layout"])  # noqa: E731
+    key = lambda d: (d["index"], d["epoch"], d["step"], d["rate"], d["mode"], d["arrangement"])  # noqa: E731
     assert [key(d) for d in control_draws[:k]] == [key(d) for d in proxy_draws[:k]]
-    assert any(d["layout"] == "comp" for d in control_draws[:k])  # some documents vanished
+    assert any(d["arrangement"] == "comp" for d in control_draws[:k])  # some documents vanished
 
 
 def test_control_resumes_exactly_from_its_state():

@@ -16,6 +16,10 @@ Emitted ids per document (B = BOS 1, E = EOS 2, <raw> 12, </raw> 13, <comp> 14, 
 Pairing keeps the expected fraction of compressed streams among all streams equal to the rate x: for
 x > 0.5 a document is comp-only with probability 2 - 1/x, else a pair; for x <= 0.5 it is a pair with
 probability x / (1 - x), else raw-only.
+
+Raw-only, comp-only or a pair (in one order) is a document's *arrangement*, drawn per document; every
+emitted document is written by ``proxy_jax.text_format.write_document``, and the text format a finished
+run reads (``text_format.of_mix``) follows from the modes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from proxy_jax import vocab
+from proxy_jax import text_format
 
 MODES = (
     "sentinel",  # raw: 1 12 bytes 13 2   comp: 1 14 symbols 15 2
@@ -87,7 +91,7 @@ def document_uniforms_N(seed: int, index_N, epoch_N, step_N) -> tuple[np.ndarray
     return u_choice_N.astype(np.float64), u_order_N.astype(np.float64)
 
 
-# Layouts: which streams a document emits, in which order, and whether they share one BOS/EOS.
+# Arrangements: which streams a document emits, in which order, and whether they share one BOS/EOS.
 RAW, COMP, PAIR_RAW_FIRST, PAIR_COMP_FIRST = "raw", "comp", "pair_raw_first", "pair_comp_first"
 
 
@@ -99,8 +103,8 @@ def pair_probability(rate: float) -> tuple[float, float]:
     return 0.0, rate / (1.0 - rate)
 
 
-def choose_layout(mode: str, rate: float, u_choice: float, u_order: float, *, has_comp: bool = True) -> str:
-    """The layout a document takes, from its two uniforms. Without a compressed view it is raw."""
+def choose_arrangement(mode: str, rate: float, u_choice: float, u_order: float, *, has_comp: bool = True) -> str:
+    """The arrangement a document takes, from its two uniforms. Without a compressed view it is raw."""
     if not has_comp:
         return RAW
     if mode == "sentinel" or mode == "vanilla":
@@ -117,22 +121,9 @@ def choose_layout(mode: str, rate: float, u_choice: float, u_order: float, *, ha
     return PAIR_RAW_FIRST if u_order < 0.5 else PAIR_COMP_FIRST
 
 
-def layout_streams(layout: str) -> tuple[int, int]:
-    """(number of streams, number of compressed streams) of a layout."""
-    return {RAW: (1, 0), COMP: (1, 1), PAIR_RAW_FIRST: (2, 1), PAIR_COMP_FIRST: (2, 1)}[layout]
-
-
-_I = vocab.ID_DTYPE
-_B, _E = vocab.BOS, vocab.EOS
-_RO, _RC, _CO, _CC = vocab.RAW_OPEN, vocab.RAW_CLOSE, vocab.COMP_OPEN, vocab.COMP_CLOSE
-_HEAD_RAW = np.array([_B, _RO], _I)
-_HEAD_COMP = np.array([_B, _CO], _I)
-_TAIL_RAW = np.array([_RC, _E], _I)
-_TAIL_COMP = np.array([_CC, _E], _I)
-_RAW_TO_COMP = np.array([_RC, _CO], _I)
-_COMP_TO_RAW = np.array([_CC, _RO], _I)
-_BOS = np.array([_B], _I)
-_EOS = np.array([_E], _I)
+def arrangement_streams(arrangement: str) -> tuple[int, int]:
+    """(number of streams, number of compressed streams) of an arrangement."""
+    return {RAW: (1, 0), COMP: (1, 1), PAIR_RAW_FIRST: (2, 1), PAIR_COMP_FIRST: (2, 1)}[arrangement]
 
 
 class Emission(NamedTuple):
@@ -148,40 +139,35 @@ class Emission(NamedTuple):
     doc_comp_streams: tuple[int, ...]
 
 
-def emit_layout(raw_ids: np.ndarray, comp_ids: np.ndarray | None, *, mode: str, layout: str) -> Emission:
-    """Ids of one document in ``layout`` under ``mode`` (see the module table)."""
+def emit_arrangement(raw_ids: np.ndarray, comp_ids: np.ndarray | None, *, mode: str, arrangement: str) -> Emission:
+    """Ids of one document in ``arrangement`` under ``mode`` (see the module table), each emitted document
+    written by ``text_format.write_document``."""
+    write = text_format.write_document
     if mode == "vanilla":
-        body = comp_ids if layout == COMP else raw_ids
-        return Emission(np.concatenate([_BOS, body, _EOS]), (0,), (1,), (int(layout == COMP),))
-    if layout == RAW:
-        return Emission(np.concatenate([_HEAD_RAW, raw_ids, _TAIL_RAW]), (0,), (1,), (0,))
-    if layout == COMP:
-        return Emission(np.concatenate([_HEAD_COMP, comp_ids, _TAIL_COMP]), (0,), (1,), (1,))
-    raw_first = layout == PAIR_RAW_FIRST
+        is_comp = arrangement == COMP
+        ids = write([(text_format.COMP, comp_ids) if is_comp else (text_format.RAW, raw_ids)], sentinels=False)
+        return Emission(ids, (0,), (1,), (int(is_comp),))
+    raw, comp = (text_format.RAW, raw_ids), (text_format.COMP, comp_ids)
+    if arrangement == RAW:
+        return Emission(write([raw], sentinels=True), (0,), (1,), (0,))
+    if arrangement == COMP:
+        return Emission(write([comp], sentinels=True), (0,), (1,), (1,))
+    first, second = (raw, comp) if arrangement == PAIR_RAW_FIRST else (comp, raw)
     if mode.startswith("translation"):
-        if raw_first:
-            parts = [_HEAD_RAW, raw_ids, _RAW_TO_COMP, comp_ids, _TAIL_COMP]
-        else:
-            parts = [_HEAD_COMP, comp_ids, _COMP_TO_RAW, raw_ids, _TAIL_RAW]
-        return Emission(np.concatenate(parts), (0,), (2,), (1,))
+        return Emission(write([first, second], sentinels=True), (0,), (2,), (1,))
     if mode.startswith("parallel"):
-        if raw_first:
-            parts = [_HEAD_RAW, raw_ids, _TAIL_RAW, _HEAD_COMP, comp_ids, _TAIL_COMP]
-            first = len(raw_ids) + 4
-            comp_flags = (0, 1)
-        else:
-            parts = [_HEAD_COMP, comp_ids, _TAIL_COMP, _HEAD_RAW, raw_ids, _TAIL_RAW]
-            first = len(comp_ids) + 4
-            comp_flags = (1, 0)
-        return Emission(np.concatenate(parts), (0, first), (1, 1), comp_flags)
-    raise ValueError(f"Mode {mode!r} has no pair layout; use a translation_* or parallel_* mode.")
+        head = write([first], sentinels=True)
+        ids = np.concatenate([head, write([second], sentinels=True)])
+        comp_flags = (0, 1) if first is raw else (1, 0)
+        return Emission(ids, (0, head.size), (1, 1), comp_flags)
+    raise ValueError(f"Mode {mode!r} has no pair arrangement; use a translation_* or parallel_* mode.")
 
 
 def emit_document(raw_ids: np.ndarray, comp_ids: np.ndarray | None, *, mode: str, rate: float,
                   u_choice: float, u_order: float) -> Emission:
-    """Draws the layout of one document from its uniforms and returns its emitted ids.
+    """Draws the arrangement of one document from its uniforms and returns its emitted ids.
 
     ``comp_ids=None`` means the document has no compressed view (byte-only runs): it is emitted raw.
     """
-    layout = choose_layout(mode, rate, u_choice, u_order, has_comp=comp_ids is not None)
-    return emit_layout(raw_ids, comp_ids, mode=mode, layout=layout)
+    arrangement = choose_arrangement(mode, rate, u_choice, u_order, has_comp=comp_ids is not None)
+    return emit_arrangement(raw_ids, comp_ids, mode=mode, arrangement=arrangement)

@@ -1,7 +1,7 @@
 """Mixing and packing in one sequential stage: per-document elements -> batches of packed rows.
 
 The stage knows how many tokens it has emitted, hence which batch (= optimiser step) the first token
-of the next document lands in, and draws that document's layout with the rate and mode of exactly that
+of the next document lands in, and draws that document's arrangement with the rate and mode of exactly that
 step. A document that spills into the next batch keeps the step where it starts.
 
 Stream geometry, with L = seq_len, K = num_targets, B = rows per (local) batch:
@@ -83,7 +83,7 @@ class PackedBatchDataset(grain.IterDataset):
         the documents of earlier steps; restoring a saved state is the cheap way to resume).
       num_workers, worker_buffer_size: Grain worker processes for the document stage and the
         documents each keeps ready.
-      on_document: debug hook called with (index, epoch, step, rate, mode, layout, start) per document.
+      on_document: debug hook called with (index, epoch, step, rate, mode, arrangement, start) per document.
 
     With a finite ``documents`` (a set number of epochs) iteration stops before the first batch the
     remaining documents cannot fill: the partial tail is dropped, never padded.
@@ -151,7 +151,7 @@ class PackedBatchIterator(grain.DatasetIterator):
         return self._cached_schedule
 
     def _pull(self) -> None:
-        """Reads one document from the parent, draws its layout for the step it starts in, queues it."""
+        """Reads one document from the parent, draws its arrangement for the step it starts in, queues it."""
         element = next(self._parent)
         flat = int(element["flat"])
         if flat != self._next_flat:
@@ -165,17 +165,18 @@ class PackedBatchIterator(grain.DatasetIterator):
         index, epoch = int(element["index"]), int(element["epoch"])
         u_choice, u_order = mixing.document_uniforms(self._seed, index, epoch, step)
         comp = np.asarray(element["comp"], vocab.ID_DTYPE) if self._has_comp else None
-        layout = mixing.choose_layout(mode, rate, u_choice, u_order, has_comp=comp is not None)
+        arrangement = mixing.choose_arrangement(mode, rate, u_choice, u_order, has_comp=comp is not None)
         raw = np.asarray(element["raw"], vocab.ID_DTYPE)
-        emission = mixing.emit_layout(raw, comp, mode=mode, layout=layout)
+        emission = mixing.emit_arrangement(raw, comp, mode=mode, arrangement=arrangement)
         if self._raw_only:
             self._shadow_end = shadow + len(emission.ids)
-            if layout == mixing.COMP:
+            if arrangement == mixing.COMP:
                 emission = mixing.Emission(np.zeros(0, vocab.ID_DTYPE), (), (), ())
             else:
-                emission = mixing.emit_layout(raw, None, mode=mode, layout=mixing.RAW)
+                emission = mixing.emit_arrangement(raw, None, mode=mode, arrangement=mixing.RAW)
         if self._on_document is not None:
-            self._on_document(index=index, epoch=epoch, step=step, rate=rate, mode=mode, layout=layout, start=start)
+            self._on_document(index=index, epoch=epoch, step=step, rate=rate, mode=mode, arrangement=arrangement,
+                              start=start)
         self._pending.append(_Unit(flat, start, emission, shadow))
         self._stream_end = start + len(emission.ids)
 

@@ -1,11 +1,11 @@
 """Raw-byte evaluation and the classical compressors beside it.
 
-Bits per byte of held-out text, each document written the way the run was trained to read documents
-(``config.text_layout``): ``1 12 bytes 13 2`` (runs with sentinels), ``1 bytes 2`` (the byte baseline)
-or ``1 symbols 2`` (the tokenizer baseline, ``encode`` = its proxy). The documents are concatenated
+Bits per byte of held-out text, each document written in the run's text format (``proxy_jax.text_format``):
+``1 12 bytes 13 2`` (``sentinel``), ``1 bytes 2`` (``plain``, the byte baseline) or ``1 symbols 2``
+(``compressed``, the tokenizer baseline, ``encode`` = its proxy). The documents are concatenated
 and cut into windows of ``window`` tokens with stride ``window`` (attention stays inside each
-document); the targets that carry the text count, scored by the first head: raw bytes (ids 64..319),
-or for the tokenizer baseline its symbols (ids >= 320; sentinels and EOS never count):
+document); the targets that carry the text count (``TextFormat.scored``), scored by the first head: raw
+bytes (ids 64..319), or for the tokenizer baseline its symbols (ids >= 320; sentinels and EOS never count):
 
     BPB = (sum of their cross-entropies in nats) / (ln 2 x number of raw bytes of the documents).
 
@@ -28,42 +28,20 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from proxy_jax import vocab
+from proxy_jax import text_format
 
 
-def raw_document_ids(doc: bytes) -> np.ndarray:
-    """``1 12 bytes 13 2`` for one held-out document."""
-    return document_ids(doc, "sentinel")
-
-
-def document_ids(doc: bytes, layout: str, encode: Callable[[bytes], np.ndarray] | None = None) -> np.ndarray:
-    """One held-out document in ``layout`` (see the module docstring); ``encode``: the proxy's, for
-    ``compressed``."""
-    if layout == "compressed":
-        if encode is None:
-            raise ValueError("layout 'compressed' needs the run's proxy encode function.")
-        body, head, tail = np.asarray(encode(doc), vocab.ID_DTYPE), (vocab.BOS,), (vocab.EOS,)
-        if body.size and int(body.min()) < vocab.COMP_OFFSET:
-            raise ValueError(f"encode gave id {int(body.min())} < {vocab.COMP_OFFSET}: not a compressed symbol id.")
-    elif layout == "plain":
-        body, head, tail = vocab.encode_raw(doc), (vocab.BOS,), (vocab.EOS,)
-    elif layout == "sentinel":
-        body, head, tail = vocab.encode_raw(doc), (vocab.BOS, vocab.RAW_OPEN), (vocab.RAW_CLOSE, vocab.EOS)
-    else:
-        raise ValueError(f"layout={layout!r} must be one of 'sentinel', 'plain', 'compressed'.")
-    return np.concatenate([np.asarray(head, vocab.ID_DTYPE), np.asarray(body, vocab.ID_DTYPE),
-                           np.asarray(tail, vocab.ID_DTYPE)])
-
-
-def eval_rows(docs: Iterable[bytes], window: int, extra: int, layout: str = "sentinel",
+def eval_rows(docs: Iterable[bytes], window: int, extra: int, fmt: str | text_format.TextFormat = "sentinel",
               encode: Callable[[bytes], np.ndarray] | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Rows of ``window + extra`` tokens, stride ``window``, over the concatenated documents (``layout``).
+    """Rows of ``window + extra`` tokens, stride ``window``, over the concatenated documents (text format
+    ``fmt``).
 
     Yields dicts with "tokens", "segment_ids" and "positions" (int32 [window + extra]). The tail is padded
     with id 0 / segment 0, which is never a target. ``extra`` is the number of future tokens the model
     predicts, so the row also carries the targets of its last position.
     """
-    return _rows((document_ids(doc, layout, encode) for doc in docs), window, extra)
+    fmt = text_format.get(fmt)
+    return _rows((fmt.document_ids(doc, encode) for doc in docs), window, extra)
 
 
 def _rows(docs_ids: Iterable[np.ndarray], window: int, extra: int) -> Iterator[dict[str, np.ndarray]]:
@@ -114,17 +92,17 @@ def raw_bpb(
     extra: int,
     batch_size: int,
     progress: bool = False,
-    layout: str = "sentinel",
+    fmt: str | text_format.TextFormat = "sentinel",
     encode: Callable[[bytes], np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Bits per raw byte of ``docs`` (see the module docstring); ``eval_step(batch)`` returns host floats
-    ``sum_nll_raw``/``raw_count`` (and ``sum_nll_comp``/``comp_count`` for the compressed layout)."""
+    ``sum_nll_raw``/``raw_count`` (and ``sum_nll_comp``/``comp_count`` for the ``compressed`` format)."""
     if not docs:
         raise ValueError("There are no documents to score: bits per byte of zero bytes is undefined.")
-    docs_ids = [document_ids(d, layout, encode) for d in docs]
-    scored = vocab.is_comp if layout == "compressed" else vocab.is_raw_byte
-    expected = sum(int(np.sum(scored(ids))) for ids in docs_ids)
-    nll_key, count_key = ("sum_nll_comp", "comp_count") if layout == "compressed" else ("sum_nll_raw", "raw_count")
+    fmt = text_format.get(fmt)
+    docs_ids = [fmt.document_ids(d, encode) for d in docs]
+    expected = sum(int(np.sum(fmt.scored(ids))) for ids in docs_ids)
+    nll_key, count_key = ("sum_nll_comp", "comp_count") if fmt.symbols else ("sum_nll_raw", "raw_count")
     total_nll, total_count = 0.0, 0.0
     batches = batched(_rows(docs_ids, window, extra), batch_size)
     if progress:
@@ -138,12 +116,12 @@ def raw_bpb(
         total_nll += float(out[nll_key])
         total_count += float(out[count_key])
     if int(round(total_count)) != expected:
-        what = "symbols" if layout == "compressed" else "raw bytes"
+        what = "symbols" if fmt.symbols else "raw bytes"
         raise RuntimeError(f"Evaluation scored {total_count:.0f} {what} but the documents hold {expected}.")
     raw_bytes = float(sum(len(d) for d in docs))
     bpb = total_nll / (math.log(2) * max(raw_bytes, 1.0))
     result = {"raw_bpb": bpb, "raw_bytes": raw_bytes, "docs": float(len(docs))}
-    if layout == "compressed":
+    if fmt.symbols:
         result["symbols"] = float(total_count)
     return result
 
@@ -177,14 +155,15 @@ def host_eval(eval_step: Callable, params, mesh) -> Callable[[dict[str, np.ndarr
     return run
 
 
-def model_bpb(eval_step: Callable, params, mesh, docs: list[bytes], *, config, text_format: str, proxy=None,
-              window: int | None = None, progress: bool = True) -> dict[str, float]:
-    """Bits per raw byte of ``docs`` under ``params``, each document written in the run's ``text_format`` (the
-    tokenizer baseline, ``compressed``, scores its symbols per byte of text through ``proxy``); head 0 only,
-    so rows carry one token beyond the window."""
+def model_bpb(eval_step: Callable, params, mesh, docs: list[bytes], *, config, fmt: str | text_format.TextFormat,
+              proxy=None, window: int | None = None, progress: bool = True) -> dict[str, float]:
+    """Bits per raw byte of ``docs`` under ``params``, each document written in the run's text format ``fmt``
+    (the tokenizer baseline, ``compressed``, scores its symbols per byte of text through ``proxy``); head 0
+    only, so rows carry one token beyond the window."""
     import jax
 
-    encode = proxy.encode if text_format == "compressed" else None
+    fmt = text_format.get(fmt)
+    encode = proxy.encode if fmt.symbols else None
     return raw_bpb(host_eval(eval_step, params, mesh), docs, window=int(window or config.train.eval_window),
                    extra=1, batch_size=int(config.train.eval_batch_size),
-                   progress=progress and jax.process_index() == 0, layout=text_format, encode=encode)
+                   progress=progress and jax.process_index() == 0, fmt=fmt, encode=encode)

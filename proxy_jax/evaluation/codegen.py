@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 
-from proxy_jax import assemble
+from proxy_jax import assemble, text_format
 from proxy_jax.codeeval import harness, jsonl, perturb, problems as problems_lib
 from proxy_jax.evaluation import sampler as sampler_lib
 from proxy_jax.evaluation import score, translation
@@ -143,7 +143,8 @@ def score_set(probs: list[problems_lib.Problem], out: str | None, *, sampler=Non
         completions, generated = harness.canonical_completions(probs), 0
     else:
         stats: dict = {}
-        settings = {"step": sampler.run.step, "kind": sampler.kind, "n": gen["n"], "temperature": gen["temperature"],
+        settings = {"step": sampler.run.step, "text_format": sampler.fmt.name, "n": gen["n"],
+                    "temperature": gen["temperature"],
                     "top_p": gen["top_p"], "max_new": gen["max_new"], "seed": gen["seed"]}
         rows = _code_generator(sampler, max_new=gen["max_new"], temperature=gen["temperature"], top_p=gen["top_p"],
                                seed=gen["seed"], use_speculative=gen["speculative"], stats=stats)
@@ -192,10 +193,10 @@ def oracle_translation(sampler: sampler_lib.Sampler, *, data: str, limit: int, m
 
     def translate(prompts):
         items = [(name, d.decode("latin-1")) for name, d in snippets.items()]
-        by_prompt = {tuple(translation.prompt_ids(d).tolist()): name for name, d in snippets.items()}
+        by_prompt = {tuple(text_format.translation_prompt_ids(d).tolist()): name for name, d in snippets.items()}
 
         def rows(_numbers, texts):
-            ids = [translation.prompt_ids(t.encode("latin-1")) for t in texts]
+            ids = [text_format.translation_prompt_ids(t.encode("latin-1")) for t in texts]
             return [x.tolist() for x in sampler.translate(ids, max_new=max_new)]
 
         outputs, _ = cached_generate(items, 1, rows, store=out, batch_size=batch_size, progress=progress,
@@ -227,7 +228,7 @@ def evaluate_task(task: str = "bpb", *, workdir: str = "", solutions: str = "mod
     sampler = sampler_lib.load(workdir, step) if solutions == "model" else None
     max_new = max_new_bytes or DEFAULT_MAX_NEW["oracle_translation" if task == "oracle_translation" else "code"]
     if sampler is not None:
-        result.update(step=sampler.run.step, kind=sampler.kind)
+        result.update(step=sampler.run.step, text_format=sampler.fmt.name)
         if speculative:
             sampler.check_speculative(temperature)
     out = out or None

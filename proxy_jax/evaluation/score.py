@@ -20,7 +20,6 @@ import ml_collections
 
 from proxy_jax import assemble
 from proxy_jax import restore as restore_lib
-from proxy_jax import train_step as step_lib
 from proxy_jax.evaluation import bpb
 
 
@@ -87,11 +86,7 @@ def evaluate_workdir(workdir: str, *, data: str = "", data_glob: str = "**/*.py"
     check_window(window, batch_size, run.padded_vocab_size)
     result = {"workdir": workdir, "step": run.step, "data": data or "held-out split"}
     try:
-        eval_step = step_lib.make_eval_step(run.config, run.model, run.mesh, vocab_size=run.vocab_size,
-                                            param_shardings=run.param_shardings)
-        proxy = run.proxy if run.text_format == "compressed" else None
-        result.update(bpb.model_bpb(eval_step, run.params, run.mesh, docs, config=run.config,
-                                    text_format=run.text_format, proxy=proxy, window=window))
+        result.update(run.bpb(docs, window=window))
     except Exception as e:  # noqa: BLE001 - only an out-of-memory error becomes a sentence
         if not _out_of_memory(e):
             raise

@@ -1,8 +1,9 @@
 """The oracle-translation probe's maths: does the model write f(x) after ``<raw>x</raw><comp>``?
 
-For each snippet x the model reads ``1 12 x 13 14`` and writes ids until ``</comp>`` (15) or EOS; the
-written ids y are compared with the proxy's own view f(x) (``proxy.encode(x)``, ids in the shared
-vocabulary: symbols s + 320 and, for the neural proxy, raw passthrough bytes 64..319):
+For each snippet x the model reads ``1 12 x 13 14`` and writes ids until ``</comp>`` (15) or EOS (the
+prompt, the ids it may write and the stop ids are ``proxy_jax.text_format``'s); the written ids y are
+compared with the proxy's own view f(x) (``proxy.encode(x)``, ids in the shared vocabulary: symbols
+s + 320 and, for the neural proxy, raw passthrough bytes 64..319):
 
 - ``exact_match``: the fraction of snippets with y == f(x);
 - ``edit_distance``: the mean over snippets of Levenshtein(y, f(x)) / max(|y|, |f(x)|) (insertions,
@@ -18,26 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from proxy_jax import vocab
-
-STOP_IDS = (vocab.COMP_CLOSE, vocab.EOS)
-
-
-def prompt_ids(snippet: bytes) -> np.ndarray:
-    """``1 12 x 13 14`` for one snippet."""
-    head = np.asarray([vocab.BOS, vocab.RAW_OPEN], vocab.ID_DTYPE)
-    tail = np.asarray([vocab.RAW_CLOSE, vocab.COMP_OPEN], vocab.ID_DTYPE)
-    return np.concatenate([head, vocab.encode_raw(snippet), tail])
-
-
-def allowed_mask(padded_vocab_size: int, vocab_size: int) -> np.ndarray:
-    """Ids a translation may contain: raw bytes (neural passthrough), compressed symbols below the
-    logical ``vocab_size`` (the padded rows are never targets), and the two stop ids."""
-    ids = np.arange(padded_vocab_size)
-    allowed = (ids >= vocab.BYTE_OFFSET) & (ids < vocab_size)
-    allowed[list(STOP_IDS)] = True
-    return allowed
-
+from proxy_jax import text_format
 
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
     """Levenshtein distance between two id sequences (one DP row at a time, vectorised over ``b``)."""
@@ -73,7 +55,7 @@ def translation_metrics(outputs: Sequence[Sequence[int]], references: Sequence[S
 
 def probe(translate: Callable[[list[np.ndarray]], list[np.ndarray]], encode: Callable[[bytes], np.ndarray],
           snippets: Sequence[bytes]) -> dict[str, float]:
-    """The probe over ``snippets``: ``translate`` maps prompts (``prompt_ids``) to written ids (stop id
-    excluded); ``encode`` is the proxy's f."""
-    outputs = translate([prompt_ids(x) for x in snippets])
+    """The probe over ``snippets``: ``translate`` maps prompts (``text_format.translation_prompt_ids``) to
+    written ids (stop id excluded); ``encode`` is the proxy's f."""
+    outputs = translate([text_format.translation_prompt_ids(x) for x in snippets])
     return translation_metrics(outputs, [encode(x) for x in snippets])
