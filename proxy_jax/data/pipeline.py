@@ -145,6 +145,7 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
             mix=config.mix,
             has_comp=compress,
             raw_only=bool(config.data.raw_only_of_mix),
+            positions=str(config.data.get("positions", "row")),
             start_step=start_step,
             num_workers=shard_workers,
             worker_buffer_size=max(1, int(config.data.prefetch)) * _DOCS_PER_PREFETCH,
