@@ -15,10 +15,13 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- corpus ---------------------------------------------------------------------------
     c.data = d = ml_collections.ConfigDict()
-    d.source = "stdlib"  # stdlib | dir | jsonl | arrayrecord | tfds | preprocessed (proxy_jax.data.corpus)
-    d.path = ""  # dir: a folder; jsonl/arrayrecord/preprocessed: a file, folder or glob; tfds: a name
+    # stdlib | dir | jsonl | parquet | hf_disk | arrayrecord | tfds | preprocessed (proxy_jax.data.corpus)
+    d.source = "stdlib"
+    # dir, hf_disk (a datasets save_to_disk folder): a folder; jsonl/parquet/arrayrecord/preprocessed: a
+    # file, folder or glob; tfds: a name
+    d.path = ""
     d.glob = "**/*.py"  # dir source: which files are documents
-    d.text_field = "text"  # jsonl: field holding the document ("content" is tried next)
+    d.text_field = "text"  # jsonl, parquet, hf_disk: field/column holding the document ("content" is tried next)
     d.skip_malformed = False  # jsonl: skip (and count) malformed lines instead of stopping
     d.tfds_split = "train"  # tfds: split used for training (validation is held out by hash)
     d.tfds_data_dir = ""  # tfds: data_dir ('' = the TFDS default)
