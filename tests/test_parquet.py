@@ -134,3 +134,35 @@ def test_tiny_run_trains_and_evaluates_on_a_parquet_folder(tmp_path):
     docs = score.documents_config(config, str(tmp_path / "corpus"))
     assert docs.data.source == "parquet"
     assert corpus.load_split(docs.data, "train").stats["source_documents"] == len(DOCS)  # evaluation reads them all
+
+
+def test_preprocess_takes_parquet_and_gives_the_same_batches(tmp_path):
+    from proxy_jax import assemble
+    from proxy_jax.proxies.simple import GzipProxy
+
+    _write_parquet_folder(tmp_path / "corpus")
+    c = _config("parquet", tmp_path / "corpus", **{"data.seq_len": 96, "data.batch_size": 4, "proxy.name": "gzip"})
+    assemble.preprocess(c, str(tmp_path / "shards"), num_shards=2, splits=("train",), progress_bar=False)
+    online = pipeline.make_pipeline(c, proxy=GzipProxy(), process_index=0, process_count=1)
+    c.data.source, c.data.path = "preprocessed", str(tmp_path / "shards")
+    stored = pipeline.make_pipeline(c, process_index=0, process_count=1)
+    online, stored = iter(online), iter(stored)
+    for a, b in [(next(online), next(stored)) for _ in range(3)]:
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_training_command_refuses_bad_parquet_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    out = subprocess.run([sys.executable, "-m", "proxy_jax.main", "--config=configs/bytes.py:tiny",
+                          f"--workdir={tmp_path / 'run'}", "--config.data.source=parquet",
+                          f"--config.data.path={tmp_path / 'bad.parquet'}"],
+                         cwd=os.path.dirname(os.path.dirname(__file__)), env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert f"error: {tmp_path / 'bad.parquet'} is not a readable Parquet file" in out.stderr
