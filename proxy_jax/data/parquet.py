@@ -76,6 +76,10 @@ def hf_disk_files(path: str) -> tuple[list[str], str]:
     if not path or not os.path.isdir(path):
         raise ValueError(f"config.data.path={path!r} is not a folder; the 'hf_disk' source needs the folder "
                          "datasets' save_to_disk wrote.")
+    if os.path.isfile(os.path.join(path, "dataset_dict.json")):  # a DatasetDict: one folder per split
+        splits = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+        raise ValueError(f"{path} holds a datasets DatasetDict with the splits {splits}; point --config.data.path "
+                         f"at one split's folder, such as {os.path.join(path, splits[0] if splits else 'train')}.")
     return sources.resolve_files(path, ".arrow", "Arrow (datasets save_to_disk)")
 
 
