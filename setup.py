@@ -15,6 +15,8 @@ setup(
         "orbax-checkpoint>=0.11,<0.13",
         "grain>=0.2.12,<0.3",
         "array-record>=0.8,<0.9",
+        # Parquet and datasets (save_to_disk) corpora: data.source=parquet | hf_disk.
+        "pyarrow>=15",
         "tensorflow-datasets>=4.9.8,<5",
         "sentencepiece>=0.2,<0.3",
         "ml-collections>=1.0,<2",

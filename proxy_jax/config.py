@@ -15,10 +15,13 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- corpus ---------------------------------------------------------------------------
     c.data = d = ml_collections.ConfigDict()
-    d.source = "stdlib"  # stdlib | dir | jsonl | arrayrecord | tfds | preprocessed (proxy_jax.data.corpus)
-    d.path = ""  # dir: a folder; jsonl/arrayrecord/preprocessed: a file, folder or glob; tfds: a name
+    # stdlib | dir | jsonl | parquet | hf_disk | arrayrecord | tfds | preprocessed (proxy_jax.data.corpus)
+    d.source = "stdlib"
+    # dir, hf_disk (a datasets save_to_disk folder): a folder; jsonl/parquet/arrayrecord/preprocessed: a
+    # file, folder or glob; tfds: a name
+    d.path = ""
     d.glob = "**/*.py"  # dir source: which files are documents
-    d.text_field = "text"  # jsonl: field holding the document ("content" is tried next)
+    d.text_field = "text"  # jsonl, parquet, hf_disk: field/column holding the document ("content" is tried next)
     d.skip_malformed = False  # jsonl: skip (and count) malformed lines instead of stopping
     d.tfds_split = "train"  # tfds: split used for training (validation is held out by hash)
     d.tfds_data_dir = ""  # tfds: data_dir ('' = the TFDS default)
@@ -26,6 +29,12 @@ def base_config() -> ml_collections.ConfigDict:
     d.max_doc_bytes = 0  # documents longer than this are cut into pieces (0 = never)
     d.seq_len = 256  # model context; rows carry seq_len + num_targets tokens
     d.batch_size = 8  # global batch (rows per optimiser step, across all hosts)
+    # Each row of a batch is its own stream of documents (proxy_jax.data.packing), so a batch starts in
+    # batch_size different documents. Positions: "row" restarts them at every row start and after every
+    # EOS, so RoPE never sees a position past seq_len + heads (the reference's rule; at 10^6 and beyond the
+    # float32 angles make attention-score errors above bf16 noise, launch/bench_positions.py);
+    # "document" counts from each BOS across rows (absolute offsets, e.g. for long-context studies).
+    d.positions = "row"
     # Virtual data shards V: shard v packs documents[v::V] into batch_size/V rows, and the global batch is
     # the shards' rows in order whatever the number of processes. A run resumes on any process count that
     # divides V with the same batches. 0 = one per process (set it, e.g. to batch_size, before a run you

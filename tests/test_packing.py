@@ -1,4 +1,4 @@
-"""Packing: rows cut from one stream with a K-token overlap, segment ids, positions, step-exact draws."""
+"""Packing: one stream per row with a K-token overlap between batches, segment ids, positions, step-exact draws."""
 
 import functools
 import json
@@ -39,9 +39,10 @@ def _mix(mode="translation_random", w=40):
     return mix_config(warmup=w, modes=(mode, "sentinel", "sentinel"))
 
 
-def _packer(*, L=50, K=2, B=3, mode="translation_random", seed=0, start_step=0, hook=None, short=False):
+def _packer(*, L=50, K=2, B=3, mode="translation_random", seed=0, start_step=0, hook=None, short=False,
+            positions="row"):
     return packing.PackedBatchDataset(_docs(short), seq_len=L, num_targets=K, rows=B, seed=seed, mix=_mix(mode),
-                                      start_step=start_step, on_document=hook)
+                                      positions=positions, start_step=start_step, on_document=hook)
 
 
 def _run(n_batches, **kw):
@@ -51,55 +52,72 @@ def _run(n_batches, **kw):
     return batches, docs
 
 
-def _stream_from_hook(docs, mix, seed=0, short=False):
-    """Rebuilds the stream independently: re-draw every document from its recorded step."""
-    parts, starts = [], []
-    pos = 0
+def _streams_from_hook(docs, mix, B, seed=0, short=False):
+    """Rebuilds the B row streams independently: each document goes to the shortest row (lowest on ties)
+    and is re-drawn from the step of the position where it starts."""
+    parts, starts, owners = [[] for _ in range(B)], [[] for _ in range(B)], [[] for _ in range(B)]
+    length = [0] * B
     for d in docs:
+        r = min(range(B), key=lambda i: (length[i], i))
+        assert d["row"] == r and d["start"] == length[r]
         el = _load(d["index"], short)
         rate, mode = schedule.schedule_at(d["step"], mix)
         u_c, u_o = mixing.document_uniforms(seed, d["index"], d["epoch"], d["step"])
         e = mixing.emit_document(el["raw"], el["comp"], mode=mode, rate=rate, u_choice=u_c, u_order=u_o)
-        assert d["start"] == pos
-        starts.extend(pos + s for s in e.doc_starts)
-        parts.append(e.ids)
-        pos += len(e.ids)
-    return np.concatenate(parts), starts
+        starts[r].extend(length[r] + s for s in e.doc_starts)
+        parts[r].append(e.ids)
+        owners[r].append((length[r], length[r] + len(e.ids), d["index"]))
+        length[r] += len(e.ids)
+    return [np.concatenate(p) for p in parts], starts, owners
 
 
 @pytest.mark.parametrize("mode,K", [("translation_random", 2), ("parallel_random", 1), ("sentinel", 3)])
-def test_rows_tile_the_stream_exactly(mode, K):
+def test_rows_tile_their_row_streams_exactly(mode, K):
     L, B, n = 50, 3, 25
     batches, docs = _run(n, L=L, K=K, B=B, mode=mode)
-    stream, _ = _stream_from_hook(docs, _mix(mode))
-    rows = np.concatenate([b["tokens"] for b in batches])
-    assert rows.shape == (n * B, L + K)
-    for r in range(len(rows)):
-        np.testing.assert_array_equal(rows[r], stream[r * L: r * L + L + K])
-        if r:  # consecutive rows overlap by exactly K tokens
-            np.testing.assert_array_equal(rows[r - 1][L:], rows[r][:K])
-    # Rows minus overlaps give back the stream: nothing lost, nothing duplicated.
-    np.testing.assert_array_equal(np.concatenate([row[:L] for row in rows]), stream[: n * B * L])
+    streams, _, _ = _streams_from_hook(docs, _mix(mode), B)
+    for k, b in enumerate(batches):
+        assert b["tokens"].shape == (B, L + K)
+        for r in range(B):
+            np.testing.assert_array_equal(b["tokens"][r], streams[r][k * L: k * L + L + K])
+            if k:  # a row continues in the next batch, overlapping by exactly K tokens
+                np.testing.assert_array_equal(batches[k - 1]["tokens"][r][L:], b["tokens"][r][:K])
+    for r in range(B):  # rows minus overlaps give back each stream: nothing lost, nothing duplicated
+        np.testing.assert_array_equal(np.concatenate([b["tokens"][r][:L] for b in batches]), streams[r][: n * L])
 
 
-def _expected_positions_and_segments(stream):
+def test_rows_of_a_batch_start_in_different_documents():
+    """One long document fills one row, not the batch: the B rows start in B different documents."""
+    L, K, B, n = 50, 2, 4, 30
+    batches, docs = _run(n, L=L, K=K, B=B, mode="sentinel")
+    _, _, owners = _streams_from_hook(docs, _mix("sentinel"), B)
+    for k in range(n):
+        first = [next(i for s, e, i in owners[r] if s <= k * L < e) for r in range(B)]
+        assert len(set(first)) == B, (k, first)
+
+
+def _expected_positions(stream):
     pos = np.zeros(len(stream), np.int64)
     for t in range(1, len(stream)):
         pos[t] = 0 if stream[t - 1] == vocab.EOS else pos[t - 1] + 1
     return pos
 
 
-def test_segment_ids_and_positions():
+@pytest.mark.parametrize("positions", ["row", "document"])
+def test_segment_ids_and_positions(positions):
     L, K, B, n = 50, 2, 3, 25
-    batches, docs = _run(n, L=L, K=K, B=B, mode="parallel_random")
-    stream, _ = _stream_from_hook(docs, _mix("parallel_random"))
-    pos = _expected_positions_and_segments(stream)
+    batches, docs = _run(n, L=L, K=K, B=B, mode="parallel_random", positions=positions)
+    streams, _, _ = _streams_from_hook(docs, _mix("parallel_random"), B)
     seen_spill = False
     for k, b in enumerate(batches):
         assert b["tokens"].dtype == b["segment_ids"].dtype == b["positions"].dtype == np.int32
         for r in range(B):
-            g = k * B + r
-            np.testing.assert_array_equal(b["positions"][r], pos[g * L: g * L + L + K])
+            piece = streams[r][k * L: k * L + L + K]
+            if positions == "document":  # counted from the BOS, across batches
+                want = _expected_positions(streams[r])[k * L: k * L + L + K]
+            else:  # counted from the row start or the last EOS inside the row
+                want = _expected_positions(piece)
+            np.testing.assert_array_equal(b["positions"][r], want)
             seg = b["segment_ids"][r]
             assert seg[0] == 1 and seg.min() >= 1
             toks = b["tokens"][r]
@@ -108,21 +126,20 @@ def test_segment_ids_and_positions():
             np.testing.assert_array_equal(b["positions"][r][1:][np.diff(seg) == 1], 0)
             assert np.all(toks[1:][np.diff(seg) == 1] == vocab.BOS)
             seen_spill |= toks[0] != vocab.BOS and b["positions"][r][0] > 0
-    assert seen_spill  # some rows start mid-document and their positions continue
+    assert seen_spill == (positions == "document")  # rows starting mid-document continue, or restart at 0
 
 
 def test_document_counters():
     L, K, B, n = 50, 2, 3, 25
     batches, docs = _run(n, L=L, K=K, B=B, mode="parallel_random")
-    stream, starts = _stream_from_hook(docs, _mix("parallel_random"))
-    starts = np.array(starts)
+    streams, starts, _ = _streams_from_hook(docs, _mix("parallel_random"), B)
     for k, b in enumerate(batches):
         for r in range(B):
-            g = k * B + r
-            in_row = (starts >= g * L) & (starts < g * L + L)
+            row_starts = np.array(starts[r])
+            in_row = (row_starts >= k * L) & (row_starts < k * L + L)
             assert b["num_docs"][r] == in_row.sum()
             assert b["num_docs"][r] == np.sum(b["tokens"][r][:L] == vocab.BOS)
-            comp_open = stream[starts[in_row] + 1] == vocab.COMP_OPEN  # parallel: one stream per document
+            comp_open = streams[r][row_starts[in_row] + 1] == vocab.COMP_OPEN  # parallel: one stream per document
             assert b["num_comp_docs"][r] == b["num_comp_streams"][r] == comp_open.sum()
             assert b["num_streams"][r] == b["num_docs"][r]
 
@@ -133,7 +150,7 @@ def test_every_document_draws_with_its_batch_step():
     mode = "translation_random"
     mix = _mix(mode, w=40)
     batches, docs = _run(n, L=L, K=K, B=B, mode=mode, short=True)
-    by_start = {d["start"]: d for d in docs}
+    by_start = {(d["row"], d["start"]): d for d in docs}
     checked = 0
     rates = set()
     for k, b in enumerate(batches):
@@ -144,8 +161,7 @@ def test_every_document_draws_with_its_batch_step():
         for r in range(B):
             toks = b["tokens"][r]
             for t in np.flatnonzero(toks[:L] == vocab.BOS):
-                p = (k * B + r) * L + int(t)
-                d = by_start[p]
+                d = by_start[(r, k * L + int(t))]
                 assert d["step"] == step and d["rate"] == rate and d["mode"] == mode_k
                 u_c, u_o = mixing.document_uniforms(0, d["index"], d["epoch"], step)
                 arrangement = mixing.choose_arrangement(mode_k, rate, u_c, u_o)
@@ -159,19 +175,20 @@ def test_every_document_draws_with_its_batch_step():
     assert checked > 50 and len(rates) == n
 
 
-def test_state_restore_continues_exactly():
+@pytest.mark.parametrize("positions", ["row", "document"])
+def test_state_restore_continues_exactly(positions):
     L, K, B = 50, 2, 3
     reference = []
-    it = iter(_packer(L=L, K=K, B=B, mode="parallel_random"))
+    it = iter(_packer(L=L, K=K, B=B, mode="parallel_random", positions=positions))
     for _ in range(30):
         reference.append(next(it))
     for cut in (0, 1, 7, 13, 29):
-        it = iter(_packer(L=L, K=K, B=B, mode="parallel_random"))
+        it = iter(_packer(L=L, K=K, B=B, mode="parallel_random", positions=positions))
         for _ in range(cut):
             next(it)
         state = it.get_state()
         state = json.loads(json.dumps(state))  # JSON round trip, as in a checkpoint
-        fresh = iter(_packer(L=L, K=K, B=B, mode="parallel_random"))
+        fresh = iter(_packer(L=L, K=K, B=B, mode="parallel_random", positions=positions))
         next(fresh)  # a used iterator is restored as well as a fresh one
         fresh.set_state(state)
         for k in range(cut, 30):
@@ -202,3 +219,5 @@ def test_bad_arguments():
         packing.PackedBatchDataset(_docs(), seq_len=8, num_targets=1, rows=0, seed=0, mix=_mix())
     with pytest.raises(ValueError, match="start_step=-2"):
         packing.PackedBatchDataset(_docs(), seq_len=8, num_targets=1, rows=1, seed=0, mix=_mix(), start_step=-2)
+    with pytest.raises(ValueError, match="positions='abs'"):
+        packing.PackedBatchDataset(_docs(), seq_len=8, num_targets=1, rows=1, seed=0, mix=_mix(), positions="abs")

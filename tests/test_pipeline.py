@@ -139,7 +139,9 @@ def _packing_threads() -> set:
 def test_host_prefetch_gives_the_same_batches_and_saves_the_consumed_position(source, depth):
     """The packing thread runs ``depth`` batches ahead, yet the state is the position after the batches
     the caller took: it equals the in-thread pipeline's state and resumes (with any depth) exactly."""
-    c = _config(virtual_shards=2)  # two shards: the joined rows of both are packed in the thread
+    # Two shards: the joined rows of both are packed in the thread; rows longer than the 600-byte
+    # documents, so that packing every batch draws new documents.
+    c = _config(virtual_shards=2, seq_len=640)
     drawn_plain = []
     plain = iter(_pipe(c, source, on_document=lambda **d: drawn_plain.append(d)))
     ref, drawn_after = [], []  # documents drawn once batch k was packed

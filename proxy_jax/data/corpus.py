@@ -8,7 +8,8 @@ Whatever a load skips (empty documents, malformed or blank JSONL lines) is repor
 with its counts, once per source and process (the train and validation loads of a run skip the same).
 
 Sources (``config.data.source``): ``stdlib`` (this Python's own standard library, the default corpus),
-``dir``, ``jsonl``, ``arrayrecord``, ``tfds`` and ``preprocessed`` (shards of ``proxy_jax.preprocess``).
+``dir``, ``jsonl``, ``parquet`` and ``hf_disk`` (``proxy_jax.data.parquet``), ``arrayrecord``, ``tfds`` and
+``preprocessed`` (shards of ``proxy_jax.preprocess``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from proxy_jax.data import shards, sources
 
 SPLITS = ("train", "validation")
-SOURCES = ("stdlib", "dir", "jsonl", "arrayrecord", "tfds", "preprocessed")
+SOURCES = ("stdlib", "dir", "jsonl", "parquet", "hf_disk", "arrayrecord", "tfds", "preprocessed")
 
 
 def hash_fraction(key: str) -> float:
@@ -70,7 +71,7 @@ def skip_report(description: str, stats: dict[str, int], first_malformed: str = 
     """One line naming every count of skipped input, or '' when nothing was skipped."""
     parts = []
     for key, what in (("skipped_empty", "empty documents"), ("skipped_malformed", "malformed lines"),
-                      ("skipped_blank_lines", "blank lines")):
+                      ("skipped_blank_lines", "blank lines"), ("skipped_null", "null rows")):
         if stats.get(key):
             parts.append(f"{stats[key]} {what}")
     if not parts:
@@ -103,7 +104,7 @@ def load_split(data_config, split: str, *, proxy_config=None):
     """
     check_source(data_config, split)
     source = data_config.source
-    counts = {"skipped_malformed": 0, "skipped_blank_lines": 0} if source == "jsonl" else {}
+    counts = {"skipped_malformed": 0, "skipped_blank_lines": 0} if source == "jsonl" else {"skipped_null": 0}
     if source == "preprocessed":
         return shards.load_preprocessed(data_config.path, split, proxy_config=proxy_config)
     if source in ("stdlib", "dir"):
@@ -117,6 +118,18 @@ def load_split(data_config, split: str, *, proxy_config=None):
         scan = sources.scan_jsonl(files, base, fields, bool(data_config.skip_malformed), counts)
         desc = f"jsonl:{data_config.path}:{'|'.join(fields)}"
         make = lambda **kw: sources.JsonlSource(files, fields, **kw)  # noqa: E731
+    elif source in ("parquet", "hf_disk"):
+        from proxy_jax.data import parquet
+
+        fields = tuple(dict.fromkeys((data_config.text_field, "content")))
+        if source == "parquet":
+            files, base = sources.resolve_files(data_config.path, ".parquet", "Parquet")
+            scan, make_source = parquet.scan_parquet(files, base, fields, counts), parquet.ParquetSource
+        else:
+            files, base = parquet.hf_disk_files(data_config.path)
+            scan, make_source = parquet.scan_arrow(files, base, fields, counts), parquet.ArrowSource
+        desc = f"{source}:{data_config.path}:{'|'.join(fields)}"
+        make = lambda **kw: make_source(files, fields, **kw)  # noqa: E731
     elif source == "arrayrecord":
         files, base = sources.resolve_files(data_config.path, ".array_record", "ArrayRecord")
         scan = sources.scan_array_record(files, base, counts)

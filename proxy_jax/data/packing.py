@@ -1,26 +1,36 @@
 """Mixing and packing in one sequential stage: per-document elements -> batches of packed rows.
 
-The stage knows how many tokens it has emitted, hence which batch (= optimiser step) the first token
-of the next document lands in, and draws that document's arrangement with the rate and mode of exactly that
-step. A document that spills into the next batch keeps the step where it starts.
+Row streams. Each of the B rows of a batch is its own stream of documents: row r of batch k is
+``stream_r[k*L : k*L + L + K]`` (L = seq_len, K = num_targets, B = rows per local batch), so consecutive
+batches continue each row where it stopped and the K last tokens of a row are the first K of the same
+row in the next batch (every token is an input exactly once). The documents are read in one order (the
+shard's shuffled order) and each goes to the row whose stream is shortest at that moment (ties: the
+lowest row). That assignment is a pure function of the order and the emitted lengths, not of when a
+document is read, and a batch holds B different documents at its row starts: a long file fills one row
+for many steps instead of whole batches. (A single stream cut into consecutive rows put 41% of batches
+of the standard library at 8 x 4096 inside one file; see BENCHMARKS.md.)
 
-Stream geometry, with L = seq_len, K = num_targets, B = rows per (local) batch:
-row r covers stream[r*L : r*L + L + K]; consecutive rows overlap by K tokens (the targets of the last
-positions), so every token is an input exactly once. Batch k holds rows kB .. kB+B-1, i.e. the tokens
-stream[k*B*L : (k+1)*B*L + K]; a document belongs to the step whose batch holds its first token as an
-input.
+The stage knows where each row stream stands, hence which batch (= optimiser step) the first token of
+the next document lands in, and draws that document's arrangement with the rate and mode of exactly that
+step: a document starting at position s of its row belongs to step ``s // L``. A document that spills
+into the next batch keeps the step where it starts.
+
+Positions (``positions``): ``"row"`` restarts them at 0 at the start of every row and after every EOS
+(the reference's rule: RoPE angles stay below L + K); ``"document"`` counts from each BOS, continuing
+across the batches of the row, so a 1 MB document reaches position ~10^6.
 
 Because this stage runs after any worker processes, batches do not depend on the number of workers.
-Its state is a handful of integers: the flat index (epoch * documents + position) of the first pending
-document, where that document starts in the stream, and the step. On restore the document stage is
-reopened at that flat index (with any number of workers) and the pending documents are re-read and
-re-drawn (draws are pure functions), so a resumed run continues exactly.
+Its state is small: the step, the flat index (epoch * documents + position) of the next document to
+read, and per row the flat indices of its pending documents (those still reaching the next batch) with
+where the first of them starts. On restore the pending documents are re-read by index, re-drawn (draws
+are pure functions) and the document stage is reopened at the next flat index, with any number of
+workers, so a resumed run continues exactly.
 
-``raw_only`` (``config.data.raw_only_of_mix``, the transfer control of a proxy run): the stage keeps a
-shadow position, where each document would start in the proxy run's stream, and draws every document
-with the step of that position, exactly as the proxy run does; then it emits only the raw stream
+``raw_only`` (``config.data.raw_only_of_mix``, the transfer control of a proxy run): each row keeps a
+shadow position, where the document would start in the proxy run's row stream; documents are assigned
+and drawn by those shadow positions, exactly as the proxy run does, and only the raw stream is emitted
 (comp-only documents vanish, pairs keep their raw half as ``1 12 bytes 13 2``, or ``1 bytes 2`` in
-vanilla mode). The raw documents thus arrive in the proxy run's order with its draws.
+vanilla mode). The raw documents thus arrive in the proxy run's rows and order with its draws.
 """
 
 from __future__ import annotations
@@ -37,22 +47,35 @@ from proxy_jax import vocab
 from proxy_jax.data import mixing
 from proxy_jax.data import schedule
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 _READ_THREADS = 4
 _NO_START = np.iinfo(np.int64).min // 2
+POSITIONS = ("row", "document")
 
 
 class _Unit:
-    """One source document's emitted ids, placed at ``start`` in the stream."""
+    """One source document's emitted ids, placed at ``start`` of its row stream."""
 
-    __slots__ = ("flat", "start", "end", "emission", "shadow")
+    __slots__ = ("flat", "start", "end", "emission", "shadow", "shadow_end")
 
-    def __init__(self, flat: int, start: int, emission: mixing.Emission, shadow: int):
+    def __init__(self, flat: int, start: int, emission: mixing.Emission, shadow: int, shadow_end: int):
         self.flat = flat
         self.start = start
-        self.shadow = shadow  # where the document starts in the proxy run's stream (raw_only), else start
         self.end = start + len(emission.ids)
         self.emission = emission
+        self.shadow = shadow  # where the document starts in the proxy run's row stream (raw_only), else start
+        self.shadow_end = shadow_end
+
+
+class _Row:
+    """One row stream: its pending documents and where the next one starts."""
+
+    __slots__ = ("end", "shadow_end", "pending")
+
+    def __init__(self, end: int, shadow_end: int):
+        self.end = end  # position where the next document starts
+        self.shadow_end = shadow_end  # the same in the proxy run's row stream (raw_only)
+        self.pending: collections.deque[_Unit] = collections.deque()
 
 
 def open_documents(documents: grain.MapDataset, flat: int, num_workers: int,
@@ -68,22 +91,24 @@ def open_documents(documents: grain.MapDataset, flat: int, num_workers: int,
 
 
 class PackedBatchDataset(grain.IterDataset):
-    """Packs per-document elements into batches of rows.
+    """Packs per-document elements into batches of rows, one row stream per row.
 
     Args:
       documents: a MapDataset whose element ``i`` is a dict with ``flat`` = i, the global document
         ``index``, its ``epoch``, int32 ``raw`` ids and int32 ``comp`` ids (ignored when ``has_comp`` is
-        False). It is read in order, in ``num_workers`` worker processes when > 0.
+        False). It is read in order, in ``num_workers`` worker processes when > 0; a restore also reads
+        the few pending elements by index in this process.
       seq_len, num_targets, rows: L, K and B of the module docstring.
       seed: seeds the per-document draws.
       mix: ``config.mix`` (the schedule of rate and mode).
       has_comp: whether documents carry a compressed view; without one every document is emitted raw.
       raw_only: draw as the proxy run does, emit only raw streams (the transfer control; module docstring).
+      positions: ``"row"`` or ``"document"`` (module docstring; ``config.data.positions``).
       start_step: the first batch produced is this step's (fast-forwards by re-reading and re-drawing
         the documents of earlier steps; restoring a saved state is the cheap way to resume).
       num_workers, worker_buffer_size: Grain worker processes for the document stage and the
         documents each keeps ready.
-      on_document: debug hook called with (index, epoch, step, rate, mode, arrangement, start) per document.
+      on_document: debug hook called with (index, epoch, step, rate, mode, arrangement, row, start) per document.
 
     With a finite ``documents`` (a set number of epochs) iteration stops before the first batch the
     remaining documents cannot fill: the partial tail is dropped, never padded.
@@ -91,7 +116,7 @@ class PackedBatchDataset(grain.IterDataset):
 
     def __init__(self, documents: grain.MapDataset, *, seq_len: int, num_targets: int, rows: int, seed: int,
                  mix: ml_collections.ConfigDict, has_comp: bool = True, raw_only: bool = False,
-                 start_step: int = 0,
+                 positions: str = "row", start_step: int = 0,
                  num_workers: int = 0, worker_buffer_size: int = 16,
                  on_document: Callable[..., None] | None = None):
         super().__init__(documents)
@@ -101,6 +126,8 @@ class PackedBatchDataset(grain.IterDataset):
             raise ValueError(f"num_targets={num_targets} must be >= 0.")
         if start_step < 0:
             raise ValueError(f"start_step={start_step} is negative; steps count from 0.")
+        if positions not in POSITIONS:
+            raise ValueError(f"positions={positions!r} (data.positions) must be one of {POSITIONS}.")
         schedule.validate_mix(mix)
         if raw_only and not has_comp:
             raise ValueError("raw_only=True (data.raw_only_of_mix) needs documents with a compressed view: the "
@@ -108,7 +135,7 @@ class PackedBatchDataset(grain.IterDataset):
         self._documents = documents
         self._kwargs = dict(seq_len=int(seq_len), num_targets=int(num_targets), rows=int(rows), seed=int(seed),
                             mix=copy.deepcopy(mix), has_comp=bool(has_comp), raw_only=bool(raw_only),
-                            start_step=int(start_step),
+                            positions=positions, start_step=int(start_step),
                             num_workers=int(num_workers), worker_buffer_size=max(1, int(worker_buffer_size)),
                             on_document=on_document)
 
@@ -124,43 +151,31 @@ class PackedBatchIterator(grain.DatasetIterator):
     """Iterator of :class:`PackedBatchDataset`; ``get_state``/``set_state`` give exact continuation."""
 
     def __init__(self, documents: grain.MapDataset, *, seq_len: int, num_targets: int, rows: int, seed: int,
-                 mix: ml_collections.ConfigDict, has_comp: bool, raw_only: bool, start_step: int, num_workers: int,
-                 worker_buffer_size: int, on_document: Callable[..., None] | None):
+                 mix: ml_collections.ConfigDict, has_comp: bool, raw_only: bool, positions: str, start_step: int,
+                 num_workers: int, worker_buffer_size: int, on_document: Callable[..., None] | None):
         self._documents = documents
         self._num_workers, self._worker_buffer_size = num_workers, worker_buffer_size
         super().__init__(open_documents(documents, 0, num_workers, worker_buffer_size))
         self._L, self._K, self._B = seq_len, num_targets, rows
         self._seed, self._mix, self._has_comp, self._raw_only = seed, mix, has_comp, raw_only
+        self._restart_rows = positions == "row"
         self._on_document = on_document
         self._cached_step, self._cached_schedule = -1, (0.0, "")
-        self._reset(step=0, stream_end=0, doc_start=0, next_flat=0, shadow_end=0)
+        self._step, self._next_flat = 0, 0  # the next batch to produce, the next document to read
+        self._rows = [_Row(0, 0) for _ in range(rows)]
         self._skip_to = start_step
 
-    # ---- stream bookkeeping -------------------------------------------------------------------
-    def _reset(self, *, step: int, stream_end: int, doc_start: int, next_flat: int, shadow_end: int) -> None:
-        self._step = step  # the next batch to produce
-        self._next_flat = next_flat  # flat index of the next document to read
-        self._stream_end = stream_end  # stream position where the next document starts
-        self._shadow_end = shadow_end  # the same in the proxy run's stream (raw_only)
-        self._doc_start = doc_start  # start of the document holding this batch's first token
-        self._pending: collections.deque[_Unit] = collections.deque()
-
+    # ---- row streams --------------------------------------------------------------------------
     def _schedule(self, step: int) -> tuple[float, str]:
         if step != self._cached_step:
             self._cached_step, self._cached_schedule = step, schedule.schedule_at(step, self._mix)
         return self._cached_schedule
 
-    def _pull(self) -> None:
-        """Reads one document from the parent, draws its arrangement for the step it starts in, queues it."""
-        element = next(self._parent)
-        flat = int(element["flat"])
-        if flat != self._next_flat:
-            raise ValueError(f"The document stage skipped from flat index {self._next_flat} to {flat}; "
-                             "it must yield every document in order (no filtering).")
-        self._next_flat = flat + 1
-        start = self._stream_end
-        shadow = self._shadow_end if self._raw_only else start
-        step = shadow // (self._B * self._L)
+    def _place(self, element: dict[str, Any], row: _Row) -> tuple:
+        """Draws ``element``'s arrangement for the step it starts in and queues it at the end of ``row``."""
+        start = row.end
+        shadow = row.shadow_end if self._raw_only else start
+        step = shadow // self._L
         rate, mode = self._schedule(step)
         index, epoch = int(element["index"]), int(element["epoch"])
         u_choice, u_order = mixing.document_uniforms(self._seed, index, epoch, step)
@@ -168,92 +183,96 @@ class PackedBatchIterator(grain.DatasetIterator):
         arrangement = mixing.choose_arrangement(mode, rate, u_choice, u_order, has_comp=comp is not None)
         raw = np.asarray(element["raw"], vocab.ID_DTYPE)
         emission = mixing.emit_arrangement(raw, comp, mode=mode, arrangement=arrangement)
+        shadow_end = shadow + len(emission.ids)
         if self._raw_only:
-            self._shadow_end = shadow + len(emission.ids)
             if arrangement == mixing.COMP:
                 emission = mixing.Emission(np.zeros(0, vocab.ID_DTYPE), (), (), ())
             else:
                 emission = mixing.emit_arrangement(raw, None, mode=mode, arrangement=mixing.RAW)
+        unit = _Unit(int(element["flat"]), start, emission, shadow, shadow_end)
+        row.pending.append(unit)
+        row.end, row.shadow_end = unit.end, shadow_end
+        return index, epoch, step, rate, mode, arrangement, start  # for the debug hook
+
+    def _pull(self) -> None:
+        """Reads the next document and gives it to the shortest row stream (by shadow under raw_only)."""
+        element = next(self._parent)
+        flat = int(element["flat"])
+        if flat != self._next_flat:
+            raise ValueError(f"The document stage skipped from flat index {self._next_flat} to {flat}; "
+                             "it must yield every document in order (no filtering).")
+        self._next_flat = flat + 1
+        ends = [row.shadow_end for row in self._rows] if self._raw_only else [row.end for row in self._rows]
+        r = int(np.argmin(ends))
+        index, epoch, step, rate, mode, arrangement, start = self._place(element, self._rows[r])
         if self._on_document is not None:
-            self._on_document(index=index, epoch=epoch, step=step, rate=rate, mode=mode, arrangement=arrangement,
+            self._on_document(index=index, epoch=epoch, step=step, rate=rate, mode=mode, arrangement=arrangement, row=r,
                               start=start)
-        self._pending.append(_Unit(flat, start, emission, shadow))
-        self._stream_end = start + len(emission.ids)
 
-    def _fill(self, end: int) -> None:
-        while self._stream_end < end:
+    def _advance(self) -> tuple[int, int]:
+        """Makes sure batch ``self._step`` is available in every row; returns its (lo, hi) row span."""
+        lo = self._step * self._L
+        hi = lo + self._L + self._K
+        while min(row.end for row in self._rows) < hi:
             self._pull()
+        return lo, hi
 
-    def _advance(self) -> tuple[int, int, int]:
-        """Makes sure batch ``self._step`` is available; returns (lo, hi, offset0) of its stream span."""
-        span = self._B * self._L
-        lo = self._step * span
-        hi = lo + span + self._K
-        self._fill(hi)
-        return lo, hi, lo - self._doc_start
-
-    def _finish_batch(self, lo: int, next_doc_offset: int) -> None:
+    def _finish_batch(self, lo: int) -> None:
         """Drops documents that ended before the next batch and moves to the next step."""
-        span = self._B * self._L
-        next_lo = lo + span
-        self._doc_start = next_lo - next_doc_offset
-        while self._pending and self._pending[0].end <= next_lo:
-            self._pending.popleft()
+        next_lo = lo + self._L
+        for row in self._rows:
+            while row.pending and row.pending[0].end <= next_lo:
+                row.pending.popleft()
         self._step += 1
-
-    def _next_doc_offset(self, lo: int) -> int:
-        """Offset, inside its document, of the first token of the next batch."""
-        next_lo = lo + self._B * self._L
-        for unit in self._pending:
-            if unit.start <= next_lo < unit.end:
-                return next_lo - max(unit.start + s for s in unit.emission.doc_starts if unit.start + s <= next_lo)
-        return 0
 
     def _skip(self) -> None:
         while self._step < self._skip_to:
-            lo, _, _ = self._advance()
-            self._finish_batch(lo, self._next_doc_offset(lo))
+            lo, _ = self._advance()
+            self._finish_batch(lo)
         self._skip_to = 0
+
+    def _row_tokens(self, row: _Row, lo: int, hi: int) -> tuple[np.ndarray, int, list[tuple[int, int, int]]]:
+        """Tokens [lo, hi) of ``row``, the offset of ``lo`` inside its document, and the documents starting
+        in [lo, lo + L) as (offset, streams, compressed streams)."""
+        pieces, offset0, starts = [], 0, []
+        for unit in row.pending:
+            if unit.start >= hi:
+                break
+            if unit.end > lo:
+                pieces.append(unit.emission.ids[max(0, lo - unit.start): hi - unit.start])
+            e = unit.emission
+            for off, n_streams, n_comp in zip(e.doc_starts, e.doc_streams, e.doc_comp_streams):
+                p = unit.start + off
+                if p <= lo:
+                    offset0 = lo - p
+                if lo <= p < lo + self._L:
+                    starts.append((p - lo, n_streams, n_comp))
+        return np.concatenate(pieces), offset0, starts
 
     # ---- the DatasetIterator API --------------------------------------------------------------
     def __next__(self) -> dict[str, np.ndarray]:
         if self._skip_to:
             self._skip()
         L, K, B = self._L, self._K, self._B
-        lo, hi, offset0 = self._advance()
-        pieces = []
-        for unit in self._pending:
-            if unit.start >= hi:
-                break
-            if unit.end > lo:
-                pieces.append(unit.emission.ids[max(0, lo - unit.start): hi - unit.start])
-        chunk_N = np.concatenate(pieces)
-        n = len(chunk_N)
-        t_N = np.arange(n, dtype=np.int64)
-        # Positions restart right after every EOS; the first document may have started earlier.
-        marker_N = np.full(n, _NO_START, np.int64)
-        marker_N[1:] = np.where(chunk_N[:-1] == vocab.EOS, t_N[1:], _NO_START)
-        marker_N[0] = -offset0
-        positions_N = t_N - np.maximum.accumulate(marker_N)
-        rows_BxLK = np.arange(B)[:, None] * L + np.arange(L + K)[None, :]
-        tokens_BxLK = chunk_N[rows_BxLK]
-        positions_BxLK = positions_N[rows_BxLK].astype(np.int32)
+        lo, hi = self._advance()
+        tokens_BxLK = np.empty((B, L + K), np.int32)
+        offsets_B = np.zeros(B, np.int64)
+        counts_4xB = np.zeros((4, B), np.int32)
+        for r, row in enumerate(self._rows):
+            tokens_BxLK[r], offset0, starts = self._row_tokens(row, lo, hi)
+            offsets_B[r] = 0 if self._restart_rows else offset0
+            # Documents are counted in the row holding their BOS as an input token.
+            for _, n_streams, n_comp in starts:
+                counts_4xB[:, r] += (1, n_comp > 0, n_streams, n_comp)
+        # Positions restart right after every EOS; the row's first document may have started earlier.
+        t_LK = np.arange(L + K, dtype=np.int64)
+        marker_BxLK = np.full((B, L + K), _NO_START, np.int64)
+        marker_BxLK[:, 1:] = np.where(tokens_BxLK[:, :-1] == vocab.EOS, t_LK[None, 1:], _NO_START)
+        marker_BxLK[:, 0] = -offsets_B
+        positions_BxLK = (t_LK[None, :] - np.maximum.accumulate(marker_BxLK, axis=1)).astype(np.int32)
         segment_ids_BxLK = np.ones((B, L + K), np.int32)
         np.cumsum(tokens_BxLK[:, :-1] == vocab.EOS, axis=1, out=segment_ids_BxLK[:, 1:])
         segment_ids_BxLK[:, 1:] += 1
-        # Documents are counted in the row holding their BOS as an input token.
-        counts_4xB = np.zeros((4, B), np.int32)
-        span_end = lo + B * L
-        for unit in self._pending:
-            if unit.start >= span_end:
-                break
-            e = unit.emission
-            for off, n_streams, n_comp in zip(e.doc_starts, e.doc_streams, e.doc_comp_streams):
-                p = unit.start + off
-                if lo <= p < span_end:
-                    r = (p - lo) // L
-                    counts_4xB[:, r] += (1, n_comp > 0, n_streams, n_comp)
-        next_doc_offset = self._next_doc_offset(lo)
         batch = {
             "tokens": tokens_BxLK,
             "segment_ids": segment_ids_BxLK,
@@ -264,38 +283,39 @@ class PackedBatchIterator(grain.DatasetIterator):
             "num_streams": counts_4xB[2],
             "num_comp_streams": counts_4xB[3],
         }
-        self._finish_batch(lo, next_doc_offset)
+        self._finish_batch(lo)
         return batch
 
     def get_state(self) -> dict[str, Any]:
         if self._skip_to:
             self._skip()
-        if self._pending:
-            next_flat, unit_start, shadow = self._pending[0].flat, self._pending[0].start, self._pending[0].shadow
-        else:
-            next_flat, unit_start = self._next_flat, self._stream_end
-            shadow = self._shadow_end if self._raw_only else unit_start
-        return {
-            "version": _STATE_VERSION,
-            "step": self._step,
-            "next_flat": next_flat,
-            "unit_start": unit_start,
-            "doc_start": self._doc_start,
-            "shadow_start": shadow,
-        }
+        rows = []
+        for row in self._rows:
+            first = row.pending[0] if row.pending else None
+            rows.append({"flats": [u.flat for u in row.pending],
+                         "start": first.start if first else row.end,
+                         "shadow": first.shadow if first else row.shadow_end})
+        return {"version": _STATE_VERSION, "step": self._step, "next_flat": self._next_flat, "rows": rows}
 
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"Packing state version {state.get('version')!r} is not {_STATE_VERSION}; "
                              "restore with the code version that saved it.")
+        if len(state["rows"]) != self._B:
+            raise ValueError(f"The packing state has {len(state['rows'])} rows but this shard packs {self._B}; "
+                             "restore with the data.batch_size and data.virtual_shards that saved it.")
         self._skip_to = 0
-        next_flat = int(state["next_flat"])
+        self._step, self._next_flat = int(state["step"]), int(state["next_flat"])
         self._parent.close()
-        parent = open_documents(self._documents, next_flat, self._num_workers, self._worker_buffer_size)
+        parent = open_documents(self._documents, self._next_flat, self._num_workers, self._worker_buffer_size)
         self._parents = (parent,)
         self._ctx = parent._ctx  # pylint: disable=protected-access
-        self._reset(step=int(state["step"]), stream_end=int(state["unit_start"]), doc_start=int(state["doc_start"]),
-                    next_flat=next_flat, shadow_end=int(state.get("shadow_start", state["unit_start"])))
+        self._rows = []
+        for saved in state["rows"]:
+            row = _Row(int(saved["start"]), int(saved["shadow"]))
+            for flat in saved["flats"]:  # the pending documents, re-read and re-drawn in their order
+                self._place(self._documents[int(flat)], row)
+            self._rows.append(row)
 
     def __str__(self) -> str:
         return f"PackedBatchIterator(step={self._step})"

@@ -19,7 +19,9 @@ for any number of hosts P that divides V, which is what lets a run resume on ano
 Batches (per host, B = local rows, L = seq_len, K = num_targets):
   tokens, segment_ids, positions: int32 [B, L+K]; step, num_docs, num_comp_docs, num_streams,
   num_comp_streams: int32 [B]. ``segment_ids`` number the documents of a row from 1 (never 0) and
-  ``positions`` count from 0 at each BOS, continuing across rows.
+  ``positions`` count from 0 at each BOS and at the row's first token (``data.positions="row"``), or
+  from each BOS only, continuing across batches (``"document"``). Each row is its own stream of documents
+  (``proxy_jax.data.packing``): row r of batch k + 1 continues row r of batch k.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
             mix=config.mix,
             has_comp=compress,
             raw_only=bool(config.data.raw_only_of_mix),
+            positions=str(config.data.get("positions", "row")),
             start_step=start_step,
             num_workers=shard_workers,
             worker_buffer_size=max(1, int(config.data.prefetch)) * _DOCS_PER_PREFETCH,

@@ -223,7 +223,7 @@ def resolve_files(path: str, suffix: str, what: str) -> tuple[list[str], str]:
     return files, base
 
 
-def _label(path: str, base: str) -> str:
+def label(path: str, base: str) -> str:
     return pathlib.PurePath(os.path.relpath(path, base)).as_posix()
 
 
@@ -234,7 +234,7 @@ def stdlib_files() -> tuple[list[str], str]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__")]
         files.extend(os.path.join(dirpath, f) for f in filenames if f.endswith(".py"))
-    files.sort(key=lambda p: _label(p, root))
+    files.sort(key=lambda p: label(p, root))
     return files, root
 
 
@@ -244,7 +244,7 @@ def dir_files(path: str, pattern: str) -> tuple[list[str], str]:
     files = [str(p) for p in pathlib.Path(path).glob(pattern) if p.is_file()]
     if not files:
         raise ValueError(f"no file under {path!r} matches config.data.glob={pattern!r}; fix the glob.")
-    files.sort(key=lambda p: _label(p, path))
+    files.sort(key=lambda p: label(p, path))
     return files, path
 
 
@@ -254,14 +254,14 @@ def dir_files(path: str, pattern: str) -> tuple[list[str], str]:
 def scan_files(files, base, counts):
     for f, p in enumerate(files):
         size = os.path.getsize(p)
-        yield _label(p, base), size, f, 0, size
+        yield label(p, base), size, f, 0, size
 
 
 def scan_jsonl(files, base, fields, skip_malformed, counts):
     for f, p in enumerate(files):
         if p.endswith(".gz"):
             raise ValueError(f"{p} is gzipped; random access needs plain JSONL: decompress it with gunzip.")
-        label = _label(p, base)
+        name = label(p, base)
         offset = 0
         with open(p, "rb") as fh:
             for lineno, line in enumerate(fh, start=1):
@@ -278,7 +278,7 @@ def scan_jsonl(files, base, fields, skip_malformed, counts):
                     counts["skipped_malformed"] += 1
                     counts.setdefault("first_malformed", f"{p}:{lineno}: {reason}")  # for the load's report
                 else:
-                    yield f"{label}:{lineno}", len(doc), f, offset, n
+                    yield f"{name}:{lineno}", len(doc), f, offset, n
                 offset += n
 
 
@@ -286,15 +286,18 @@ def scan_array_record(files, base, counts):
     from array_record.python import array_record_module
     position = 0
     for f, p in enumerate(files):
+        # Riegeli reports a file that is not ArrayRecord lazily (as 0 records, then an error on close).
         reader = array_record_module.ArrayRecordReader(p)
         try:
             n = reader.num_records()
-            label = _label(p, base)
+            name = label(p, base)
             for lo in range(0, n, _SCAN_BATCH):
                 for j, rec in enumerate(reader.read(list(range(lo, min(n, lo + _SCAN_BATCH))))):
-                    yield f"{label}:{lo + j}", len(rec), f, position + lo + j, 0
-        finally:
+                    yield f"{name}:{lo + j}", len(rec), f, position + lo + j, 0
             reader.close()
+        except RuntimeError as e:
+            raise ValueError(f"{p} is not an ArrayRecord file; point --config.data.path at .array_record files "
+                             "(JSONL goes with --config.data.source=jsonl, Parquet with parquet).") from e
         position += n
 
 

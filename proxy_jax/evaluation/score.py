@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import pathlib
 from typing import Any
 
 import jax
@@ -24,13 +25,18 @@ from proxy_jax.evaluation import bpb
 
 
 def documents_config(config: ml_collections.ConfigDict, data: str, data_glob: str = "**/*.py") -> ml_collections.ConfigDict:
-    """A copy of ``config`` whose corpus is every document of ``data`` (a .jsonl, an .array_record or a folder)."""
+    """A copy of ``config`` whose corpus is every document of ``data``: a .jsonl, an .array_record, a .parquet
+    file or glob, a folder of Parquet files, a ``datasets`` save_to_disk folder, or a folder of files."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.data.path, config.data.val_fraction = data, 0.0  # with val_fraction 0 every document lands in "train"
     if data.endswith((".jsonl", ".jsonl.gz")):
         config.data.source = "jsonl"
     elif data.endswith(".array_record"):
         config.data.source = "arrayrecord"
+    elif data.endswith(".parquet") or (os.path.isdir(data) and next(pathlib.Path(data).rglob("*.parquet"), None)):
+        config.data.source = "parquet"
+    elif os.path.isfile(os.path.join(data, "state.json")):  # a datasets save_to_disk folder
+        config.data.source = "hf_disk"
     else:
         config.data.source, config.data.glob = "dir", data_glob
     return config

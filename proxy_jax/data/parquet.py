@@ -1,0 +1,180 @@
+"""Columnar sources read with ``pyarrow``: Parquet files (``parquet``) and ``datasets`` folders (``hf_disk``).
+
+One document per row, from the text column (``config.data.text_field``, then ``content``; a string or
+binary column). Keys are ``<file>:<row>``, so the held-out split and the shuffled order do not depend
+on how a file is cut into row groups.
+
+- ``parquet``: a ``.parquet`` file, a folder (searched recursively) or a glob. Reading document ``i``
+  decodes only the text column of the row group holding it; the last few row groups decoded are kept
+  (``_CACHED_GROUPS`` per process), so small row groups (1-10 MB, as most writers make them) keep
+  shuffled random access cheap. For huge row groups, convert once with ``proxy_jax.preprocess``.
+- ``hf_disk``: a folder written by ``datasets.Dataset.save_to_disk`` (its ``*.arrow`` files are Arrow
+  IPC streams). They are memory-mapped: reading a row touches only its bytes.
+
+The index reads only the text column, and only its offsets and validity (lengths and nulls are
+computed by Arrow, not per row in Python). Null rows are skipped and counted (``skipped_null``), like
+empty documents. A file that cannot be opened, lacks the column, or holds a column that is not text
+stops the load with one sentence naming the file.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Iterator
+
+import numpy as np
+
+from proxy_jax.data import sources
+
+_CACHED_GROUPS = 8
+
+
+def _pa():
+    import pyarrow
+    return pyarrow
+
+
+def _reason(e: BaseException) -> str:
+    """The first sentence of a library's error, to quote inside ours."""
+    return str(e).strip().split(". ")[0].rstrip(".")
+
+
+def _column_name(schema, fields: tuple[str, ...], path: str) -> str:
+    pa = _pa()
+    for field in fields:
+        if field in schema.names:
+            kind = schema.field(field).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+                    or pa.types.is_large_binary(kind)):
+                raise ValueError(f"{path}: column {field!r} is {kind}, not text; set --config.data.text_field to "
+                                 "a string column.")
+            return field
+    raise ValueError(f"{path} has none of the columns {list(fields)} (it has {schema.names}); set "
+                     "--config.data.text_field to its text column.")
+
+
+def open_parquet(path: str):
+    import pyarrow.parquet as pq
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, _pa().ArrowException) as e:
+        raise ValueError(f"{path} is not a readable Parquet file ({_reason(e)}); remove or replace it.") from e
+
+
+def open_arrow(path: str):
+    """An Arrow IPC stream file (``datasets``' format), memory-mapped, as one table."""
+    pa = _pa()
+    try:  # the table's buffers keep the mapping open
+        return pa.ipc.open_stream(pa.memory_map(path)).read_all()
+    except (OSError, pa.ArrowException) as e:
+        raise ValueError(f"{path} is not a readable Arrow stream file ({_reason(e)}); point --config.data.path at a "
+                         "folder written by datasets' save_to_disk.") from e
+
+
+def hf_disk_files(path: str) -> tuple[list[str], str]:
+    if not path or not os.path.isdir(path):
+        raise ValueError(f"config.data.path={path!r} is not a folder; the 'hf_disk' source needs the folder "
+                         "datasets' save_to_disk wrote.")
+    if os.path.isfile(os.path.join(path, "dataset_dict.json")):  # a DatasetDict: one folder per split
+        splits = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+        raise ValueError(f"{path} holds a datasets DatasetDict with the splits {splits}; point --config.data.path "
+                         f"at one split's folder, such as {os.path.join(path, splits[0] if splits else 'train')}.")
+    return sources.resolve_files(path, ".arrow", "Arrow (datasets save_to_disk)")
+
+
+def _lengths(column) -> tuple[np.ndarray, np.ndarray]:
+    """Byte lengths and validity of a text column (chunked array), without touching its bytes."""
+    import pyarrow.compute as pc
+    lengths = pc.binary_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    return lengths.astype(np.int64), valid.astype(bool)
+
+
+def scan_parquet(files, base, fields, counts) -> Iterator[tuple]:
+    """(key, size, file, row in file, row group) per row; nulls are counted and skipped."""
+    for f, p in enumerate(files):
+        pf = open_parquet(p)
+        name = _column_name(pf.schema_arrow, fields, p)
+        label, row = sources.label(p, base), 0
+        for g in range(pf.num_row_groups):
+            try:
+                column = pf.read_row_group(g, columns=[name]).column(0)
+            except (OSError, _pa().ArrowException) as e:
+                raise ValueError(f"{p}: row group {g} cannot be read ({_reason(e)}); the file is damaged, replace it.") from e
+            lengths, valid = _lengths(column)
+            yield from _rows(label, f, row, g, lengths, valid, counts)
+            row += len(lengths)
+
+
+def scan_arrow(files, base, fields, counts) -> Iterator[tuple]:
+    for f, p in enumerate(files):
+        table = open_arrow(p)
+        name = _column_name(table.schema, fields, p)
+        lengths, valid = _lengths(table.column(name))
+        yield from _rows(sources.label(p, base), f, 0, 0, lengths, valid, counts)
+
+
+def _rows(label, f, row0, group, lengths, valid, counts):
+    counts["skipped_null"] += int((~valid).sum())
+    for j in np.flatnonzero(valid).tolist():
+        yield f"{label}:{row0 + j}", int(lengths[j]), f, row0 + j, group
+
+
+class ParquetSource(sources.DocumentSource):
+    """Rows of Parquet files; ``position`` is the row in its file, ``size`` its row group."""
+
+    def __init__(self, files: list[str], fields: tuple[str, ...], **kw):
+        super().__init__(**kw)
+        self.files, self.fields = files, fields
+        self._open = None
+
+    def _unpicklable(self):
+        return ("_open",)
+
+    def _group(self, f: int, g: int):
+        """(first row, text column) of row group ``g`` of file ``f``, decoded once while cached."""
+        if self._open is None:
+            self._open = {"files": {}, "groups": collections.OrderedDict()}
+        groups = self._open["groups"]
+        if (f, g) in groups:
+            groups.move_to_end((f, g))
+            return groups[(f, g)]
+        pf = self._open["files"].get(f)
+        if pf is None:
+            pf = self._open["files"][f] = open_parquet(self.files[f])
+        first = sum(pf.metadata.row_group(i).num_rows for i in range(g))
+        name = _column_name(pf.schema_arrow, self.fields, self.files[f])
+        groups[(f, g)] = first, pf.read_row_group(g, columns=[name]).column(0)
+        if len(groups) > _CACHED_GROUPS:
+            groups.popitem(last=False)
+        return groups[(f, g)]
+
+    def _read(self, f, pos, size, start, length):
+        first, column = self._group(f, size)
+        return _as_bytes(column[pos - first])[start:start + length]
+
+
+class ArrowSource(sources.DocumentSource):
+    """Rows of memory-mapped Arrow stream files (``hf_disk``); ``position`` is the row in its file."""
+
+    def __init__(self, files: list[str], fields: tuple[str, ...], **kw):
+        super().__init__(**kw)
+        self.files, self.fields = files, fields
+        self._columns = None
+
+    def _unpicklable(self):
+        return ("_columns",)
+
+    def _read(self, f, pos, size, start, length):
+        if self._columns is None:
+            self._columns = {}
+        if f not in self._columns:
+            table = open_arrow(self.files[f])
+            self._columns[f] = table.column(_column_name(table.schema, self.fields, self.files[f]))
+        return _as_bytes(self._columns[f][pos])[start:start + length]
+
+
+def _as_bytes(scalar) -> bytes:
+    """A string or binary scalar's bytes as stored (UTF-8 for strings), never decoded."""
+    return scalar.as_buffer().to_pybytes()
