@@ -142,7 +142,25 @@ def base_config() -> ml_collections.ConfigDict:
     t.eval_window = 4096  # eval windows of this many tokens, stride = window
     t.eval_batch_size = 8
     t.checkpoint_every = 1000
-    t.keep_checkpoints = 3
+    t.keep_checkpoints = 3  # the newest N checkpoints are kept (plus the healthy ones below)
+    # Checkpoint health (proxy_jax.health): a step is normal when its loss and gradient norm are finite and
+    # at most these ratios times the median of the last health_window normal steps. A median, because it
+    # follows the falling loss and one outlier does not move it; only normal steps enter it, so a divergence
+    # never becomes the new normal. Measured on tiny CPU runs: a normal step's loss stays within 1.15x of
+    # that median and its gradient norm within 2.2x, while a diverged model's gradient norm is NaN/inf or
+    # far above. A checkpoint is healthy when the step before it and the first step from it are normal; the
+    # non-finite error names the newest healthy one. No extra device sync: the loop reads both anyway.
+    t.health_window = 32
+    t.health_loss_ratio = 1.5
+    t.health_grad_ratio = 10.0
+    t.keep_healthy = 2  # the newest N healthy checkpoints are kept even when older than keep_checkpoints
+    # Stop (naming the newest healthy checkpoint) after this many consecutive steps out of the normal range
+    # while still finite (0 = never: such steps only mark their checkpoints unhealthy).
+    t.spike_patience = 0
+    # Roll back: resume from checkpoint N, moving newer ones to checkpoints.set_aside/ (never deleted); 0
+    # sets every checkpoint aside and starts over. Applied once: a rerun whose newest checkpoint descends
+    # from this rollback (and is not marked unhealthy) resumes from the newest as usual. -1 = newest.
+    t.resume_step = -1
     t.tensorboard = True
     t.sample_prompt = "def fibonacci(n):\n"  # printed sample at the end of training ('' = none)
     t.sample_bytes = 200
@@ -222,6 +240,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive(config.train.steps, "train.steps")
     for key in ("log_every", "checkpoint_every", "eval_window", "eval_batch_size"):
         _positive(config.train[key], f"train.{key}")
+    for key in ("health_window", "keep_checkpoints"):
+        _positive(config.train[key], f"train.{key}")
+    for key in ("keep_healthy", "spike_patience"):
+        _positive(config.train[key], f"train.{key}", zero_ok=True)
+    for key in ("health_loss_ratio", "health_grad_ratio"):
+        if not config.train[key] > 1.0:
+            raise ValueError(f"--config.train.{key}={config.train[key]} must be > 1: the multiple of the recent "
+                             "median above which a step is out of its normal range.")
+    if config.train.resume_step < -1:
+        raise ValueError(f"--config.train.resume_step={config.train.resume_step} must be a checkpoint step, 0 (start "
+                         "over) or -1 (the newest checkpoint).")
     _positive(config.opt.grad_accum_steps, "opt.grad_accum_steps")
     _positive(config.model.loss_chunk, "model.loss_chunk", zero_ok=True)
     if config.data.batch_size % config.opt.grad_accum_steps:

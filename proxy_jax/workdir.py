@@ -12,6 +12,8 @@ Layout of ``DIR`` (written by ``proxy_jax.train``):
 | ``lock``          | ``{"host", "pid"}`` of the process training in it (empty when none is)     |
 | ``config_history.jsonl`` | one row per resume that changed a resumable key: ``{"time", "changed"}`` |
 | ``checkpoints.unreadable/`` | checkpoint steps that failed to restore, set aside for inspection |
+| ``checkpoints.health/`` | ``STEP.json``: the loss and gradient norm around each step, healthy or not (``proxy_jax.health``) |
+| ``checkpoints.set_aside/`` | steps newer than a ``train.resume_step`` rollback, set aside |
 
 ``model.json`` makes a workdir self-describing: its parameters can be restored without rebuilding the
 proxy (which may need the training corpus or an M1) just to learn the vocabulary size.
@@ -27,6 +29,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -222,7 +225,26 @@ def load_model(workdir: str) -> tuple[ModelArgs, int]:
 
 
 def checkpointer(workdir: str, config: ml_collections.ConfigDict) -> ckpt_lib.Checkpointer:
-    return ckpt_lib.Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=config.train.keep_checkpoints)
+    return ckpt_lib.Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=config.train.keep_checkpoints,
+                                 keep_healthy=config.train.keep_healthy)
+
+
+def checkpoint_health(workdir: str, step: int) -> dict | None:
+    """The health record of checkpoint ``step`` of ``workdir`` (``proxy_jax.health``; ``["healthy"]`` is
+    True, False, or None while pending), or None when it has none."""
+    return ckpt_lib.read_health(os.path.join(workdir, CHECKPOINTS), step)
+
+
+def warn_if_unhealthy(workdir: str, step: int) -> bool:
+    """Logs one warning line when checkpoint ``step`` is not marked healthy; returns whether it is."""
+    from proxy_jax import health
+
+    record = checkpoint_health(workdir, step)
+    if record is not None and record.get("healthy") is True:
+        return True
+    logging.getLogger(__name__).warning(
+        "Checkpoint step %d of %s is not marked healthy: %s.", step, workdir, health.describe(record))
+    return False
 
 
 @dataclasses.dataclass
@@ -265,6 +287,7 @@ def restore(workdir: str, step: int | None = None, *, mesh=None,
             raise ckpt.unreadable_error()
         raise FileNotFoundError(f"{os.path.join(workdir, CHECKPOINTS)} holds no checkpoint"
                                 + (f" of step {step}" if step is not None else "") + "; train the run first.")
+    warn_if_unhealthy(workdir, int(restored_step))
     return Restored(config, args, vocab_size, mesh, state, shardings, int(restored_step))
 
 

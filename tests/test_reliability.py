@@ -271,8 +271,11 @@ def test_non_finite_training_saves_only_finite_states(tmp_path):
         train.train(config, wd, progress=False)
     message = str(e.value)
     saved = steps_on_disk(wd)
-    if saved:
-        assert f"(step {max(saved)})" in message
+    healthy = [s for s in saved if (workdir_lib.checkpoint_health(wd, s) or {}).get("healthy")]
+    if healthy:
+        assert f"step {max(healthy)}" in message
+    elif saved:
+        assert "No checkpoint is marked healthy" in message and "resume_step=0" in message
     else:
         assert "No checkpoint was saved" in message
     for step in saved:  # every checkpoint on disk is finite
