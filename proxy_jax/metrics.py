@@ -4,6 +4,12 @@ MFU = achieved model FLOP/s / (peak FLOP/s per chip x chips). Model FLOPs per st
 ``proxy_jax.model.flops_per_token`` (its docstring states the formula) times the symbols in the step.
 Peak numbers are dense bf16 from the vendors' data sheets; on CPU there is no peak and ``perf/mfu`` is
 left out rather than made up.
+
+One row per step and key, across resumes: a run resumed from checkpoint s re-trains every step from s on,
+so :class:`MetricsWriter` first moves the rows it will write again (train rows of steps >= s, eval rows of
+steps > s) from ``metrics.jsonl`` to ``metrics.superseded.jsonl`` (kept, not deleted) and tells TensorBoard
+to drop its events from step s on (``purge_step``; the kept evaluation of step s is written back); a key
+already written for a step is not written again (a finished run rerun does not add a second evaluation).
 """
 
 from __future__ import annotations
@@ -49,31 +55,84 @@ def to_python(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in host.items()}
 
 
-class MetricsWriter:
-    """Appends one JSON object per call to ``workdir/metrics.jsonl`` and mirrors scalars to TensorBoard."""
+METRICS = "metrics.jsonl"
+SUPERSEDED = "metrics.superseded.jsonl"
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True):
+
+def _is_eval(row: dict) -> bool:
+    return any(k.startswith("eval/") for k in row)
+
+
+def _supersede(workdir: str, start_step: int) -> list[dict]:
+    """Moves the rows a run resumed at ``start_step`` writes again to ``SUPERSEDED``; returns the rows kept at
+    ``start_step`` (the evaluation of the restored state, which the run does not repeat)."""
+    path = os.path.join(workdir, METRICS)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    keep, drop = [], []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            keep.append(line)  # not ours to judge: left where it is
+            continue
+        kept = step < start_step or (step == start_step and _is_eval(row))
+        (keep if kept else drop).append(line)
+    if drop:
+        with open(os.path.join(workdir, SUPERSEDED), "a", encoding="utf-8") as f:
+            f.writelines(drop)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+    return [row for line in keep if (row := json.loads(line)).get("step") == start_step]
+
+
+class MetricsWriter:
+    """Appends one JSON object per call to ``workdir/metrics.jsonl`` and mirrors scalars to TensorBoard.
+
+    ``start_step``: the step the run starts from (0 for a new run); rows the run will write again are
+    superseded first (module docstring). ``None`` appends to what is there.
+    """
+
+    def __init__(self, workdir: str, *, tensorboard: bool = True, start_step: int | None = None):
         self.enabled = jax.process_index() == 0
         self._tb = None
+        self._written: set[tuple[int, str]] = set()  # (step, key) kept at start_step: not written again
         if not self.enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        kept = _supersede(workdir, start_step) if start_step is not None else []
+        self._written = {(int(row["step"]), k) for row in kept for k in row if k not in ("step", "time")}
+        self._file = open(os.path.join(workdir, METRICS), "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            # The suffix keeps two runs started in the same second from writing one file name (the second
+            # would truncate the first); TensorBoard reads the files in name order, i.e. in time order.
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step,
+                                     filename_suffix=f".{time.time_ns()}")
+            for row in kept:  # purged with the rest of step start_step: written back
+                self._tb_write(int(row["step"]), {k: v for k, v in row.items() if k not in ("step", "time")})
+
+    def _tb_write(self, step: int, scalars: dict[str, Any]) -> None:
+        for k, v in scalars.items():
+            if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                self._tb.add_scalar(k, float(v), int(step))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
+            return
+        scalars = {k: v for k, v in scalars.items() if (int(step), k) not in self._written}
+        if not scalars:
             return
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
         self._file.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
         self._file.flush()
         if self._tb is not None:
-            for k, v in scalars.items():
-                if math.isfinite(float(v)):
-                    self._tb.add_scalar(k, float(v), int(step))
+            self._tb_write(step, {k: float(v) for k, v in scalars.items()})
 
     def close(self) -> None:
         if not self.enabled:

@@ -85,6 +85,9 @@ def _step_scalars(run: assemble.Run, raw: dict[str, float], step_time: float, da
     c = run.config
     symbols = c.data.batch_size * c.data.seq_len
     out = {f"train/{k}": v for k, v in raw.items()}
+    for loss, count in (("raw_loss", "raw_targets"), ("comp_loss", "comp_targets")):
+        if raw.get(count) == 0:  # no such targets in this step: no loss, rather than a misleading 0.0
+            out.pop(f"train/{loss}", None)
     if raw.get("num_streams", 0) > 0:  # realised fraction of compressed streams in this step's batch
         out["train/compression_rate"] = raw["num_comp_streams"] / raw["num_streams"]
     out.pop("train/num_comp_streams", None)
@@ -179,7 +182,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
                                  recent=(record or {}).get("recent"))
         to_mark = record if record is not None and record.get("after") is None else None
         data_iter.start_prefetch()  # data.host_prefetch: the first batches are packed while the rest is set up
-        writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard)
+        writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard, start_step=start_step)
         eval_docs = assemble.heldout_docs(c, c.train.eval_docs) if c.train.eval_every > 0 else []
         flops_per_step = flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
         peak = metrics_lib.peak_flops_per_device()

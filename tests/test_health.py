@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proxy_jax import checkpoint, health, train, workdir as workdir_lib
+from proxy_jax import checkpoint, health, metrics, train, workdir as workdir_lib
 from test_reliability import small, steps_on_disk
 
 
@@ -137,6 +137,8 @@ def test_divergence_from_scratch_names_a_step_that_trains_bitwise_to_the_end(tmp
     assert summary["start_step"] == step and summary["final_step"] == 10
     assert sorted(os.listdir(wd + "/checkpoints.set_aside")) == sorted(str(s) for s in bad)
     assert params_equal(workdir_lib.restore(wd), uninterrupted)
+    logged = [r["step"] for r in metrics.read_metrics(wd) if "train/loss" in r]
+    assert logged == list(range(10))  # the diverged steps' rows are superseded, not duplicated
     # The rollback is applied once: the same command with more steps resumes from the newest checkpoint.
     more = small(**{"train.steps": 11, "train.checkpoint_every": 1, "train.resume_step": step})
     assert train.train(more, wd, progress=False)["start_step"] == 10
