@@ -3,18 +3,56 @@
 Experiment files in ``configs/`` start from :func:`base_config` and override what they need; every
 value can be overridden again from the command line (``--config.data.seq_len=1024``).
 ``validate`` checks a finished config before anything is compiled and raises one clear sentence.
+
+The schema is closed: :func:`base_config` returns a locked :class:`Config`, so a misspelt key is refused
+wherever it is set (``config.train.stepz = 5`` in Python, ``override``, a sweep file, the command line) with
+one sentence and the nearest real key. ``config.unlocked()`` opens it for code that really adds keys.
 """
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 
+
+def unknown_key(key: str, choices, where: str = "") -> str:
+    """One sentence for a config key that does not exist (``where``: its section), with the closest one."""
+    full = f"{where}.{key}" if where else key
+    prefix, _, leaf = full.rpartition(".")
+    near = difflib.get_close_matches(leaf, [str(c) for c in choices], n=1, cutoff=0.6)
+    hint = (f"did you mean {'.'.join(filter(None, [prefix, near[0]]))!r}?" if near
+            else "see proxy_jax/config.py for the keys.")
+    return f"Config key {full!r} does not exist; {hint}"
+
+
+class Config(ml_collections.ConfigDict):
+    """A ConfigDict whose locked form refuses a key that does not exist with one sentence and a suggestion
+    (ml_collections' own message dumps the whole section)."""
+
+    def __setitem__(self, key, value):
+        if self.is_locked and key not in self:
+            raise KeyError(unknown_key(str(key), self.keys(), self.__dict__.get("_section", "")))
+        super().__setitem__(key, value)
+
+    def __setattr__(self, attribute, value):
+        if not attribute.startswith("_") and self.is_locked and attribute not in self:
+            raise AttributeError(unknown_key(attribute, self.keys(), self.__dict__.get("_section", "")))
+        super().__setattr__(attribute, value)
+
+
+def _section(name: str) -> Config:
+    node = Config()
+    object.__setattr__(node, "_section", name)  # for the message: "train.stepz", not "stepz"
+    return node
+
+
 def base_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+    c = Config()
     c.seed = 0  # one seed for data order, mixing draws and parameter init
 
     # ---- corpus ---------------------------------------------------------------------------
-    c.data = d = ml_collections.ConfigDict()
+    c.data = d = _section('data')
     d.source = "stdlib"  # stdlib | dir | jsonl | arrayrecord | tfds | preprocessed (proxy_jax.data.corpus)
     d.path = ""  # dir: a folder; jsonl/arrayrecord/preprocessed: a file, folder or glob; tfds: a name
     d.glob = "**/*.py"  # dir source: which files are documents
@@ -47,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.raw_only_of_mix = False
 
     # ---- proxy (the compressor f) -------------------------------------------------------
-    c.proxy = p = ml_collections.ConfigDict()
+    c.proxy = p = _section('proxy')
     p.name = "tokenizer"  # bytes | tokenizer | tokens_as_bytes | gzip | neural (proxy_jax.proxies)
     p.vocab_size = 4096  # tokenizer: BPE vocabulary trained on the training split
     p.model_path = ""  # tokenizer: a user SentencePiece .model instead of training one
@@ -65,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
     p.m1_batch_rows = 64  # neural: rows per M1 call (fixed shapes keep encoder and decoder bit-identical)
 
     # ---- mixing and its schedule ------------------------------------
-    c.mix = m = ml_collections.ConfigDict()
+    c.mix = m = _section('mix')
     m.warmup_steps = 10_000  # W: r ramps r0 -> rp, mode = mode_warmup
     m.steady_steps = 40_000  # T: r = rp, mode = mode_steady
     m.decay_steps = 0  # D: r decays linearly rp -> rf
@@ -77,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.mode_final = "sentinel"
 
     # ---- model -----------------------------------------------------------------------------
-    c.model = mo = ml_collections.ConfigDict()
+    c.model = mo = _section('model')
     mo.num_layers = 2
     mo.d_model = 128
     mo.num_heads = 4
@@ -104,7 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
     mo.loss_chunk = 0
 
     # ---- mesh and sharding --------------------------------------------------------------
-    c.mesh = me = ml_collections.ConfigDict()
+    c.mesh = me = _section('mesh')
     me.shape = (-1, 1, 1)  # (data, fsdp, tensor); one -1 takes the remaining devices
     me.axis_names = ("data", "fsdp", "tensor")
     # logical axis -> mesh axes (rules are data: change them here, not in the model)
@@ -121,7 +159,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
     # ---- optimiser ----------------------------------------------------------------------
-    c.opt = o = ml_collections.ConfigDict()
+    c.opt = o = _section('opt')
     o.lr = 1.2e-3
     o.warmup_steps = 500
     o.min_lr_ratio = 0.1  # cosine floor as a fraction of lr
@@ -134,7 +172,7 @@ def base_config() -> ml_collections.ConfigDict:
     o.grad_accum_steps = 1
 
     # ---- training loop ------------------------------------------------------------------
-    c.train = t = ml_collections.ConfigDict()
+    c.train = t = _section('train')
     t.steps = 50_000
     t.log_every = 10
     t.eval_every = 1000
@@ -166,24 +204,30 @@ def base_config() -> ml_collections.ConfigDict:
     t.sample_bytes = 200
     t.sample_temperature = 1.0  # 0 = greedy (small models then tend to repeat one byte, often a space)
     t.sample_top_p = 0.95
+    c.lock()  # the schema is closed: a misspelt key is an error, not a new key
     return c
+
+
+def parent_of(config: ml_collections.ConfigDict, key: str) -> ml_collections.ConfigDict:
+    """The section holding the dotted ``key``; a key that does not exist is a ``KeyError`` naming the closest."""
+    node = config
+    *parents, leaf = key.split(".")
+    for i, name in enumerate(parents):
+        if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
+            raise KeyError(unknown_key(".".join(parents[: i + 1]), node.keys()))
+        node = node[name]
+    if leaf not in node:
+        raise KeyError(unknown_key(key, node.keys()))
+    return node
 
 
 def override(config: ml_collections.ConfigDict, **dotted) -> ml_collections.ConfigDict:
     """Sets dotted keys (``override(c, **{"data.seq_len": 128})``) in place; returns ``config``.
 
-    A key that does not exist is an error naming it: overrides never add keys.
+    A key that does not exist is an error naming it and the closest key: overrides never add keys.
     """
     for key, value in dotted.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
-                raise KeyError(f"Override {key!r} names no config key; see proxy_jax/config.py for the keys.")
-            node = node[name]
-        if leaf not in node:
-            raise KeyError(f"Override {key!r} names no config key; see proxy_jax/config.py for the keys.")
-        node[leaf] = value
+        parent_of(config, key)[key.rpartition(".")[2]] = value
     return config
 
 

@@ -157,9 +157,35 @@ def _resume(checkpointer: ckpt_lib.Checkpointer, run: assemble.Run, data_iter, r
     return int(start_step)
 
 
+_PHASES = ("mix.warmup_steps", "mix.steady_steps", "mix.decay_steps")
+
+
+def _keep_saved_phases(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """A run resumed with another ``train.steps`` keeps its saved mixing phases: the phases cannot change
+    on resume (they decide every document's draw), and ``--config.train.steps`` rescaled them for a new run
+    (``recipes.with_steps``). The cadences and the optimiser warm-up follow the new steps."""
+    if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG)) or not os.path.isdir(
+            os.path.join(workdir, workdir_lib.CHECKPOINTS)):
+        return
+    saved = workdir_lib.load_config(workdir)
+    if saved.train.steps == config.train.steps:
+        return
+    kept = {}
+    for dotted in _PHASES:
+        key = dotted.split(".")[1]
+        if saved.mix[key] != config.mix[key]:
+            kept[dotted] = (config.mix[key], saved.mix[key])
+            config.mix[key] = saved.mix[key]
+    if kept:
+        log.warning("Resuming with train.steps=%d (saved %d): the mixing phases stay as saved (%s).",
+                    config.train.steps, saved.train.steps,
+                    ", ".join(f"{k}={saved_v}, not {now}" for k, (now, saved_v) in kept.items()))
+
+
 def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict[str, Any]:
     from proxy_jax import sharding
 
+    _keep_saved_phases(config, workdir)
     changed = workdir_lib.check_resume(config, workdir)
     if changed:
         log.info("Resuming with changed %s (recorded in %s).", ", ".join(sorted(changed)), workdir_lib.CONFIG_HISTORY)
