@@ -42,12 +42,6 @@ class LossWatch:
         self.last: dict[str, Any] | None = None  # the newest observed step: {"step", "loss", "grad_norm", "normal"}
         self.abnormal_run = 0  # consecutive steps out of range, up to the newest
 
-    @staticmethod
-    def _within(value: float, history, ratio: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        return not history or value <= ratio * statistics.median(history)
-
     def limits(self) -> dict[str, float | None]:
         """The current upper bounds of the normal range (``None`` before any history)."""
         return {"loss": self.loss_ratio * statistics.median(self.losses) if self.losses else None,
@@ -55,10 +49,11 @@ class LossWatch:
 
     def observe(self, step: int, loss: float, grad_norm: float) -> dict[str, Any]:
         """Judges ``step`` against the range of the steps before it, then lets a normal step into the window."""
-        normal = (self._within(loss, self.losses, self.loss_ratio)
-                  and self._within(grad_norm, self.grad_norms, self.grad_ratio))
+        limits = self.limits()
+        normal = all(math.isfinite(v) and (limit is None or v <= limit)
+                     for v, limit in ((loss, limits["loss"]), (grad_norm, limits["grad_norm"])))
         self.last = {"step": int(step), "loss": float(loss), "grad_norm": float(grad_norm), "normal": normal,
-                     "limits": self.limits()}
+                     "limits": limits}
         if normal:
             self.losses.append(float(loss))
             self.grad_norms.append(float(grad_norm))

@@ -166,3 +166,20 @@ def test_a_resume_step_that_is_not_on_disk_is_one_sentence(tmp_path):
     assert train._roll_back(ck, -1) is None and ck.steps() == [4]
     assert train._roll_back(ck, 0) == 0 and ck.steps() == []  # start over: everything set aside
     ck.close()
+
+
+@pytest.mark.slow
+def test_spike_patience_stops_a_finite_divergence_naming_the_newest_healthy_checkpoint(tmp_path, monkeypatch):
+    real_limits = health.LossWatch.limits
+
+    def limits(self):  # from the fourth step on every loss is "out of range" (a finite divergence)
+        out = real_limits(self)
+        return {**out, "loss": 0.0} if len(self.losses) >= 3 else out
+
+    monkeypatch.setattr(health.LossWatch, "limits", limits)
+    wd = str(tmp_path / "run")
+    config = small(**{"train.steps": 10, "train.checkpoint_every": 1, "train.spike_patience": 2})
+    with pytest.raises(train.LossSpikeError, match=r"normal range for 2 steps up to step 4.*resume_step=2 ") as e:
+        train.train(config, wd, progress=False)
+    assert "\n" not in str(e.value)
+    assert [workdir_lib.checkpoint_health(wd, s)["healthy"] for s in (1, 2, 3, 4)] == [True, True, False, False]
