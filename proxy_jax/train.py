@@ -261,7 +261,8 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
         if not state_is_finite(run.state):
             raise NonFiniteLossError(f"The train state became non-finite by step {step}; stopping without "
                                      f"saving it. {_advice(checkpointer)}")
-        if checkpointer.save(step, run.state, data_iter, force=True):
+        written = checkpointer.save(step, run.state, data_iter, force=True)
+        if written or (final and to_mark is not None and to_mark["step"] == step):  # SIGTERM at a checkpoint step
             record = health.save_record(step, watch, rollback, final=final)
             checkpointer.write_health(step, record)
             to_mark = record
