@@ -173,6 +173,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---- training loop ------------------------------------------------------------------
     c.train = t = _section('train')
+    # Optimiser steps. Set through --config.train.steps or recipes.load_config, it rescales what a recipe
+    # derived from it (recipes.STEP_SCALED: mixing phases, opt.warmup_steps, checkpoint and eval cadence).
     t.steps = 50_000
     t.log_every = 10
     t.eval_every = 1000

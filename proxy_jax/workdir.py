@@ -8,6 +8,7 @@ Layout of ``DIR`` (written by ``proxy_jax.train``):
 | ``model.json``    | the model's static hyper-parameters (``ModelArgs``) and logical vocabulary |
 | ``checkpoints/``  | Orbax steps: train state + each process's data-iterator state             |
 | ``metrics.jsonl`` | one JSON object per logged step (plus TensorBoard events)                  |
+| ``metrics.superseded.jsonl`` | rows of steps a resumed run trained again (``proxy_jax.metrics``) |
 | ``proxy/``        | a tokenizer trained for this run (cached)                                  |
 | ``lock``          | ``{"host", "pid"}`` of the process training in it (empty when none is)     |
 | ``config_history.jsonl`` | one row per resume that changed a resumable key: ``{"time", "changed"}`` |
