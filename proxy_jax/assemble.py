@@ -147,6 +147,7 @@ def preprocess(config: ml_collections.ConfigDict, output: str, workdir: str | No
                          "corpus source instead.")
     validate(config)
     os.makedirs(output, exist_ok=True)
+    shard_writer.prepare_output(config, output, overwrite=kwargs.get("overwrite", False))  # before any training
     proxy = make_proxy(config, workdir=workdir or os.path.join(output, "work"))
     return shard_writer.write(config, output, proxy, **kwargs)
 

@@ -8,12 +8,18 @@
   skipped step is one warning line (the libraries' tracebacks are silenced);
 * a failed write (full disk, permissions) removes Orbax's temporary directories and raises
   :class:`CheckpointWriteError`, one sentence;
-* a save on SIGTERM (preemption): :class:`PreemptionGuard` turns the signal into a flag the loop polls.
+* a save on SIGTERM (preemption): :class:`PreemptionGuard` turns the signal into a flag the loop polls;
+* each step's health record (``proxy_jax.health``) in ``<dir>.health/STEP.json``; retention keeps the newest
+  ``keep`` steps plus the newest ``keep_healthy`` steps marked healthy, so a rollback target survives a run
+  that goes on saving diverged states;
+* steps set aside (unreadable ones, or newer than a ``train.resume_step`` rollback) move to
+  ``<dir>.unreadable/`` or ``<dir>.set_aside/`` with their health record, never deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -32,6 +38,17 @@ log = logging.getLogger(__name__)
 
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a step still being written
+HEALTH_SUFFIX = ".health"  # <dir>.health/STEP.json: the step's health record
+HEALTH_FILE = "health.json"  # a set-aside step keeps its record inside its own folder
+
+
+def read_health(directory: str, step: int) -> dict | None:
+    """The health record of checkpoint ``step`` under ``directory`` (``proxy_jax.health``), or None."""
+    path = storage.join(str(directory).rstrip("/") + HEALTH_SUFFIX, f"{int(step)}.json")
+    try:
+        return json.loads(storage.read_text(path))
+    except (OSError, ValueError):
+        return None
 
 
 class CheckpointWriteError(RuntimeError):
@@ -101,14 +118,17 @@ def _drop_closed_loop_callbacks(previous):
 class Checkpointer:
     """Saves and restores ``(train_state, data_iterator)`` pairs under ``directory``."""
 
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, *, keep: int = 3, keep_healthy: int = 2, async_save: bool = True):
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            max_to_keep=None,  # retention is ours (:meth:`prune`): it knows which steps are healthy
             create=True,
             enable_async_checkpointing=async_save,
         )
         self.directory = str(directory)
+        self.keep, self.keep_healthy = int(keep), int(keep_healthy)
+        self.health_dir = self.directory.rstrip("/") + HEALTH_SUFFIX
         self.unreadable: list[int] = []  # steps that failed to restore in this process
+        self._records: dict[int, dict] | None = None  # health records, see _health_cache
         self._filter = _DropLibraryErrors()
         logging.getLogger("absl").addFilter(self._filter)
         self._previous_hook = sys.unraisablehook
@@ -128,9 +148,51 @@ class Checkpointer:
             items["data"] = _data_save_args(data_iter)
         try:
             with quiet_libraries():
-                return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+                saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+                self.prune()
+                return saved
         except Exception as e:  # noqa: BLE001 - turned into one sentence when it is an I/O failure
             self._write_failed(e, step)
+
+    # ---- health records and retention ------------------------------------------------------------------
+
+    def health(self, step: int) -> dict | None:
+        """The health record of ``step`` (``proxy_jax.health``), or None."""
+        return read_health(self.directory, step)
+
+    def write_health(self, step: int, record: dict) -> None:
+        """Writes ``step``'s record (process 0; written whole, then renamed, so a reader never sees half)."""
+        self._health_cache[int(step)] = record
+        if jax.process_index() != 0:
+            return
+        storage.makedirs(self.health_dir)
+        storage.write_text(storage.join(self.health_dir, f"{int(step)}.json"), json.dumps(record, sort_keys=True))
+
+    @property
+    def _health_cache(self) -> dict[int, dict]:
+        """Records as every process knows them: read once from disk, then updated by this run's writes (all
+        processes compute the same marks, so retention decides the same everywhere without reading files
+        process 0 may still be writing)."""
+        if self._records is None:
+            self._records = {s: r for s in self.steps() if (r := self.health(s)) is not None}
+        return self._records
+
+    def healthy_steps(self) -> list[int]:
+        """Steps on disk marked healthy, oldest first."""
+        return [s for s in self.steps() if (self._health_cache.get(s) or {}).get("healthy") is True]
+
+    def prune(self) -> list[int]:
+        """Deletes every step but the newest ``keep`` and the newest ``keep_healthy`` healthy ones."""
+        steps = self.steps()
+        kept = set(steps[-self.keep:]) | set(self.healthy_steps()[-self.keep_healthy:] if self.keep_healthy else [])
+        gone = [s for s in steps if s not in kept]
+        for s in gone:
+            self.manager.delete(s)
+            self._health_cache.pop(s, None)
+            if jax.process_index() == 0:
+                with contextlib.suppress(OSError):
+                    storage.remove(storage.join(self.health_dir, f"{s}.json"))
+        return gone
 
     def _write_failed(self, e: BaseException, step: int | None):
         reason = _io_reason(e)
@@ -154,11 +216,12 @@ class Checkpointer:
                 removed.append(name)
         return removed
 
-    def set_aside(self, steps: list[int]) -> list[str]:
-        """Moves unreadable steps to ``<directory>.unreadable/`` (kept for inspection, out of Orbax's sight)."""
+    def set_aside(self, steps: list[int], folder: str = "unreadable") -> list[str]:
+        """Moves ``steps`` to ``<directory>.<folder>/`` (kept for inspection, out of Orbax's sight), each with
+        its health record inside it."""
         moved = []
         if jax.process_index() == 0:
-            dest_root = self.directory.rstrip("/") + ".unreadable"
+            dest_root = self.directory.rstrip("/") + "." + folder
             storage.makedirs(dest_root)
             for step in steps:
                 src = storage.join(self.directory, str(step))
@@ -168,12 +231,17 @@ class Checkpointer:
                 while storage.exists(dest):
                     dest, k = storage.join(dest_root, f"{step}.{k}"), k + 1
                 storage.move(src, dest)
+                record = storage.join(self.health_dir, f"{step}.json")
+                if storage.exists(record):
+                    storage.move(record, storage.join(dest, HEALTH_FILE))
                 moved.append(dest)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("proxy_jax.checkpoint.set_aside")
         self.unreadable = [s for s in self.unreadable if s not in steps]
+        for step in steps:
+            self._health_cache.pop(step, None)
         self.manager.reload()
         return moved
 

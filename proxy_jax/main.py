@@ -63,6 +63,11 @@ def main(argv) -> None:
         sys.exit(cli.config_error(e, flags.FLAGS["config"].serialize().partition("=")[2]))
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/proxy_tokens.py:tiny")
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    if "train.steps" in overrides:  # the recipe's phases and cadences follow (recipes.with_steps)
+        from proxy_jax import recipes
+
+        config = recipes.load_config(flags.FLAGS["config"].serialize().partition("=")[2], **overrides)
     workdir = _WORKDIR.value
     if not workdir:
         raise app.UsageError("--workdir is required: a directory for checkpoints and metrics.")

@@ -4,6 +4,12 @@ MFU = achieved model FLOP/s / (peak FLOP/s per chip x chips). Model FLOPs per st
 ``proxy_jax.model.flops_per_token`` (its docstring states the formula) times the symbols in the step.
 Peak numbers are dense bf16 from the vendors' data sheets; on CPU there is no peak and ``perf/mfu`` is
 left out rather than made up.
+
+One row per step and key, across resumes: a run resumed from checkpoint s re-trains every step from s on,
+so :class:`MetricsWriter` first moves the rows it will write again (train rows of steps >= s, eval rows of
+steps > s) from ``metrics.jsonl`` to ``metrics.superseded.jsonl`` (kept, not deleted) and tells TensorBoard
+to drop its events from step s on (``purge_step``; the kept evaluation of step s is written back); a key
+already written for a step is not written again (a finished run rerun does not add a second evaluation).
 """
 
 from __future__ import annotations
@@ -50,18 +56,55 @@ def to_python(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in host.items()}
 
 
+METRICS = "metrics.jsonl"
 REMOTE_FLUSH_S = 30.0  # object storage: seconds between rewrites of metrics.jsonl
+SUPERSEDED = "metrics.superseded.jsonl"
+
+
+def _is_eval(row: dict) -> bool:
+    return any(k.startswith("eval/") for k in row)
+
+
+def _supersede(workdir: str, start_step: int) -> list[dict]:
+    """Moves the rows a run resumed at ``start_step`` writes again to ``SUPERSEDED``; returns the rows kept at
+    ``start_step`` (the evaluation of the restored state, which the run does not repeat)."""
+    path = storage.join(workdir, METRICS)
+    if not storage.exists(path):
+        return []
+    lines = [line for line in storage.read_text(path).splitlines(keepends=True) if line.strip()]
+    keep, drop = [], []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            keep.append(line)  # not ours to judge: left where it is
+            continue
+        kept = step < start_step or (step == start_step and _is_eval(row))
+        (keep if kept else drop).append(line)
+    if drop:
+        storage.append_text(storage.join(workdir, SUPERSEDED), "".join(drop))
+        storage.write_text(path, "".join(keep))
+    return [row for line in keep if (row := json.loads(line)).get("step") == start_step]
 
 
 class MetricsWriter:
-    """Appends one JSON object per call to ``workdir/metrics.jsonl`` and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per call to ``workdir/metrics.jsonl`` and mirrors scalars to TensorBoard.
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True):
+    ``start_step``: the step the run starts from (0 for a new run); rows the run will write again are
+    superseded first (module docstring). ``None`` appends to what is there.
+    """
+
+    def __init__(self, workdir: str, *, tensorboard: bool = True, start_step: int | None = None):
         self.enabled = jax.process_index() == 0
         self._tb = None
+        self._written: set[tuple[int, str]] = set()  # (step, key) kept at start_step: not written again
         if not self.enabled:
             return
-        self._path = storage.join(workdir, "metrics.jsonl")
+        storage.makedirs(workdir)
+        kept = _supersede(workdir, start_step) if start_step is not None else []
+        self._written = {(int(row["step"]), k) for row in kept for k in row if k not in ("step", "time")}
+        self._path = storage.join(workdir, METRICS)
         # Object storage has no appends: rows are kept and the object rewritten at most every
         # REMOTE_FLUSH_S seconds (and on close); a local file is appended to and flushed per row.
         self._remote = storage.is_remote(workdir)
@@ -71,15 +114,27 @@ class MetricsWriter:
             self._rows = storage.read_text(self._path).splitlines(keepends=True) if storage.exists(self._path) else []
             self._file = None
         else:
-            storage.makedirs(workdir)
             self._file = open(self._path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(storage.join(workdir, "tensorboard"))
+            # The suffix keeps two runs started in the same second from writing one file name (the second
+            # would truncate the first); TensorBoard reads the files in name order, i.e. in time order.
+            self._tb = SummaryWriter(storage.join(workdir, "tensorboard"), purge_step=start_step,
+                                     filename_suffix=f".{time.time_ns()}")
+            for row in kept:  # purged with the rest of step start_step: written back
+                self._tb_write(int(row["step"]), {k: v for k, v in row.items() if k not in ("step", "time")})
+
+    def _tb_write(self, step: int, scalars: dict[str, Any]) -> None:
+        for k, v in scalars.items():
+            if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                self._tb.add_scalar(k, float(v), int(step))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
+            return
+        scalars = {k: v for k, v in scalars.items() if (int(step), k) not in self._written}
+        if not scalars:
             return
         clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in scalars.items()}
         line = json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n"
@@ -91,9 +146,7 @@ class MetricsWriter:
             self._file.write(line)
             self._file.flush()
         if self._tb is not None:
-            for k, v in scalars.items():
-                if math.isfinite(float(v)):
-                    self._tb.add_scalar(k, float(v), int(step))
+            self._tb_write(step, {k: float(v) for k, v in scalars.items()})
 
     def _flush_remote(self) -> None:
         storage.write_text(self._path, "".join(self._rows))
@@ -112,5 +165,5 @@ class MetricsWriter:
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """All rows of ``workdir/metrics.jsonl`` (for notebooks and tests)."""
-    text = storage.read_text(storage.join(workdir, "metrics.jsonl"))
+    text = storage.read_text(storage.join(workdir, METRICS))
     return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -120,6 +120,35 @@ def with_preset(preset: str | None) -> ml_collections.ConfigDict:
     return c
 
 
+# What a recipe derives from ``train.steps``: setting ``train.steps`` through :func:`load_config` or the command
+# line (``--config.train.steps=N``) rescales those not set alongside it, so they keep their fraction of the
+# run (a 60-step ``tiny`` run warms up for 12 steps, not 160, and checkpoints every 15, not 200).
+STEP_SCALED = ("mix.warmup_steps", "mix.steady_steps", "mix.decay_steps", "opt.warmup_steps",
+               "train.checkpoint_every", "train.eval_every")
+
+
+def with_steps(c: ml_collections.ConfigDict, steps: int, keep=()) -> ml_collections.ConfigDict:
+    """Sets ``train.steps`` to ``steps``; each field of ``STEP_SCALED`` not in ``keep`` is multiplied by
+    ``steps / old steps`` (rounded; the optimiser warm-up and the cadences stay >= 1, the warm-up < steps;
+    0 stays 0). Returns ``c``."""
+    steps, old = int(steps), int(c.train.steps)
+    if steps < 1:
+        raise ValueError(f"--config.train.steps={steps} must be > 0.")
+    for dotted in STEP_SCALED:
+        group, key = dotted.split(".")
+        value = int(c[group][key])
+        if dotted in keep or value <= 0 or steps == old:
+            continue
+        scaled = int(round(value * steps / old))
+        if group != "mix":
+            scaled = max(1, scaled)
+        if dotted == "opt.warmup_steps":
+            scaled = max(1, min(scaled, steps - 1))
+        c[group][key] = scaled
+    c.train.steps = steps
+    return c
+
+
 def proxy_schedule(c: ml_collections.ConfigDict) -> None:
     """The paper's mixing recipe scaled to the run: warm-up 20% of steps with translation pairs in random
     order and r ramping 0.4 -> 0.9, then sentinel mode at r = 0.9 (paper: W=10k, T=40k of 50k steps)."""
@@ -141,6 +170,9 @@ def single_view(c: ml_collections.ConfigDict, rate: float) -> None:
 def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
     """Loads ``"configs/proxy_tokens.py:tiny"`` like the command line does, then applies dotted overrides.
 
+    An override of ``train.steps`` rescales the recipe's phases and cadences not overridden with it
+    (:func:`with_steps`); an unknown key is refused with a suggestion (``config.override``).
+
     >>> load_config("configs/bytes.py:tiny", **{"train.steps": 20, "data.seq_len": 128})
     """
     import importlib.util
@@ -160,4 +192,6 @@ def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
     if not callable(getattr(module, "get_config", None)):
         raise ValueError(f"Config file {path!r} defines no get_config(); every file in configs/ has one.")
     config = module.get_config(preset) if preset else module.get_config()
+    if "train.steps" in overrides:
+        with_steps(config, overrides["train.steps"], keep=set(overrides))
     return config_lib.override(config, **overrides)

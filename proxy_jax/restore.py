@@ -149,7 +149,8 @@ def restore(workdir: str, step: int | None = None, *, mesh=None) -> RestoredRun:
             raise ckpt.unreadable_error()
         raise FileNotFoundError(f"{where} holds no checkpoint" + (f" of step {step}" if step is not None else "")
                                 + "; train the run first.")
-    return RestoredRun(workdir, config, record, model, mesh, params, shardings, int(restored_step))
+    healthy = workdir_lib.warn_if_unhealthy(workdir, int(restored_step))  # one line when not marked healthy
+    return RestoredRun(workdir, config, record, model, mesh, params, shardings, int(restored_step), healthy)
 
 
 def load_m1(m1_workdir: str, step: int | None = None):

@@ -3,9 +3,17 @@
 The loop dispatches step t and only then reads step t-1's metrics, so the host never makes the device
 wait. Safety: the workdir is locked for the run (``workdir.lock``); a resumed run must match the saved
 config (``workdir.check_resume``); only a finite state is ever saved (step t-1's loss and every array
-of the state are checked first), so the checkpoint a non-finite error names is good; a save of a step
-already on disk is a no-op (SIGTERM at a checkpoint step, the final save); checkpoints newer than the
-one that restored, which failed to restore, are set aside and re-trained.
+of the state are checked first); a save of a step already on disk is a no-op (SIGTERM at a checkpoint
+step, the final save); checkpoints newer than the one that restored, which failed to restore, are set
+aside and re-trained.
+
+Divergence: finite is not healthy. Each checkpoint is marked healthy or not from the loss and gradient
+norm around its step (``proxy_jax.health``, from the metrics the loop reads anyway); a non-finite loss or
+gradient norm (or ``train.spike_patience`` steps out of range) stops the run naming the newest *healthy*
+checkpoint, and ``train.resume_step`` resumes from it, setting newer ones aside. The spike's batches are
+not skipped: the data iterator resumes exactly where the checkpoint was, so a rerun with the original
+settings is bitwise the run that never diverged (a divergence caused by the learning rate needs no
+skipping; lower the rate to get past a batch that really is bad).
 
 The run's pieces come from ``proxy_jax.assemble.build``; the workdir's files from
 ``proxy_jax.workdir``. :func:`train` is what ``python -m proxy_jax.main`` calls (and what Colab and
@@ -27,6 +35,7 @@ import numpy as np
 
 from proxy_jax import assemble
 from proxy_jax import checkpoint as ckpt_lib
+from proxy_jax import health
 from proxy_jax import metrics as metrics_lib
 from proxy_jax import storage
 from proxy_jax import workdir as workdir_lib
@@ -36,8 +45,12 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when a step's loss or the train state is NaN or infinite; the message names the newest
-    checkpoint (every saved state is finite) or says there is none."""
+    """Raised when a step's loss or gradient norm, or the train state, is NaN or infinite; the message names
+    the newest healthy checkpoint (``proxy_jax.health``) or says there is none."""
+
+
+class LossSpikeError(NonFiniteLossError):
+    """Raised after ``train.spike_patience`` consecutive steps out of the normal range (still finite)."""
 
 
 @jax.jit
@@ -51,12 +64,21 @@ def state_is_finite(state: Any) -> bool:
     return bool(_all_finite(leaves)) if leaves else True
 
 
-def _last_good(last_saved: int | None) -> str:
-    if last_saved is None:
-        return ("No checkpoint was saved before it: lower --config.opt.lr or raise --config.opt.warmup_steps "
-                "and start again.")
-    return (f"The newest checkpoint (step {last_saved}) is the last good state: lower --config.opt.lr or raise "
-            "--config.opt.warmup_steps (both may change on resume) and run again to resume from it.")
+def _advice(checkpointer: ckpt_lib.Checkpointer) -> str:
+    """Where to resume after a divergence: the newest checkpoint marked healthy, or none."""
+    fix = "lower --config.opt.lr or raise --config.opt.warmup_steps (both may change on resume)"
+    steps = checkpointer.steps()
+    healthy = checkpointer.healthy_steps()
+    if not steps:
+        return f"No checkpoint was saved before it: {fix} and start again."
+    if not healthy:
+        return (f"No checkpoint is marked healthy (steps {', '.join(map(str, steps))} are not): {fix} and start "
+                "again with --config.train.resume_step=0 (the checkpoints are set aside, not deleted).")
+    if healthy[-1] == steps[-1]:
+        return (f"The newest checkpoint (step {healthy[-1]}) is the newest healthy state: {fix} and run again to "
+                "resume from it.")
+    return (f"The newest healthy checkpoint is step {healthy[-1]} (newer ones are not): {fix} and run again with "
+            f"--config.train.resume_step={healthy[-1]} to resume from it (newer checkpoints are set aside).")
 
 
 def _step_scalars(run: assemble.Run, raw: dict[str, float], step_time: float, data_wait: float,
@@ -64,6 +86,9 @@ def _step_scalars(run: assemble.Run, raw: dict[str, float], step_time: float, da
     c = run.config
     symbols = c.data.batch_size * c.data.seq_len
     out = {f"train/{k}": v for k, v in raw.items()}
+    for loss, count in (("raw_loss", "raw_targets"), ("comp_loss", "comp_targets")):
+        if raw.get(count) == 0:  # no such targets in this step: no loss, rather than a misleading 0.0
+            out.pop(f"train/{loss}", None)
     if raw.get("num_streams", 0) > 0:  # realised fraction of compressed streams in this step's batch
         out["train/compression_rate"] = raw["num_comp_streams"] / raw["num_streams"]
     out.pop("train/num_comp_streams", None)
@@ -89,6 +114,29 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
         return _train(config, workdir, progress, stop_after, restart_if_unreadable)
 
 
+def _roll_back(checkpointer: ckpt_lib.Checkpointer, target: int) -> int | None:
+    """Applies ``train.resume_step=target``: sets the steps newer than ``target`` aside; returns ``target``, the
+    lineage of the checkpoints this run writes, or None when there is nothing to do (-1), or the rollback
+    was applied before: the newest checkpoint descends from it and is not marked unhealthy."""
+    if target < 0:
+        return None
+    steps = checkpointer.steps()
+    if steps:
+        newest = checkpointer.health(steps[-1]) or {}
+        if newest.get("rollback") == target and newest.get("healthy") is not False:
+            return None
+    if target > 0 and target not in steps:
+        raise ValueError(f"--config.train.resume_step={target} names no checkpoint of {checkpointer.directory} "
+                         f"(it holds steps {', '.join(map(str, steps)) or 'none'}); pick one of them, 0 to start "
+                         "over, or -1 for the newest.")
+    newer = [s for s in steps if s > target]
+    if newer:
+        moved = checkpointer.set_aside(newer, "set_aside")
+        log.warning("train.resume_step=%d: set aside checkpoints %s (kept in %s).", target,
+                    ", ".join(map(str, newer)), os.path.dirname(moved[0]) if moved else "")
+    return target
+
+
 def _resume(checkpointer: ckpt_lib.Checkpointer, run: assemble.Run, data_iter, restart_if_unreadable: bool):
     """Restores the newest readable checkpoint into ``run`` and ``data_iter``; returns its step or None."""
     start_step, restored = checkpointer.restore(run.state, data_iter)
@@ -111,9 +159,35 @@ def _resume(checkpointer: ckpt_lib.Checkpointer, run: assemble.Run, data_iter, r
     return int(start_step)
 
 
+_PHASES = ("mix.warmup_steps", "mix.steady_steps", "mix.decay_steps")
+
+
+def _keep_saved_phases(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """A run resumed with another ``train.steps`` keeps its saved mixing phases: the phases cannot change
+    on resume (they decide every document's draw), and ``--config.train.steps`` rescaled them for a new run
+    (``recipes.with_steps``). The cadences and the optimiser warm-up follow the new steps."""
+    if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG)) or not os.path.isdir(
+            os.path.join(workdir, workdir_lib.CHECKPOINTS)):
+        return
+    saved = workdir_lib.load_config(workdir)
+    if saved.train.steps == config.train.steps:
+        return
+    kept = {}
+    for dotted in _PHASES:
+        key = dotted.split(".")[1]
+        if saved.mix[key] != config.mix[key]:
+            kept[dotted] = (config.mix[key], saved.mix[key])
+            config.mix[key] = saved.mix[key]
+    if kept:
+        log.warning("Resuming with train.steps=%d (saved %d): the mixing phases stay as saved (%s).",
+                    config.train.steps, saved.train.steps,
+                    ", ".join(f"{k}={saved_v}, not {now}" for k, (now, saved_v) in kept.items()))
+
+
 def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict[str, Any]:
     from proxy_jax import sharding
 
+    _keep_saved_phases(config, workdir)
     changed = workdir_lib.check_resume(config, workdir)
     if changed:
         log.info("Resuming with changed %s (recorded in %s).", ", ".join(sorted(changed)), workdir_lib.CONFIG_HISTORY)
@@ -124,11 +198,18 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
     checkpointer.remove_temporary()  # half-written steps of a killed run
     bar = None
     try:  # the loop's own try closes the checkpointer and the data iterator (its packing thread) from there on
+        rollback = _roll_back(checkpointer, int(c.train.resume_step))
         resumed = _resume(checkpointer, run, data_iter, restart_if_unreadable)
         start_step = resumed if resumed is not None else 0
         workdir_lib.save_config(config, workdir, changed)  # only now: a refused resume changes nothing
+        record = checkpointer.health(resumed) if resumed is not None else None
+        if rollback is None and record is not None:
+            rollback = record.get("rollback")  # the lineage goes on through ordinary resumes
+        watch = health.LossWatch(c.train.health_window, c.train.health_loss_ratio, c.train.health_grad_ratio,
+                                 recent=(record or {}).get("recent"))
+        to_mark = record if record is not None and record.get("after") is None else None
         data_iter.start_prefetch()  # data.host_prefetch: the first batches are packed while the rest is set up
-        writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard)
+        writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard, start_step=start_step)
         eval_docs = run.corpus.heldout(c.train.eval_docs) if c.train.eval_every > 0 else []
         flops_per_step = flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
         peak = metrics_lib.peak_flops_per_device()
@@ -148,14 +229,23 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
 
     def finish_pending():
         """Reads the previous step's metrics (the device has moved on to the next step by now)."""
-        nonlocal pending
+        nonlocal pending, to_mark
         if pending is None:
             return None
         step, dev_metrics, step_time, data_wait = pending
         pending = None
         raw = metrics_lib.to_python(dev_metrics)
-        if not math.isfinite(raw["loss"]):
-            raise NonFiniteLossError(f"Loss became {raw['loss']} at step {step}; stopping. {_last_good(last_saved)}")
+        seen = watch.observe(step, raw["loss"], raw["grad_norm"])
+        if to_mark is not None and to_mark["step"] == step:  # the first loss of a saved state: its verdict
+            checkpointer.write_health(step, health.mark(to_mark, seen))
+            to_mark = None
+        if not (math.isfinite(raw["loss"]) and math.isfinite(raw["grad_norm"])):
+            raise NonFiniteLossError(f"Loss became {raw['loss']} (gradient norm {raw['grad_norm']}) at step {step}; "
+                                     f"stopping. {_advice(checkpointer)}")
+        if c.train.spike_patience and watch.abnormal_run >= c.train.spike_patience:
+            raise LossSpikeError(f"The loss or gradient norm left its normal range for {watch.abnormal_run} steps "
+                                 f"up to step {step} (loss {raw['loss']:.4g}, gradient norm {raw['grad_norm']:.4g}; "
+                                 f"train.spike_patience={c.train.spike_patience}); stopping. {_advice(checkpointer)}")
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{raw['loss']:.3f}")
@@ -164,14 +254,19 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
             writer.write(step, scalars)
         return raw
 
-    def save(step: int) -> None:
-        """Saves the state after ``step`` steps once it is known finite (a step on disk is kept as it is)."""
-        nonlocal last_saved
+    def save(step: int, final: bool = False) -> None:
+        """Saves the state after ``step`` steps once it is known finite (a step on disk is kept as it is), with
+        its health record: pending until step ``step`` is read, or judged now when none will be (``final``)."""
+        nonlocal last_saved, to_mark
         finish_pending()  # the loss of step - 1 must be finite
         if not state_is_finite(run.state):
             raise NonFiniteLossError(f"The train state became non-finite by step {step}; stopping without "
-                                     f"saving it. {_last_good(last_saved)}")
-        checkpointer.save(step, run.state, data_iter, force=True)
+                                     f"saving it. {_advice(checkpointer)}")
+        written = checkpointer.save(step, run.state, data_iter, force=True)
+        if written or (final and to_mark is not None and to_mark["step"] == step):  # SIGTERM at a checkpoint step
+            record = health.save_record(step, watch, rollback, final=final)
+            checkpointer.write_health(step, record)
+            to_mark = record
         last_saved = step
 
     with ckpt_lib.PreemptionGuard() as guard:
@@ -183,7 +278,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
                 if step != start_step and step % c.train.checkpoint_every == 0:
                     save(step)
                 if step % max(c.train.log_every, 1) == 0 and guard.should_stop():
-                    save(step)
+                    save(step, final=True)
                     log.warning("SIGTERM received: saved step %d and stopped.", step)
                     summary["preempted_at"] = step
                     break
@@ -212,7 +307,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
             last = finish_pending()
             final_step = int(jax.device_get(run.state.step))
             if last_saved != final_step:
-                save(final_step)
+                save(final_step, final=True)
             checkpointer.wait()
         finally:
             data_iter.close()  # stops the packing thread (data.host_prefetch) on every way out, SIGTERM included

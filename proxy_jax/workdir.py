@@ -9,10 +9,13 @@ Layout of ``DIR`` (written by ``proxy_jax.train``):
 | ``corpus_keys.txt.gz`` | the training split's document keys when the run was built (to name what changed) |
 | ``checkpoints/``  | Orbax steps: train state + each process's data-iterator state             |
 | ``metrics.jsonl`` | one JSON object per logged step (plus TensorBoard events)                  |
+| ``metrics.superseded.jsonl`` | rows of steps a resumed run trained again (``proxy_jax.metrics``) |
 | ``proxy/``        | the run's tokenizer (trained for it, or a copy of the one it was given), pinned in run.json |
 | ``lock``          | ``{"host", "pid"}`` of the process training in it (empty when none is)     |
 | ``config_history.jsonl`` | one row per resume that changed a resumable key: ``{"time", "changed"}`` |
 | ``checkpoints.unreadable/`` | checkpoint steps that failed to restore, set aside for inspection |
+| ``checkpoints.health/`` | ``STEP.json``: the loss and gradient norm around each step, healthy or not (``proxy_jax.health``) |
+| ``checkpoints.set_aside/`` | steps newer than a ``train.resume_step`` rollback, set aside |
 
 ``run.json`` makes a workdir self-describing: ``proxy_jax.restore`` reads its parameters and proxy back
 without the training corpus. Workdirs written before it have ``model.json`` instead (read by
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -239,4 +243,23 @@ def load_model(workdir: str) -> tuple[ModelArgs, int]:
 
 
 def checkpointer(workdir: str, config: ml_collections.ConfigDict) -> ckpt_lib.Checkpointer:
-    return ckpt_lib.Checkpointer(storage.join(workdir, CHECKPOINTS), keep=config.train.keep_checkpoints)
+    return ckpt_lib.Checkpointer(storage.join(workdir, CHECKPOINTS), keep=config.train.keep_checkpoints,
+                                 keep_healthy=config.train.keep_healthy)
+
+
+def checkpoint_health(workdir: str, step: int) -> dict | None:
+    """The health record of checkpoint ``step`` of ``workdir`` (``proxy_jax.health``; ``["healthy"]`` is
+    True, False, or None while pending), or None when it has none."""
+    return ckpt_lib.read_health(storage.join(workdir, CHECKPOINTS), step)
+
+
+def warn_if_unhealthy(workdir: str, step: int) -> bool:
+    """Logs one warning line when checkpoint ``step`` is not marked healthy; returns whether it is."""
+    from proxy_jax import health
+
+    record = checkpoint_health(workdir, step)
+    if record is not None and record.get("healthy") is True:
+        return True
+    logging.getLogger(__name__).warning(
+        "Checkpoint step %d of %s is not marked healthy: %s.", step, workdir, health.describe(record))
+    return False

@@ -29,6 +29,7 @@ LAYERS = {
     "proxy_jax.optimizer": 4,
     "proxy_jax.train_step": 4,
     "proxy_jax.checkpoint": 4,
+    "proxy_jax.health": 4,
     "proxy_jax.metrics": 4,
     "proxy_jax.generate": 4,
     "proxy_jax.evaluation": 4,  # the package and its maths: they never see the training loop

@@ -108,7 +108,7 @@ def test_resume_after_interruption(reference, tmp_path, monkeypatch):
 def test_changed_settings_are_not_mistaken_for_finished_shards(reference, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
-    m = _run(out, config=_config(gzip_level=1), num_shards=3)
+    m = _run(out, config=_config(gzip_level=1), num_shards=3, overwrite=True)
     assert m["proxy"]["level"] == 1
     rec = corpus.load_split(pp_data(out), "train").record(0)
     assert np.array_equal(rec.comp, make_proxy(_config(gzip_level=1)).encode(rec.raw))
@@ -148,6 +148,25 @@ def test_tokenizer_shards_carry_their_tokenizer(tmp_path):
         corpus.load_split(tr.data, "train", proxy_config=tr.proxy)
     with pytest.raises(ValueError, match="vocab_size"):
         make_proxy(tr)
+
+
+def test_output_made_with_other_settings_is_refused_unless_overwrite(reference, tmp_path):
+    out = tmp_path / "out"
+    tok = _config("tokens_as_bytes", vocab_size=600, train_max_bytes=1_000_000)
+    _run(out, config=tok, num_shards=2, workdir=str(tmp_path / "work"))
+    before = _files(out)
+    with pytest.raises(ValueError, match=r"already holds shards made with other settings: proxy .*'gzip'.*"
+                                         r"--overwrite") as e:
+        _run(out, num_shards=3)
+    assert "\n" not in str(e.value) and _files(out) == before  # refused: nothing touched
+    m = _run(out, num_shards=3, overwrite=True)
+    assert "tokenizer_model" not in m and not (out / shards.TOKENIZER).exists()  # nothing stale is left
+    assert m == reference[1] and _files(out) == reference[2]  # the same as a fresh run into an empty folder
+    assert _run(out, num_shards=3) == reference[1]  # the same settings again: kept (resumed), not refused
+    # An interrupted output (no manifest yet) is recognised by its shards' statistics.
+    os.remove(out / shards.MANIFEST)
+    with pytest.raises(ValueError, match="other settings"):
+        _run(out, config=_config(gzip_level=1), num_shards=3)
 
 
 def test_records_encode_decode():

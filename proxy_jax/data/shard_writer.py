@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any, Sequence
@@ -73,9 +74,11 @@ def _shard_done(output: str, split: str, shard: int, num_shards: int, identity: 
     return stats if ok else None
 
 
-def write_shard(output, split, shard, num_shards, src, lo, hi, proxy, identity, progress) -> dict:
+def write_shard(output, split, shard, num_shards, src, lo, hi, proxy, identity, progress,
+                made_with: dict | None = None) -> dict:
     """Writes documents [lo, hi) of ``src`` as one shard (under a temporary name, renamed when complete)
-    and then its statistics; returns them."""
+    and then its statistics (with ``made_with``: the proxy and corpus settings); returns them."""
+    made_with = made_with or {}
     from array_record.python import array_record_module
     path = os.path.join(output, shard_name(split, shard, num_shards))
     for stale in glob.glob(glob.escape(path) + ".tmp*"):  # left by an interrupted run
@@ -101,7 +104,7 @@ def write_shard(output, split, shard, num_shards, src, lo, hi, proxy, identity, 
         writer.close()
     os.replace(tmp, path)
     stats = {"identity": identity, "documents": hi - lo, "bytes": n_bytes, "symbols": n_symbols,
-             "first_index": lo}
+             "first_index": lo, **made_with}
     os.makedirs(os.path.join(output, STATS_DIR), exist_ok=True)
     _atomic_write(_stats_path(output, split, shard, num_shards), _json_bytes(stats))
     return stats
@@ -111,16 +114,56 @@ def _ratio(n_bytes: int, n_symbols: int) -> float:
     return round(n_bytes / n_symbols, 6) if n_symbols else 0.0
 
 
+def _made_with(output: str) -> dict[str, Any] | None:
+    """``{"proxy_settings", "data"}`` of what ``output`` already holds: its manifest's, else any shard's
+    statistics' (an interrupted run), else None."""
+    paths = [os.path.join(output, MANIFEST)] + sorted(glob.glob(os.path.join(glob.escape(output), STATS_DIR, "*.json")))
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                made = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if "proxy_settings" in made:
+            return {"proxy_settings": made["proxy_settings"], "data": made.get("data")}
+    return None
+
+
+def prepare_output(config, output: str, *, overwrite: bool = False) -> None:
+    """Stops (one sentence) when ``output`` holds shards made with other proxy or corpus settings, unless
+    ``overwrite``: then that output (shards, their statistics, manifest.json, tokenizer.model) is removed
+    first, so no file of the old one (a stale tokenizer.model) is left beside the new manifest. Output made
+    with the same settings is kept: a rerun resumes it."""
+    made = _made_with(output)
+    now = {"proxy_settings": proxies.proxy_settings(config.proxy), "data": _data_settings(config.data)}
+    now = json.loads(json.dumps(now))  # as the files hold it (tuples become lists)
+    if made is None or made == now:
+        return
+    if not overwrite:
+        differ = [f"proxy {made['proxy_settings']} (now {now['proxy_settings']})"] if \
+            made["proxy_settings"] != now["proxy_settings"] else []
+        differ += [f"data {made['data']} (now {now['data']})"] if made["data"] not in (None, now["data"]) else []
+        raise ValueError(f"{output} already holds shards made with other settings: {'; '.join(differ)}; pass "
+                         "--overwrite (overwrite=True) to replace them, or choose another --output.")
+    for name in (MANIFEST, TOKENIZER):
+        if os.path.exists(os.path.join(output, name)):
+            os.remove(os.path.join(output, name))
+    for path in glob.glob(os.path.join(glob.escape(output), "*.array_record*")):
+        os.remove(path)
+    shutil.rmtree(os.path.join(output, STATS_DIR), ignore_errors=True)
+
+
 def write(config, output: str, proxy: proxies.Proxy, *, num_shards: int = 8, process_index: int = 0,
           process_count: int = 1, splits: Sequence[str] = ("train", "validation"),
-          progress_bar: bool = True) -> dict[str, Any]:
+          progress_bar: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Writes this process's shards of every split of ``config.data``, compressed by ``proxy`` (made from
     ``config.proxy``); returns the manifest (``complete`` once every shard is done).
 
     Shard s of N holds documents [s*n/N, (s+1)*n/N) of its split; process i of P writes the shards with
     s % P == i; whoever completes the last shard writes the manifest. Each shard is written under a
     temporary name, renamed when complete, then its statistics are saved under ``shard_stats/``; a rerun
-    skips shards whose statistics match, so an interrupted run resumes.
+    skips shards whose statistics match, so an interrupted run resumes. An output made with other settings
+    is refused unless ``overwrite`` (:func:`prepare_output`).
     """
     from tqdm import tqdm
     if config.data.source == "preprocessed":
@@ -136,6 +179,7 @@ def write(config, output: str, proxy: proxies.Proxy, *, num_shards: int = 8, pro
         raise ValueError(f"--splits={','.join(splits)!r} must name some of {SPLITS}.")
     num_shards = int(num_shards)
     os.makedirs(output, exist_ok=True)
+    prepare_output(config, output, overwrite=overwrite)
 
     tokenizer = proxy if isinstance(proxy, proxies.TokenizerProxy) else getattr(proxy, "tokenizer", None)
     if isinstance(proxy, (proxies.TokenizerProxy, proxies.TokensAsBytesProxy)):
@@ -177,7 +221,8 @@ def write(config, output: str, proxy: proxies.Proxy, *, num_shards: int = 8, pro
 
         for s in todo:
             lo, hi = _shard_range(n, s, num_shards)
-            write_shard(output, split, s, num_shards, src, lo, hi, proxy, identity, progress)
+            write_shard(output, split, s, num_shards, src, lo, hi, proxy, identity, progress,
+                        {"proxy_settings": settings, "data": manifest["data"]})
         bar.close()
 
         shards = []

@@ -42,6 +42,7 @@ from typing import Any
 import ml_collections
 
 from proxy_jax import assemble
+from proxy_jax import config as config_lib
 from proxy_jax import recipes
 from proxy_jax import train as train_lib
 from proxy_jax import run_record
@@ -79,7 +80,27 @@ def load_sweep(path: str) -> dict[str, Any]:
     for key in ("preset", "sizes", "methods", "grids"):
         if key not in sweep:
             raise ValueError(f"Sweep file {path!r} lacks the key {key!r}; see proxy_jax/scaling/sweep.py.")
+    _check_keys(sweep, path)
     return sweep
+
+
+def _check_keys(sweep: dict[str, Any], path: str) -> None:
+    """Every config key a sweep file sets (``sizes`` fields of ``config.model``, ``overrides``) exists: a typo
+    would otherwise train every run with the default."""
+    base = config_lib.base_config()
+    for size, fields in sweep["sizes"].items():
+        for key in fields:
+            if key not in base.model:
+                raise ValueError(f"Sweep file {path!r}, size {size!r}: "
+                                 f"{config_lib.unknown_key(key, base.model.keys(), 'model')}")
+    blocks = [("overrides", sweep.get("overrides", {}))] + [
+        (f"method {name!r} overrides", m.get("overrides", {})) for name, m in sweep["methods"].items()]
+    for where, overrides in blocks:
+        for dotted in overrides:
+            try:
+                config_lib.parent_of(base, dotted)
+            except KeyError as e:
+                raise ValueError(f"Sweep file {path!r}, {where}: {e.args[0]}") from None
 
 
 def run_name(method: str, size: str, budget: float, seed: int) -> str:
