@@ -137,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = t = ml_collections.ConfigDict()
     t.steps = 50_000
     t.log_every = 10
+    # Without a terminal (stderr not a TTY, not a notebook: pods, CI, a log file) progress is one plain line
+    # (step, loss, steps/s, ETA) every this many seconds instead of a tqdm bar (proxy_jax.progress).
+    t.progress_every_s = 30.0
     t.eval_every = 1000
     t.eval_docs = 0  # held-out documents used by eval during training (0 = all)
     t.eval_window = 4096  # eval windows of this many tokens, stride = window
@@ -220,7 +223,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          f"--config.data.virtual_shards={config.data.virtual_shards}; each shard packs "
                          "batch_size/virtual_shards rows.")
     _positive(config.train.steps, "train.steps")
-    for key in ("log_every", "checkpoint_every", "eval_window", "eval_batch_size"):
+    for key in ("log_every", "checkpoint_every", "eval_window", "eval_batch_size", "progress_every_s"):
         _positive(config.train[key], f"train.{key}")
     _positive(config.opt.grad_accum_steps, "opt.grad_accum_steps")
     _positive(config.model.loss_chunk, "model.loss_chunk", zero_ok=True)

@@ -28,6 +28,7 @@ LAYERS = {
     "proxy_jax.train_step": 4,
     "proxy_jax.checkpoint": 4,
     "proxy_jax.metrics": 4,
+    "proxy_jax.progress": 4,
     "proxy_jax.generate": 4,
     "proxy_jax.evaluation": 4,  # the package and its maths: they never see the training loop
     "proxy_jax.codeeval": 4,  # sandboxed execution, pass@k, problem sets: leaves
