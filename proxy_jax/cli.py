@@ -11,8 +11,10 @@
   can crash (a segmentation fault after an interrupt during setup was seen that way).
 
 Ctrl-C can land where Python drops exceptions (a garbage-collector callback of JAX, a ``__del__``) or
-inside the import of a C extension (which turns it into an ``ImportError``): a dropped interrupt is
-delivered again a moment later, and any exception raised after an interrupt counts as the interrupt.
+inside an import (where a C extension turns it into an ``ImportError`` or aborts the process): an
+interrupt inside an import is held until the import is over, a dropped one is delivered again a moment
+later, and any exception raised after an interrupt counts as the interrupt. Commands install this first
+thing, before their heavy imports; this module imports only the standard library at the top.
 
 Also here: flag parsing with one-line errors for the absl commands (:func:`parse_flags`).
 """
@@ -26,8 +28,6 @@ import signal
 import sys
 import threading
 from typing import Callable
-
-from absl import flags
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
@@ -47,12 +47,25 @@ _interrupted = threading.Event()
 def _deliver_again() -> None:
     """Sends SIGINT to this process again shortly (from a timer thread; Python runs the handler in the
     main thread at its next bytecode)."""
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    timer.daemon = True
+    timer.start()
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _on_sigint(signum, frame):
-    del signum, frame
+    del signum
     _interrupted.set()
+    if _importing(frame):  # an extension module cut off halfway through its initialisation can abort the
+        _deliver_again()  # process: hold the interrupt until the import is over
+        return
     raise KeyboardInterrupt
 
 
@@ -74,7 +87,7 @@ def install_interrupt_handling() -> None:
     inherited SIGINT as ignored (a background job of a shell) keeps ignoring it."""
     if threading.current_thread() is not threading.main_thread():
         return
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, _on_sigint):
         return
     signal.signal(signal.SIGINT, _on_sigint)
     sys.unraisablehook = _keep_dropped_interrupts(sys.unraisablehook)
@@ -204,6 +217,8 @@ def _exit(message: str) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with one-line errors (exit status 2) for a bad flag or a misspelt ``--config.key``."""
+    from absl import flags
+
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -228,7 +243,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def loaded_config(name: str = "config"):
     """The value of an ml_collections ``--config`` flag, or None; a config file that failed to load raises
-    its error on first use, which becomes :class:`UsageError`'s sentence here."""
+    its error on first use, which becomes one sentence here."""
+    from absl import flags
+
     value = flags.FLAGS[name].value
     if value is None:
         return None

@@ -20,10 +20,13 @@ import json
 import logging
 import os
 
-from absl import app, flags
-from ml_collections import config_flags
+from proxy_jax import cli  # the standard library only: nothing heavy is imported before Ctrl-C is handled
 
-from proxy_jax import cli
+if __name__ == "__main__":
+    cli.install_interrupt_handling()
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:preset]); every key "
                                           "can be overridden (--config.KEY=VALUE; --print_config lists them).",

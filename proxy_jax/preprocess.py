@@ -91,9 +91,10 @@ def _define_flags():
 
 def run() -> None:
     """The command: user errors are one ``error:`` sentence (exit 2), Ctrl-C exits 130 (``proxy_jax.cli``)."""
-    from absl import app, flags
-
     from proxy_jax import cli
+
+    cli.install_interrupt_handling()  # before the imports below
+    from absl import app, flags
 
     _define_flags()
     cli.run_command(lambda: app.run(main, flags_parser=cli.parse_flags), usage=USAGE,
