@@ -82,6 +82,9 @@ def interrupted_sentence(workdir: str | None) -> str:
     """What Ctrl-C left in ``workdir``, read from the disk (so it is true wherever the interrupt landed)."""
     if not workdir:
         return "nothing was started."
+    if "://" in workdir:  # object storage: not listed here (that would need its client); say what is always true
+        return (f"{workdir} keeps its newest complete checkpoint, if any; the same command resumes from it "
+                "(or starts from step 0).")
     directory = os.path.join(workdir, CHECKPOINTS)
     steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
     if not steps:  # Orbax names a step's folder by its number only once the step is complete
