@@ -141,6 +141,14 @@ def test_evaluate_mistakes_exit_2_and_name_only_its_own_flags(tmp_path):
     assert "--config." not in in_flags("set --config.data.virtual_shards=2 (a multiple of the process count)")
 
 
+def test_sweep_mistakes_are_one_sentence(tmp_path):
+    one_error(command("launch/sweep.py", "run", f"--sweep={tmp_path / 'nope.py'}", f"--root={tmp_path}"),
+              "does not exist")
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config():\n    return {'preset': 'tiny'}\n")
+    one_error(command("launch/sweep.py", "status", f"--root={tmp_path}", f"--sweep={bad}"), "lacks the key 'sizes'")
+
+
 # ---- progress without a terminal -------------------------------------------------------------------------
 
 def test_progress_lines_come_at_the_interval_with_rate_and_eta():
