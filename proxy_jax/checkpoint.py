@@ -27,6 +27,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from proxy_jax import interrupts
 from proxy_jax.data import elastic
 
 log = logging.getLogger(__name__)
@@ -304,7 +305,9 @@ class PreemptionGuard:
             self.requested = True
             return
         if self.interrupted:
+            interrupts.clear()
             raise KeyboardInterrupt
+        interrupts.note()
         self.interrupted = True
         print("\nCtrl-C: saving at the next step, then stopping (Ctrl-C again stops at once without saving).",
               file=sys.stderr, flush=True)
@@ -317,7 +320,9 @@ class PreemptionGuard:
 
     def should_stop(self) -> bool:
         """True on every host as soon as any host was signalled (a collective when there are several);
-        ``stop_reason`` is then "Ctrl-C" or "SIGTERM"."""
+        ``stop_reason`` is then "Ctrl-C" or "SIGTERM". A Ctrl-C whose KeyboardInterrupt was swallowed before
+        the loop began (``interrupts.received``) counts too."""
+        self.interrupted = self.interrupted or interrupts.received()
         flags = [int(self.interrupted), int(self.requested)]
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils

@@ -29,6 +29,8 @@ import sys
 import threading
 from typing import Callable
 
+from proxy_jax import interrupts
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
 
@@ -39,9 +41,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError)
 
 class UsageError(ValueError):
     """A command line that cannot run (a missing flag); printed after the command's one-line usage."""
-
-
-_interrupted = threading.Event()
 
 
 def _deliver_again() -> None:
@@ -62,7 +61,7 @@ def _importing(frame) -> bool:
 
 def _on_sigint(signum, frame):
     del signum
-    _interrupted.set()
+    interrupts.note()
     if _importing(frame):  # an extension module cut off halfway through its initialisation can abort the
         _deliver_again()  # process: hold the interrupt until the import is over
         return
@@ -95,7 +94,7 @@ def install_interrupt_handling() -> None:
 
 def interrupted() -> bool:
     """True once this process received Ctrl-C (under :func:`install_interrupt_handling`)."""
-    return _interrupted.is_set()
+    return interrupts.received()
 
 
 def os_sentence(e: OSError, where: str = "") -> str:
@@ -103,7 +102,7 @@ def os_sentence(e: OSError, where: str = "") -> str:
     if e.errno is None:  # raised by this library with its own sentence
         return str(e)
     path = e.filename or where
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR):
         return (f"cannot write {path}: {e.strerror}; fix the permissions or free disk space (or pick another "
                 "folder), then run the same command again.")
     if e.errno == errno.ENOENT:

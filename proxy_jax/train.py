@@ -2,11 +2,11 @@
 
 The loop dispatches step t and only then reads step t-1's metrics, so the host never makes the device
 wait. Safety: the workdir is locked for the run (``workdir.lock``); a resumed run must match the saved
-config (``workdir.check_resume``); SIGTERM and Ctrl-C save at the next step and stop (Ctrl-C then raises
-KeyboardInterrupt; a second Ctrl-C stops at once); only a finite state is ever saved (step t-1's loss and every array
-of the state are checked first), so the checkpoint a non-finite error names is good; a save of a step
-already on disk is a no-op (SIGTERM at a checkpoint step, the final save); checkpoints newer than the
-one that restored, which failed to restore, are set aside and re-trained.
+config (``workdir.check_resume``); SIGTERM and Ctrl-C save at the next step and stop (Ctrl-C then
+raises KeyboardInterrupt; a second Ctrl-C stops at once); only a finite state is ever saved (step t-1's
+loss and every array of the state are checked first), so the checkpoint a non-finite error names is good;
+a save of a step already on disk is a no-op (SIGTERM at a checkpoint step, the final save); checkpoints
+newer than the one that restored, which failed to restore, are set aside and re-trained.
 
 The run's pieces come from ``proxy_jax.assemble.build``; the workdir's files from
 ``proxy_jax.workdir``. :func:`train` is what ``python -m proxy_jax.main`` calls (and what Colab and
@@ -28,6 +28,7 @@ import numpy as np
 
 from proxy_jax import assemble
 from proxy_jax import checkpoint as ckpt_lib
+from proxy_jax import interrupts
 from proxy_jax import metrics as metrics_lib
 from proxy_jax import progress as progress_lib
 from proxy_jax import workdir as workdir_lib
@@ -223,6 +224,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
     summary["final_step"] = final_step
     if "interrupted_at" in summary:  # Ctrl-C: saved above; the caller sees the interrupt, as without a save
         writer.close()
+        interrupts.clear()
         raise KeyboardInterrupt(f"saved step {summary['interrupted_at']}")
     if last is not None:
         summary["final_loss"] = last["loss"]

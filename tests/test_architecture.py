@@ -20,6 +20,7 @@ LAYERS = {
     "proxy_jax.vocab": 0,
     "proxy_jax.config": 0,
     "proxy_jax.recipes": 0,
+    "proxy_jax.interrupts": 0,
     "proxy_jax.model": 1,  # a leaf network library: M1 of the neural proxy runs it
     "proxy_jax.proxies": 2,
     "proxy_jax.data": 3,

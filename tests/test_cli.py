@@ -168,6 +168,27 @@ def test_progress_lines_come_at_the_interval_with_rate_and_eta():
 
 # ---- Ctrl-C --------------------------------------------------------------------------------------------
 
+def test_guard_turns_the_first_ctrl_c_into_a_save_request_and_the_second_into_an_interrupt():
+    from proxy_jax import checkpoint, interrupts
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's foreground process
+    try:
+        with checkpoint.PreemptionGuard() as guard:
+            assert not guard.should_stop()
+            signal.raise_signal(signal.SIGINT)  # no exception: a flag the loop polls
+            assert guard.should_stop() and guard.stop_reason == "Ctrl-C" and interrupts.received()
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        assert not interrupts.received()  # answered: a later run in the same process starts afresh
+        interrupts.note()  # a Ctrl-C whose KeyboardInterrupt a library swallowed before the loop began
+        with checkpoint.PreemptionGuard() as guard:
+            assert guard.should_stop() and guard.stop_reason == "Ctrl-C"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        interrupts.clear()
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("when", [0.5, "config.json"])
 def test_ctrl_c_during_setup_exits_130_and_claims_no_checkpoint(tmp_path, when):
     wd = str(tmp_path / "run")

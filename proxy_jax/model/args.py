@@ -34,7 +34,8 @@ def dtype_name(value, key: str) -> str:
     for name, spellings in DTYPES.items():
         if spelled in spellings:
             return name
-    accepted = "; ".join(f"{name} ({', '.join(s for s in spellings if s != name)})" for name, spellings in DTYPES.items())
+    accepted = "; ".join(f"{name} ({', '.join(s for s in spellings if s != name)})"
+                         for name, spellings in DTYPES.items())
     raise ValueError(f"--config.{key}={value!r} is not a floating-point type; use one of {accepted}.")
 
 
