@@ -15,6 +15,10 @@ interrupted ones; ``--shard=i/n`` runs every n-th run from i, so n hosts can sha
 
 ``status`` prints a table of the runs (done / started / pending, step, raw bpb, wall time); ``report``
 writes DIR/report.md and its PNGs from the finished runs' results.
+
+A mistake (a sweep file that does not load, a bad shard) ends with one ``error:`` sentence and exit
+status 2. Ctrl-C stops ``run`` like the training command (the run in progress saves at its next step; a
+second Ctrl-C stops at once) and exits 130; the same command then resumes the interrupted run.
 """
 
 from __future__ import annotations
@@ -25,11 +29,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from proxy_jax.scaling import results as results_lib  # noqa: E402
-from proxy_jax.scaling import sweep as sweep_lib  # noqa: E402
+from proxy_jax import cli  # noqa: E402
 
 
 def main(argv=None) -> None:
+    cli.run_command(lambda: _main(argv), user_errors=("proxy_jax.scaling.sweep.Preempted",), on_interrupt=lambda: (
+        "finished runs keep their results and the interrupted run its newest checkpoint; the same command "
+        "skips the first and resumes the second."))
+
+
+def _main(argv=None) -> None:
+    from proxy_jax.scaling import results as results_lib
+    from proxy_jax.scaling import sweep as sweep_lib
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train the sweep's runs on this host")
@@ -44,16 +56,13 @@ def main(argv=None) -> None:
     rep.add_argument("--out", default="", help="output folder (default: ROOT)")
     rep.add_argument("--title", default="")
     args = p.parse_args(argv)
-    try:
-        if args.command == "run":
-            sweep_lib.run_sweep(sweep_lib.load_sweep(args.sweep), args.root, shard_spec=args.shard)
-        elif args.command == "status":
-            names = [s.name for s in sweep_lib.runs(sweep_lib.load_sweep(args.sweep))] if args.sweep else None
-            print(results_lib.format_status(results_lib.status(names, args.root)))
-        else:
-            print(sweep_lib.report(args.root, args.out or None, args.title))
-    except (ValueError, FileNotFoundError, KeyError, sweep_lib.Preempted) as e:
-        sys.exit(f"error: {e}")
+    if args.command == "run":
+        sweep_lib.run_sweep(sweep_lib.load_sweep(args.sweep), args.root, shard_spec=args.shard)
+    elif args.command == "status":
+        names = [s.name for s in sweep_lib.runs(sweep_lib.load_sweep(args.sweep))] if args.sweep else None
+        print(results_lib.format_status(results_lib.status(names, args.root)))
+    else:
+        print(sweep_lib.report(args.root, args.out or None, args.title))
 
 
 if __name__ == "__main__":

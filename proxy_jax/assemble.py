@@ -46,6 +46,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     proxies.check_name(config.proxy.name)
     corpus_lib.check_source(config.data)
     ModelArgs.from_config(config.model, vocab.RAW_VOCAB_SIZE)  # the model's own constraints
+    optimizer_lib.validate(config.opt, config.train.steps)
     sharding.validate(config, jax.device_count() if num_devices is None else num_devices, process_count)
 
 

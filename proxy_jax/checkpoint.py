@@ -8,7 +8,8 @@
   skipped step is one warning line (the libraries' tracebacks are silenced);
 * a failed write (full disk, permissions) removes Orbax's temporary directories and raises
   :class:`CheckpointWriteError`, one sentence;
-* a save on SIGTERM (preemption): :class:`PreemptionGuard` turns the signal into a flag the loop polls;
+* a save on SIGTERM (preemption) and on Ctrl-C: :class:`PreemptionGuard` turns the signal into a flag the
+  loop polls;
 * each step's health record (``proxy_jax.health``) in ``<dir>.health/STEP.json``; retention keeps the newest
   ``keep`` steps plus the newest ``keep_healthy`` steps marked healthy, so a rollback target survives a run
   that goes on saving diverged states;
@@ -23,7 +24,6 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 from typing import Any
 
@@ -32,6 +32,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from proxy_jax import storage
+from proxy_jax.preemption import PreemptionGuard  # noqa: F401 - the loop's signal guard, named here too
 from proxy_jax.data import elastic
 
 log = logging.getLogger(__name__)
@@ -356,36 +357,3 @@ def _data_restore_args(data_iter):
     if isinstance(data_iter, elastic.VirtualShardsIterator):
         return elastic.ShardStateRestore(data_iter)
     return grain.checkpoint.CheckpointRestore(data_iter)
-
-
-class PreemptionGuard:
-    """Turns SIGTERM into a flag; the training loop saves and exits at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. some notebook runners): no handler, no guard
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-        return False
-
-    def should_stop(self) -> bool:
-        """True on every host as soon as any host was signalled (a collective when there are several)."""
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(jax.numpy.asarray(int(self.requested)))
-        return bool(flags.max())

@@ -186,6 +186,9 @@ def base_config() -> ml_collections.ConfigDict:
     # derived from it (recipes.STEP_SCALED: mixing phases, opt.warmup_steps, checkpoint and eval cadence).
     t.steps = 50_000
     t.log_every = 10
+    # Without a terminal (stderr not a TTY, not a notebook: pods, CI, a log file) progress is one plain line
+    # (step, loss, steps/s, ETA) every this many seconds instead of a tqdm bar (proxy_jax.progress).
+    t.progress_every_s = 30.0
     t.eval_every = 1000
     t.eval_docs = 0  # held-out documents used by eval during training (0 = all)
     t.eval_window = 4096  # eval windows of this many tokens, stride = window
@@ -277,7 +280,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          f"--config.data.virtual_shards={config.data.virtual_shards}; each shard packs "
                          "batch_size/virtual_shards rows.")
     _positive(config.train.steps, "train.steps")
-    for key in ("log_every", "checkpoint_every", "eval_window", "eval_batch_size"):
+    for key in ("log_every", "checkpoint_every", "eval_window", "eval_batch_size", "progress_every_s"):
         _positive(config.train[key], f"train.{key}")
     for key in ("health_window", "keep_checkpoints"):
         _positive(config.train[key], f"train.{key}")

@@ -8,22 +8,28 @@ and xz's, and a sample generated from a raw prompt.
 Accidents a user can cause end with one ``error:`` sentence and exit status 2 (no traceback): a config
 file that does not load, a workdir in use by another process or resumed with changed settings, a full
 disk or an unwritable workdir, unreadable checkpoints (``--restart_if_unreadable`` sets them aside and
-starts over), a non-finite loss. SIGTERM saves and exits 0; Ctrl-C exits 130 (the newest checkpoint is
-kept; run the same command to resume).
+starts over), a non-finite loss; a command line without --config or --workdir gets the one-line usage
+and the sentence. ``--print_config`` prints the resolved config (preset and overrides applied) and exits.
+SIGTERM saves and exits 0; Ctrl-C saves at the next step (a second Ctrl-C stops at once) and exits 130
+with a sentence naming the checkpoint the workdir really keeps; run the same command to resume.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
+import os
 
-from absl import app, flags
-from ml_collections import config_flags
+from proxy_jax import cli  # the standard library only: nothing heavy is imported before Ctrl-C is handled
 
-from proxy_jax import cli
+if __name__ == "__main__":
+    cli.install_interrupt_handling()
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:preset]).",
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:preset]); every key "
+                                          "can be overridden (--config.KEY=VALUE; --print_config lists them).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the tokenizer cache.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, "
@@ -32,12 +38,33 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 _RESTART = flags.DEFINE_bool("restart_if_unreadable", False, "When the workdir has checkpoints but none of them "
                              "restores, set them aside (under checkpoints.unreadable/) and train from step 0 "
                              "instead of stopping.")
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config (the preset with every "
+                                  "--config.KEY override applied) as --config.KEY=VALUE lines and exit.")
 
-
+USAGE = ("usage: python -m proxy_jax.main --config=configs/FILE.py[:PRESET] --workdir=DIR "
+         "[--config.KEY=VALUE ...] [--print_config] [--helpfull]")
+CHECKPOINTS = "checkpoints"  # workdir.CHECKPOINTS, read here without importing JAX (Ctrl-C may land in that import)
+USER_ERRORS = ("proxy_jax.train.NonFiniteLossError", "proxy_jax.checkpoint.CheckpointWriteError",
+               "proxy_jax.checkpoint.UnreadableCheckpointsError", "proxy_jax.workdir.WorkdirLockedError")
 
 
 def main(argv) -> None:
-    del argv
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected argument {argv[1]!r}; flags are written --name=value.")
+    config = cli.loaded_config()
+    if config is None:
+        raise cli.UsageError("--config is required, e.g. --config=configs/proxy_tokens.py:tiny --workdir=/tmp/run.")
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    if "train.steps" in overrides:  # the recipe's phases and cadences follow (recipes.with_steps)
+        from proxy_jax import recipes
+
+        config = recipes.load_config(flags.FLAGS["config"].serialize().partition("=")[2], **overrides)
+    if _PRINT_CONFIG.value:
+        cli.print_config(config)
+        return
+    workdir = _WORKDIR.value
+    if not workdir:
+        raise cli.UsageError("--workdir is required: a directory for checkpoints and metrics, e.g. --workdir=/tmp/run.")
     import jax
 
     if _MULTIHOST.value:
@@ -53,50 +80,21 @@ def main(argv) -> None:
 
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("proxy_jax").setLevel(logging.INFO)
-    from proxy_jax import checkpoint, train, workdir as workdir_lib
+    _train_and_report(config, workdir)
 
-    try:
-        config = _CONFIG.value
-        if config is not None:
-            config.keys()  # a file that failed to load is a placeholder that raises its error on first use
-    except Exception as e:  # noqa: BLE001 - the config file's own error, as one sentence
-        sys.exit(cli.config_error(e, flags.FLAGS["config"].serialize().partition("=")[2]))
-    if config is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/proxy_tokens.py:tiny")
-    overrides = config_flags.get_override_values(flags.FLAGS["config"])
-    if "train.steps" in overrides:  # the recipe's phases and cadences follow (recipes.with_steps)
-        from proxy_jax import recipes
 
-        config = recipes.load_config(flags.FLAGS["config"].serialize().partition("=")[2], **overrides)
-    workdir = _WORKDIR.value
+def interrupted_sentence(workdir: str | None) -> str:
+    """What Ctrl-C left in ``workdir``, read from the disk (so it is true wherever the interrupt landed)."""
     if not workdir:
-        raise app.UsageError("--workdir is required: a directory for checkpoints and metrics.")
-    user_errors = (ValueError, train.NonFiniteLossError, checkpoint.CheckpointWriteError,
-                   checkpoint.UnreadableCheckpointsError, workdir_lib.WorkdirLockedError)
-    try:
-        _train_and_report(config, workdir)
-    except user_errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:  # unwritable workdir, full disk outside a checkpoint save, a missing input
-        print(f"error: {_os_sentence(e, workdir)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; {workdir} keeps its newest complete checkpoint: run the same command to resume.",
-              file=sys.stderr)
-        sys.exit(130)
-
-
-def _os_sentence(e: OSError, workdir: str) -> str:
-    import errno
-
-    if e.errno is None:  # raised by this library with its own sentence
-        return str(e)
-    where = f"{e.filename}" if e.filename else workdir
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR):
-        return (f"cannot write {where}: {e.strerror}; fix the permissions or free disk space (or pick another "
-                "--workdir), then run the same command again.")
-    return f"{where}: {e.strerror or e}."
+        return "nothing was started."
+    if "://" in workdir:  # object storage: not listed here (that would need its client); say what is always true
+        return (f"{workdir} keeps its newest complete checkpoint, if any; the same command resumes from it "
+                "(or starts from step 0).")
+    directory = os.path.join(workdir, CHECKPOINTS)
+    steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+    if not steps:  # Orbax names a step's folder by its number only once the step is complete
+        return f"no checkpoint was saved in {workdir} yet; the same command starts the run from step 0."
+    return f"{workdir} keeps its newest checkpoint, step {steps[-1]}; run the same command to resume from it."
 
 
 def _train_and_report(config, workdir: str) -> None:
@@ -125,8 +123,9 @@ def _train_and_report(config, workdir: str) -> None:
 
 
 def run() -> None:
-    flags.mark_flag_as_required("workdir")
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run_command(lambda: app.run(main, flags_parser=cli.parse_flags), user_errors=USER_ERRORS, usage=USAGE,
+                    on_interrupt=lambda: interrupted_sentence(flags.FLAGS["workdir"].value),
+                    where=lambda: flags.FLAGS["workdir"].value)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,34 @@ import optax
 WEIGHT_DECAY_MASKS = ("matrices", "all", "none")
 
 
+def validate(opt_config: ml_collections.ConfigDict, total_steps: int) -> None:
+    """Every check of ``config.opt`` (run by ``assemble.validate`` before anything costly); one sentence each."""
+    def bad(key: str, rule: str):
+        raise ValueError(f"--config.opt.{key}={opt_config[key]} {rule}.")
+
+    if not float(opt_config.lr) > 0:
+        bad("lr", "must be > 0 (e.g. 1e-3)")
+    if int(opt_config.warmup_steps) < 0:
+        bad("warmup_steps", "must be >= 0")
+    if not 0.0 <= float(opt_config.min_lr_ratio) <= 1.0:
+        bad("min_lr_ratio", "must lie in [0, 1]")
+    for key in ("b1", "b2"):
+        if not 0.0 <= float(opt_config[key]) < 1.0:
+            bad(key, "must lie in [0, 1)")
+    for key in ("eps", "weight_decay", "clip_norm"):
+        if not float(opt_config[key]) >= 0:
+            bad(key, "must be >= 0 (clip_norm 0 turns clipping off)" if key == "clip_norm" else "must be >= 0")
+    if str(opt_config.weight_decay_mask) not in WEIGHT_DECAY_MASKS:
+        bad("weight_decay_mask", f"is unknown; use one of {', '.join(WEIGHT_DECAY_MASKS)}")
+    if total_steps < 1:
+        raise ValueError(f"--config.train.steps={total_steps} must be >= 1.")
+
+
 def make_schedule(opt_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     """0 -> lr linearly over ``warmup_steps``, then cosine down to ``min_lr_ratio * lr`` at ``total_steps``."""
+    validate(opt_config, total_steps)
     lr = float(opt_config.lr)
     warmup = int(opt_config.warmup_steps)
-    if lr <= 0:
-        raise ValueError(f"opt.lr={lr} must be positive.")
-    if warmup < 0:
-        raise ValueError(f"opt.warmup_steps={warmup} must be >= 0.")
-    if not 0.0 <= float(opt_config.min_lr_ratio) <= 1.0:
-        raise ValueError(f"opt.min_lr_ratio={opt_config.min_lr_ratio} must lie in [0, 1].")
-    if total_steps < 1:
-        raise ValueError(f"total_steps={total_steps} must be >= 1; set train.steps.")
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=lr,
@@ -44,8 +60,6 @@ def make_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int):
     """Returns ``(tx, lr_schedule)`` for ``config.opt`` over a run of ``total_steps`` updates."""
     schedule = make_schedule(opt_config, total_steps)
     which = str(opt_config.weight_decay_mask)
-    if which not in WEIGHT_DECAY_MASKS:
-        raise ValueError(f"opt.weight_decay_mask={which!r} is unknown; use one of {WEIGHT_DECAY_MASKS}.")
     parts = []
     if float(opt_config.clip_norm) > 0:
         parts.append(optax.clip_by_global_norm(float(opt_config.clip_norm)))

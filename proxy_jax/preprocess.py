@@ -13,27 +13,64 @@ shard is written under a temporary name, renamed when complete, then its statist
 An output folder made with other proxy or corpus settings is refused (one sentence) unless ``--overwrite``,
 which removes its shards, statistics, manifest and tokenizer.model first.
 Train with ``--config.data.source=preprocessed --config.data.path={output}``.
+
+The flags and the config are checked before any work; a bad value, a malformed JSONL line, an empty
+training split or a missing file ends with one ``error:`` sentence and exit status 2, Ctrl-C with exit
+status 130 (``proxy_jax.cli``).
 """
 
 from __future__ import annotations
 
 import os
 
+USAGE = ("usage: python -m proxy_jax.preprocess --config=configs/FILE.py[:PRESET] --output=DIR [--workdir=DIR] "
+         "[--num_shards=N] [--process_index=I --process_count=P] [--splits=train,validation] [--config.KEY=VALUE ...]")
+
+
+def check_flags(num_shards: int, process_index: int, process_count: int, splits: list[str]) -> None:
+    """The command's own flags, checked where they enter (before a tokenizer is trained); one sentence each."""
+    from proxy_jax.data import corpus
+
+    if num_shards < 1:
+        raise ValueError(f"--num_shards={num_shards} must be >= 1.")
+    if process_count < 1:
+        raise ValueError(f"--process_count={process_count} must be >= 1.")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"--process_index={process_index} must be in [0, {process_count}) for "
+                         f"--process_count={process_count}.")
+    bad = [s for s in splits if s not in corpus.SPLITS]
+    if bad or not splits:
+        raise ValueError(f"--splits={','.join(splits)!r} must name some of {', '.join(corpus.SPLITS)}.")
+
 
 def main(argv):
-    del argv
     from absl import flags
+
+    from proxy_jax import cli
+
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected argument {argv[1]!r}; flags are written --name=value.")
     f = flags.FLAGS
-    if f.config is None:
-        raise SystemExit("--config is required: an experiment config file, e.g. --config=configs/proxy_tokens.py.")
+    config = cli.loaded_config()
+    if config is None:
+        raise cli.UsageError("--config is required: an experiment config file, e.g. --config=configs/proxy_tokens.py.")
     if not f.output:
-        raise SystemExit("--output is required: the folder that receives the shards and manifest.json.")
+        raise cli.UsageError("--output is required: the folder that receives the shards and manifest.json.")
+    splits = [s for s in f.splits.split(",") if s]
+    check_flags(f.num_shards, f.process_index, f.process_count, splits)
+    from proxy_jax import config as config_lib
+    from proxy_jax import proxies
+    from proxy_jax.data import corpus
+
+    config_lib.validate(config)  # what preprocessing reads of the config, before any tokenizer is trained
+    proxies.check_name(config.proxy.name)
+    corpus.check_source(config.data)
     from proxy_jax import assemble
     from proxy_jax.data import shards
 
-    m = assemble.preprocess(f.config, f.output, workdir=f.workdir or None, num_shards=f.num_shards,
-                            process_index=f.process_index, process_count=f.process_count,
-                            splits=[s for s in f.splits.split(",") if s], overwrite=f.overwrite)
+    m = assemble.preprocess(config, f.output, workdir=f.workdir or None, num_shards=f.num_shards,
+                            process_index=f.process_index, process_count=f.process_count, splits=splits,
+                            overwrite=f.overwrite)
     if not m["complete"]:
         print(f"process {f.process_index} of {f.process_count} done; the manifest is written when every "
               "shard is finished.")
@@ -58,10 +95,19 @@ def _define_flags():
                       "without it); output made with the same settings is resumed either way.")
 
 
-if __name__ == "__main__":
-    from absl import app
-
+def run() -> None:
+    """The command: user errors are one ``error:`` sentence (exit 2), Ctrl-C exits 130 (``proxy_jax.cli``)."""
     from proxy_jax import cli
 
+    cli.install_interrupt_handling()  # before the imports below
+    from absl import app, flags
+
     _define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run_command(lambda: app.run(main, flags_parser=cli.parse_flags), usage=USAGE,
+                    on_interrupt=lambda: ("finished shards are kept; the same command skips them and writes the "
+                                          "rest."),
+                    where=lambda: flags.FLAGS["output"].value)
+
+
+if __name__ == "__main__":
+    run()

@@ -2,10 +2,11 @@
 
 The loop dispatches step t and only then reads step t-1's metrics, so the host never makes the device
 wait. Safety: the workdir is locked for the run (``workdir.lock``); a resumed run must match the saved
-config (``workdir.check_resume``); only a finite state is ever saved (step t-1's loss and every array
-of the state are checked first); a save of a step already on disk is a no-op (SIGTERM at a checkpoint
-step, the final save); checkpoints newer than the one that restored, which failed to restore, are set
-aside and re-trained.
+config (``workdir.check_resume``); SIGTERM and Ctrl-C save at the next step and stop (Ctrl-C then
+raises KeyboardInterrupt; a second Ctrl-C stops at once); only a finite state is ever saved (step t-1's
+loss and every array of the state are checked first); a save of a step already on disk is a no-op
+(SIGTERM at a checkpoint step, the final save); checkpoints newer than the one that restored, which
+failed to restore, are set aside and re-trained.
 
 Divergence: finite is not healthy. Each checkpoint is marked healthy or not from the loss and gradient
 norm around its step (``proxy_jax.health``, from the metrics the loop reads anyway); a non-finite loss or
@@ -35,9 +36,9 @@ import numpy as np
 
 from proxy_jax import assemble
 from proxy_jax import checkpoint as ckpt_lib
-from proxy_jax import health
+from proxy_jax import health, interrupts, storage
 from proxy_jax import metrics as metrics_lib
-from proxy_jax import storage
+from proxy_jax import progress as progress_lib
 from proxy_jax import workdir as workdir_lib
 from proxy_jax.model import flops_per_token
 
@@ -214,10 +215,8 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
         flops_per_step = flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
         peak = metrics_lib.peak_flops_per_device()
         end_step = c.train.steps if stop_after is None else min(c.train.steps, start_step + stop_after)
-        if progress and jax.process_index() == 0:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=c.train.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        if progress and jax.process_index() == 0:  # a bar in a terminal or notebook, plain lines in a log file
+            bar = progress_lib.bar(c.train.steps, initial=start_step, every_s=c.train.progress_every_s)
     except BaseException:
         data_iter.close()
         checkpointer.close()
@@ -247,8 +246,8 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
                                  f"up to step {step} (loss {raw['loss']:.4g}, gradient norm {raw['grad_norm']:.4g}; "
                                  f"train.spike_patience={c.train.spike_patience}); stopping. {_advice(checkpointer)}")
         if bar is not None:
-            bar.update(1)
             bar.set_postfix(loss=f"{raw['loss']:.3f}")
+            bar.update(1)
         if step % c.train.log_every == 0 or step == end_step - 1:
             scalars = _step_scalars(run, raw, step_time, data_wait, flops_per_step, peak)
             writer.write(step, scalars)
@@ -277,10 +276,12 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
                 # saved iterator position matches. Its metrics must be known finite first.
                 if step != start_step and step % c.train.checkpoint_every == 0:
                     save(step)
-                if step % max(c.train.log_every, 1) == 0 and guard.should_stop():
+                # One process polls every step; several poll at log_every, since polling is a collective.
+                poll = jax.process_count() == 1 or step % max(c.train.log_every, 1) == 0
+                if poll and guard.should_stop():
                     save(step, final=True)
-                    log.warning("SIGTERM received: saved step %d and stopped.", step)
-                    summary["preempted_at"] = step
+                    log.warning("%s received: saved step %d and stopped.", guard.stop_reason, step)
+                    summary["interrupted_at" if guard.stop_reason == "Ctrl-C" else "preempted_at"] = step
                     break
                 t0 = time.perf_counter()
                 batch = next(data_iter)  # packed in the background while the device ran the previous steps
@@ -315,6 +316,10 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
             if bar is not None:
                 bar.close()
     summary["final_step"] = final_step
+    if "interrupted_at" in summary:  # Ctrl-C: saved above; the caller sees the interrupt, as without a save
+        writer.close()
+        interrupts.clear()
+        raise KeyboardInterrupt(f"saved step {summary['interrupted_at']}")
     if last is not None:
         summary["final_loss"] = last["loss"]
     if final_step >= c.train.steps and c.train.eval_every > 0 and eval_docs:

@@ -24,11 +24,15 @@ from proxy_jax import restore as restore_lib
 from proxy_jax.evaluation import bpb
 
 
-def documents_config(config: ml_collections.ConfigDict, data: str, data_glob: str = "**/*.py") -> ml_collections.ConfigDict:
+def documents_config(config: ml_collections.ConfigDict, data: str, data_glob: str = "**/*.py", *,
+                     text_field: str = "", skip_malformed: bool = False) -> ml_collections.ConfigDict:
     """A copy of ``config`` whose corpus is every document of ``data``: a .jsonl, an .array_record, a .parquet
-    file or glob, a folder of Parquet files, a ``datasets`` save_to_disk folder, or a folder of files."""
+    file or glob, a folder of Parquet files, a ``datasets`` save_to_disk folder, or a folder of files;
+    ``text_field`` and ``skip_malformed`` set how a JSONL or Parquet file is read (the run's own otherwise)."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.data.path, config.data.val_fraction = data, 0.0  # with val_fraction 0 every document lands in "train"
+    config.data.text_field = text_field or config.data.text_field
+    config.data.skip_malformed = bool(skip_malformed)
     if data.endswith((".jsonl", ".jsonl.gz")):
         config.data.source = "jsonl"
     elif data.endswith(".array_record"):
@@ -76,19 +80,25 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def evaluate_workdir(workdir: str, *, data: str = "", data_glob: str = "**/*.py", max_docs: int = 0,
-                     window: int = 0, step: int | None = None) -> dict[str, Any]:
-    """Restores a run's parameters and scores raw bytes of its held-out split (or every document of ``data``)."""
+                     window: int = 0, step: int | None = None, eval_batch_size: int = 0, text_field: str = "",
+                     skip_malformed: bool = False) -> dict[str, Any]:
+    """Restores a run's parameters and scores raw bytes of its held-out split (or every document of ``data``);
+    ``window`` and ``eval_batch_size`` default (0) to the run's ``train.eval_window`` and ``train.eval_batch_size``."""
     run = restore_lib.restore(workdir, step)
     config, split = run.config, "validation"
     if data:
-        config, split = documents_config(config, data, data_glob), "train"
+        config, split = documents_config(config, data, data_glob, text_field=text_field,
+                                         skip_malformed=skip_malformed), "train"
     docs = assemble.heldout_docs(config, max_docs, split=split)
     if not docs:
         where = f"--data={data}" if data else f"the held-out split of {workdir} (data.val_fraction={config.data.val_fraction})"
         raise ValueError(f"{where} has no documents to score; pass --data=PATH with documents (a .jsonl, an "
                          ".array_record or a folder).")
     window = window or int(config.train.eval_window)
-    batch_size = int(config.train.eval_batch_size)
+    if eval_batch_size < 0:
+        raise ValueError(f"--config.train.eval_batch_size={eval_batch_size} must be >= 1 (or 0 for the run's own).")
+    batch_size = eval_batch_size or int(config.train.eval_batch_size)
+    run.config.train.eval_batch_size = batch_size  # the restored run scores with this batch (Run.bpb reads it)
     check_window(window, batch_size, run.padded_vocab_size)
     result = {"workdir": workdir, "step": run.step, "data": data or "held-out split"}
     try:

@@ -23,6 +23,21 @@ REMAT_POLICIES = {
     "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
+# Floating-point types a model computes or stores parameters in, and the spellings accepted for each.
+DTYPES = {"float32": ("float32", "fp32", "f32", "single"), "bfloat16": ("bfloat16", "bf16"),
+          "float16": ("float16", "fp16", "f16", "half")}
+
+
+def dtype_name(value, key: str) -> str:
+    """The canonical name of a dtype written as ``value`` (``fp16`` -> ``float16``); one sentence otherwise."""
+    spelled = str(value).strip().lower()
+    for name, spellings in DTYPES.items():
+        if spelled in spellings:
+            return name
+    accepted = "; ".join(f"{name} ({', '.join(s for s in spellings if s != name)})"
+                         for name, spellings in DTYPES.items())
+    raise ValueError(f"--config.{key}={value!r} is not a floating-point type; use one of {accepted}.")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelArgs:
@@ -72,8 +87,8 @@ class ModelArgs:
             num_pred_heads=int(model_config.num_pred_heads),
             num_raw_pred_heads=int(model_config.num_raw_pred_heads),
             attention=str(model_config.attention),
-            dtype=str(model_config.dtype),
-            param_dtype=str(model_config.param_dtype),
+            dtype=dtype_name(model_config.dtype, "model.dtype"),
+            param_dtype=dtype_name(model_config.param_dtype, "model.param_dtype"),
             scan_layers=bool(model_config.scan_layers),
             remat_policy=str(model_config.remat_policy),
             # Configs saved before EVA existed lack the keys; they do not use EVA.
