@@ -98,13 +98,14 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def lm_eval_run(task_dir, tasks, model_args):
+def lm_eval_run(task_dir, tasks, model_args="", model="proxy_jax"):
+    """lm-eval's ``simple_evaluate``: ``model`` by its registered name with ``model_args``, or an instance."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     from proxy_jax.evaluation import lm_eval_backend  # noqa: F401 - registers "proxy_jax"
 
-    return lm_eval.simple_evaluate(model="proxy_jax", model_args=model_args, tasks=tasks,
+    return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=tasks,
                                    task_manager=TaskManager(include_path=str(task_dir)), log_samples=True)
 
 
@@ -132,3 +133,86 @@ def test_bits_per_byte_equals_evaluate(bytes_run, tmp_path, no_network):
     # The tolerance is far below what a change of windows moves: the comparison can see a window mismatch.
     other = library_nll(bytes_run, tmp_path, texts[0], 24)
     assert abs(other - reference[texts[0]]) > 50 * REL_TOL * reference[texts[0]]
+
+
+@pytest.fixture(scope="module")
+def backend(bytes_run):
+    from proxy_jax.evaluation import lm_eval_backend
+
+    return lm_eval_backend.ProxyJaxLM(workdir=bytes_run, batch_size=4, window=48)
+
+
+def requests(kind, arguments):
+    from lm_eval.api.instance import Instance
+
+    return [Instance(kind, {}, a, i) for i, a in enumerate(arguments)]
+
+
+def naive_loglikelihood(lm, context: str, continuation: str) -> tuple[float, bool]:
+    """One unpadded forward pass over ``1 context continuation`` (the byte baseline's prompt), cut to its
+    last ``window + 1`` ids as the backend documents; float64 log-softmax over the logical vocabulary."""
+    import flax.linen as nn
+
+    from proxy_jax import generate, sharding
+
+    run = lm.run
+    tail = vocab.encode_raw(continuation.encode("utf-8"))
+    ids = np.concatenate([[vocab.BOS], vocab.encode_raw(context.encode("utf-8")), tail]).astype(np.int32)
+    positions = np.arange(ids.size, dtype=np.int32)
+    ids, positions = ids[-(lm.window + 1):], positions[-(lm.window + 1):]
+    with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.logical_rules(run.config)):
+        logits, _ = run.model.apply({"params": run.state.params}, ids[None, :-1], np.ones((1, ids.size - 1), np.int32),
+                                    positions[None, :-1])
+    logits = np.asarray(logits[0, :, 0], np.float64)
+    logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits[:, : run.vocab_size]), axis=-1))
+    at = np.arange(ids.size - 1 - tail.size, ids.size - 1)
+    allowed = generate.allowed_mask(logits.shape[-1])
+    greedy = np.argmax(np.where(allowed, logits, -np.inf), axis=-1)
+    return float(logp[at, ids[at + 1]].sum()), bool(np.all(greedy[at] == ids[at + 1]))
+
+
+PAIRS = [("", "import os\n"), ("def main():\n    ", "return 0"), ("x = 'Café ☕", " naïve'"),
+         ("# " + "a long comment that does not fit the window " * 3, "\nclass A:"), ("for i in range(3", ")")]
+
+
+def test_loglikelihood_equals_a_plain_forward_pass(backend):
+    got = backend.loglikelihood(requests("loglikelihood", PAIRS))
+    for (context, continuation), (logprob, greedy) in zip(PAIRS, got):
+        want, want_greedy = naive_loglikelihood(backend, context, continuation)
+        assert logprob == pytest.approx(want, rel=1e-5, abs=1e-4)
+        assert greedy == want_greedy
+
+
+def test_chain_rule_rolling_and_greedy(backend):
+    a, b = "import sys\n", "def f(x):\n    return x\n"
+    (whole, _), (head, _), (rest, _) = backend.loglikelihood(requests("loglikelihood", [("", a + b), ("", a), (a, b)]))
+    assert whole == pytest.approx(head + rest, rel=1e-5)  # log p(ab) = log p(a) + log p(b | a), byte by byte
+    # The whole text in one window: its rolling log-likelihood is that of the text after BOS.
+    (rolling,) = backend.loglikelihood_rolling(requests("loglikelihood_rolling", [(a + b,)]))
+    assert rolling == pytest.approx(whole, rel=1e-5)
+    # What greedy generation writes is greedy; one byte changed at its end is not.
+    (written,) = backend.generate_until(requests("generate_until", [(a, {"until": [], "max_gen_toks": 8})]))
+    assert len(written.encode("utf-8")) == 8
+    (_, yes), (_, no) = backend.loglikelihood(requests("loglikelihood", [(a, written),
+                                                                         (a, written[:-1] + chr(ord(written[-1]) ^ 1))]))
+    assert yes and not no
+
+
+def test_generate_until_equals_library_generation(backend, tmp_path, no_network):
+    from proxy_jax.evaluation import sampler as sampler_lib
+
+    # Two lengths in bytes (so one batch is left padded) and few shapes to compile for the reference.
+    prompts = ["def add(a, b):\n", "import os, sys\n", "s = 'Grüß世'", "class A("]
+    assert len({len(p.encode("utf-8")) for p in prompts[:3]}) == 1
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "answer": ""} for p in prompts])
+    write_task(tmp_path, "local_gen", data, output_type="generate_until", doc_to_text="prompt",
+               doc_to_target="answer", generation_kwargs={"until": ["\n\n", "):"], "max_gen_toks": 24,
+                                                          "do_sample": False},
+               metric_list=[{"metric": "exact_match"}])
+    out = lm_eval_run(tmp_path, ["local_gen"], model=backend)
+    got = {s["arguments"][0][0]: s["resps"][0][0] for s in out["samples"]["local_gen"]}
+    assert sorted(got) == sorted(prompts)  # lm-eval hands each prompt over as written
+    sampler = sampler_lib.Sampler(backend.run, sampler_lib.run_kind(backend.run.config))
+    for p in prompts:  # each prompt alone: rows of a batch do not affect each other
+        [want], _ = sampler.complete([p.encode("utf-8")], max_new=24, stop=[b"\n\n", b"):"])
+        assert got[p] == want.decode("utf-8", errors="replace")
