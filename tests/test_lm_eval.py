@@ -139,7 +139,7 @@ def test_bits_per_byte_equals_evaluate(bytes_run, tmp_path, no_network):
 def backend(bytes_run):
     from proxy_jax.evaluation import lm_eval_backend
 
-    return lm_eval_backend.ProxyJaxLM(workdir=bytes_run, batch_size=4, window=48)
+    return lm_eval_backend.ProxyJaxLM(workdir=bytes_run, batch_size=4, max_length=48)
 
 
 def requests(kind, arguments):
@@ -150,7 +150,7 @@ def requests(kind, arguments):
 
 def naive_loglikelihood(lm, context: str, continuation: str) -> tuple[float, bool]:
     """One unpadded forward pass over ``1 context continuation`` (the byte baseline's prompt), cut to its
-    last ``window + 1`` ids as the backend documents; float64 log-softmax over the logical vocabulary."""
+    last ``max_length + 1`` ids as the backend documents; float64 log-softmax over the logical vocabulary."""
     import flax.linen as nn
 
     from proxy_jax import generate, sharding
@@ -159,7 +159,7 @@ def naive_loglikelihood(lm, context: str, continuation: str) -> tuple[float, boo
     tail = vocab.encode_raw(continuation.encode("utf-8"))
     ids = np.concatenate([[vocab.BOS], vocab.encode_raw(context.encode("utf-8")), tail]).astype(np.int32)
     positions = np.arange(ids.size, dtype=np.int32)
-    ids, positions = ids[-(lm.window + 1):], positions[-(lm.window + 1):]
+    ids, positions = ids[-(lm.max_length + 1):], positions[-(lm.max_length + 1):]
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.logical_rules(run.config)):
         logits, _ = run.model.apply({"params": run.state.params}, ids[None, :-1], np.ones((1, ids.size - 1), np.int32),
                                     positions[None, :-1])
@@ -216,3 +216,59 @@ def test_generate_until_equals_library_generation(backend, tmp_path, no_network)
     for p in prompts:  # each prompt alone: rows of a batch do not affect each other
         [want], _ = sampler.complete([p.encode("utf-8")], max_new=24, stop=[b"\n\n", b"):"])
         assert got[p] == want.decode("utf-8", errors="replace")
+
+
+TOKENIZER = {"proxy.vocab_size": 512, "proxy.train_max_bytes": 200_000}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["configs/proxy_tokens.py:tiny", "configs/tokens.py:tiny"])
+def test_proxy_and_tokenizer_runs(spec, tmp_path_factory, corpus, tmp_path, no_network):
+    """A proxy run (``1 12 bytes 13 2``) and the tokenizer baseline (``1 tokens 2``, its symbols scored per
+    byte of text): the same agreement with evaluate and with the library's generation."""
+    from proxy_jax.evaluation import sampler as sampler_lib
+
+    workdir = _train(tmp_path_factory, corpus, spec, spec.split("/")[1].split(".")[0], **TOKENIZER)
+    texts, window, prompts = documents(), 16, ["def add(a, b):\n", "class A("]
+    perplexity_task(tmp_path, "local_ppl", texts)
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "answer": ""} for p in prompts])
+    write_task(tmp_path, "local_gen", data, output_type="generate_until", doc_to_text="prompt",
+               doc_to_target="answer", generation_kwargs={"until": ["\n\n"], "max_gen_toks": 12},
+               metric_list=[{"metric": "exact_match"}])
+    out = lm_eval_run(tmp_path, ["local_ppl", "local_gen"], f"workdir={workdir},window={window},batch_size=2")
+    samples = {s["doc"]["text"]: -s["resps"][0][0] for s in out["samples"]["local_ppl"]}
+    for t in texts:
+        assert samples[t] == pytest.approx(library_nll(workdir, tmp_path, t, window), rel=REL_TOL)
+    got = {s["arguments"][0][0]: s["resps"][0][0] for s in out["samples"]["local_gen"]}
+    sampler = sampler_lib.load(workdir)
+    for p in prompts:
+        [want], _ = sampler.complete([p.encode("utf-8")], max_new=12, stop=[b"\n\n"])
+        assert got[p] == want.decode("utf-8", errors="replace")
+
+
+def run_cli(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "proxy_jax.lm_eval", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_command_line(bytes_run, backend, tmp_path):
+    """``python -m proxy_jax.lm_eval`` is lm-eval's command with the model registered; errors are one line."""
+    texts = documents()
+    perplexity_task(tmp_path, "local_ppl", texts)
+    model_args = f"workdir={bytes_run},max_length={backend.max_length}"
+    proc = run_cli("--model", "proxy_jax", "--model_args", model_args, "--tasks", "local_ppl",
+                   "--include_path", str(tmp_path), "--output_path", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [path] = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "out") for f in fs if f.startswith("results")]
+    with open(path, encoding="utf-8") as f:
+        cli = json.load(f)["results"]["local_ppl"]["bits_per_byte,none"]
+    logliks = backend.loglikelihood_rolling(requests("loglikelihood_rolling", [(t,) for t in texts]))
+    expected = -sum(logliks) / (math.log(2) * sum(len(t.encode("utf-8")) for t in texts))
+    assert cli == pytest.approx(expected, rel=1e-9)  # the same backend settings, the same float64 sums
+    proc = run_cli("--model", "proxy_jax", "--model_args", "window=16", "--tasks", "local_ppl",
+                   "--include_path", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == ("error: --model proxy_jax needs --model_args workdir=DIR (a "
+                                                    "training workdir).")

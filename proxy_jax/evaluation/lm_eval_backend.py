@@ -3,8 +3,8 @@
 Importing this module registers the class with ``lm_eval.api.registry``; ``python -m proxy_jax.lm_eval``
 imports it and then runs lm-eval's own command line (lm-eval 0.4.13 has no plugin discovery, so the
 plain ``lm_eval`` command cannot see a model that no one imported). Model arguments:
-``workdir=DIR[,step=N][,batch_size=B][,window=W][,seed=S]``; the CLI's ``--batch_size`` is used when
-``batch_size`` is not among them (``auto``: the run's ``train.eval_batch_size``).
+``workdir=DIR[,step=N][,batch_size=B][,window=W][,max_length=M][,seed=S]``; the CLI's ``--batch_size`` is
+used when ``batch_size`` is not among them (``auto``: the run's ``train.eval_batch_size``).
 
 Text reaches the model in the run's own text format (``config.text_layout``), the way the library
 scores and prompts it (``_Format`` below is the one place that knows it):
@@ -12,19 +12,23 @@ scores and prompts it (``_Format`` below is the one place that knows it):
 * ``loglikelihood(context, continuation)``: the model reads ``prefix + context + continuation`` with
   ``prefix`` = ``1 12`` (runs with sentinels) or ``1`` (byte and tokenizer baselines); the continuation's
   log-probabilities under head 0 over the run's logical vocabulary (as bits per byte scores them).
-  ``is_greedy``: every continuation id is the argmax of the ids greedy generation may write. Too long an
-  input keeps its last ``window + 1`` ids, each at its offset in the document (as a later evaluation
-  window sees it). The tokenizer baseline encodes ``context + continuation`` and ``context`` and
-  scores the ids after the context's (spaces at the end of the context move to the continuation).
+  ``is_greedy``: every continuation id is the argmax of the ids greedy generation may write. An input
+  longer than ``max_length`` (default: the trained context ``data.seq_len``) keeps its last
+  ``max_length + 1`` ids, each at its offset in the document (as a later evaluation window sees it).
+  The tokenizer baseline encodes ``context + continuation`` and ``context`` and scores the ids after
+  the context's (spaces at the end of the context move to the continuation).
 * ``loglikelihood_rolling(text)``: exactly the library's bits-per-byte scoring of ``text`` as one
   document (``evaluation.bpb``): ``document_ids`` cut into windows of ``window`` predictions (stride
   ``window``, default ``train.eval_window``), every scored id predicted once with the context since its
   window began; scored are raw bytes (the tokenizer baseline: its symbols). Each document starts its
-  own windows, as lm-eval asks; ``python -m proxy_jax.evaluate`` runs the documents back to back, so the
-  two agree exactly document by document, or whenever every document lies inside one window.
+  own windows, as lm-eval asks (a document's score never depends on its neighbours);
+  ``python -m proxy_jax.evaluate`` runs the documents back to back through shared windows, so the two
+  agree exactly for one document per ``--data`` file, or when all the documents fit in one window.
+  Unlike lm-eval's Hugging Face backend, the last window is not topped up with earlier context.
 * ``generate_until(context, gen_kwargs)``: ``evaluation.sampler.Sampler.complete``, the library's
   generation (greedy unless ``do_sample``), ``until`` strings cut, ``max_gen_toks`` ids written (bytes,
-  or tokens for the tokenizer baseline); the output is decoded as UTF-8 (invalid bytes become U+FFFD).
+  or tokens for the tokenizer baseline) after a prompt cut from the left to fit ``max_length`` beside
+  them; the output is decoded as UTF-8 (invalid bytes become U+FFFD).
 
 Batches run on the run's mesh on whatever devices JAX has (rows split over the batch axes, padded up to a
 multiple of them); every process computes every request alike. Not supported: chat templates
@@ -110,21 +114,24 @@ class ProxyJaxLM(LM):
     """lm-eval model over a proxy_jax workdir (see the module docstring)."""
 
     def __init__(self, workdir: str = "", step: int | None = None, batch_size: int | str = 1, window: int = 0,
-                 seed: int = 0, max_batch_size: int | None = None, device: str | None = None, **unknown: Any):
+                 max_length: int = 0, seed: int = 0, max_batch_size: int | None = None, device: str | None = None,
+                 **unknown: Any):
         super().__init__()
         if not workdir:
             raise ValueError("--model proxy_jax needs --model_args workdir=DIR (a training workdir).")
         if unknown:
             raise ValueError(f"--model_args {', '.join(sorted(unknown))} not understood by proxy_jax; it takes "
-                             "workdir, step, batch_size, window and seed.")
+                             "workdir, step, batch_size, window, max_length and seed.")
         if device not in (None, "", "cpu", "cuda", "tpu"):
             log.warning("proxy_jax ignores --device=%s: JAX uses all of its devices.", device)
         self.run = _restore(workdir, None if step in (None, "") else int(step))
         self.fmt = _Format(self.run)
         config = self.run.config
         self.window = int(window) or int(config.train.eval_window)
-        if self.window < 1:
-            raise ValueError(f"--model_args window={window} must be >= 1.")
+        self.max_length = int(max_length) or int(config.data.seq_len)
+        for key, value in (("window", self.window), ("max_length", self.max_length)):
+            if value < 1:
+                raise ValueError(f"--model_args {key}={value} must be >= 1.")
         rows = int(config.train.eval_batch_size) if str(batch_size).startswith("auto") else int(batch_size)
         if rows < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1 (or 'auto').")
@@ -196,7 +203,7 @@ class ProxyJaxLM(LM):
         starts = range(0, len(order), self.batch_size)
         for s in tqdm(starts, disable=disable_tqdm or jax.process_index() != 0, desc="proxy_jax", unit="batch"):
             chunk = order[s : s + self.batch_size]
-            length = _bucket(max(rows[i]["tokens"].size for i in chunk), self.window + 1)
+            length = _bucket(max(rows[i]["tokens"].size for i in chunk), max(self.window, self.max_length) + 1)
             nll, greedy = self._score(
                 [{k: np.pad(v, (0, length - v.size)) for k, v in rows[i].items()} for i in chunk])
             for j, i in enumerate(chunk):
@@ -209,12 +216,12 @@ class ProxyJaxLM(LM):
         for req in requests:
             context, continuation = (s.encode("utf-8") for s in req.args)
             head, tail = _split_pair(self.fmt, context, continuation)
-            if tail.size > self.window:
-                raise ValueError(f"A continuation of {tail.size} ids does not fit in window={self.window}; pass "
-                                 f"--model_args ...,window={tail.size} or more.")
+            if tail.size > self.max_length:
+                raise ValueError(f"A continuation of {tail.size} ids does not fit in max_length={self.max_length}; "
+                                 f"pass --model_args ...,max_length={tail.size} or more.")
             ids = np.concatenate([np.asarray(self.fmt.prefix, np.int32), head, tail]).astype(np.int32)
             positions = np.arange(ids.size, dtype=np.int32)
-            keep = slice(max(0, ids.size - self.window - 1), ids.size)  # the last window + 1 ids
+            keep = slice(max(0, ids.size - self.max_length - 1), ids.size)  # the last max_length + 1 ids
             ids, positions = ids[keep], positions[keep]
             rows.append({"tokens": ids, "segment_ids": np.ones_like(ids), "positions": positions})
             mask = np.zeros(ids.size - 1, bool)
@@ -275,8 +282,8 @@ class ProxyJaxLM(LM):
         return out
 
     def _fit_prompt(self, prompt: bytes, max_new: int) -> bytes:
-        """``prompt`` without the leading bytes that would not fit in the window beside ``max_new`` new ids."""
-        budget = max(1, self.window - max_new - len(self.fmt.prefix))
+        """``prompt`` without the leading bytes that would not fit in ``max_length`` beside ``max_new`` new ids."""
+        budget = max(1, self.max_length - max_new - len(self.fmt.prefix))
         while (n := self.fmt.body(prompt).size) > budget:
             prompt = prompt[n - budget :]
         return prompt
