@@ -35,5 +35,7 @@ setup(
         # proxy_jax.export: safetensors + tokenizers write a Hugging Face Llama checkpoint; transformers and
         # (CPU) torch load it to check it. Tested with transformers 4.57.1 and 5.23.0, torch 2.13.0.
         "export": ["safetensors>=0.4", "tokenizers>=0.22", "transformers>=4.57", "torch"],
+        # proxy_jax.evaluation.lm_eval_backend: lm-evaluation-harness's core (no torch); `python -m proxy_jax.lm_eval`.
+        "lmeval": ["lm-eval==0.4.13"],  # pinned: the backend uses its model registry and request types
     },
 )
