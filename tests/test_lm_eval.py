@@ -272,3 +272,16 @@ def test_command_line(bytes_run, backend, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == ("error: --model proxy_jax needs --model_args workdir=DIR (a "
                                                     "training workdir).")
+
+
+def test_model_arguments_are_checked_before_restoring(tmp_path):
+    from proxy_jax.evaluation import lm_eval_backend
+
+    lm = lm_eval_backend.ProxyJaxLM
+    with pytest.raises(ValueError, match=r"--model_args window=-3 must be a whole number >= 1 \(0: the default\)"):
+        lm(workdir=str(tmp_path), window=-3)
+    with pytest.raises(ValueError, match="--model_args windw not understood by proxy_jax"):
+        lm.create_from_arg_string(f"workdir={tmp_path},windw=3")
+    # --model_args win over the CLI's --batch_size, which lm-eval always passes.
+    with pytest.raises(ValueError, match=r"batch_size=0 must be a whole number >= 1 \(or auto\)"):
+        lm.create_from_arg_string(f"workdir={tmp_path},batch_size=0", {"batch_size": "4", "device": "cuda:0"})

@@ -115,26 +115,25 @@ class ProxyJaxLM(LM):
 
     def __init__(self, workdir: str = "", step: int | None = None, batch_size: int | str = 1, window: int = 0,
                  max_length: int = 0, seed: int = 0, max_batch_size: int | None = None, device: str | None = None,
-                 **unknown: Any):
+                 **unknown: Any):  # lm-eval's --device (default cuda:0) and --max_batch_size mean nothing here
         super().__init__()
         if not workdir:
             raise ValueError("--model proxy_jax needs --model_args workdir=DIR (a training workdir).")
         if unknown:
             raise ValueError(f"--model_args {', '.join(sorted(unknown))} not understood by proxy_jax; it takes "
                              "workdir, step, batch_size, window, max_length and seed.")
-        if device not in (None, "", "cpu", "cuda", "tpu"):
-            log.warning("proxy_jax ignores --device=%s: JAX uses all of its devices.", device)
+        auto = str(batch_size).startswith("auto")
+        batch_size = int(batch_size) if str(batch_size).isdigit() else batch_size  # the CLI's --batch_size is text
+        for key, value in (("window", window), ("max_length", max_length), ("batch_size", 1 if auto else batch_size)):
+            if not isinstance(value, int) or value < 0 or (key == "batch_size" and value < 1):
+                raise ValueError(f"--model_args {key}={value} must be a whole number >= 1"
+                                 f"{' (or auto)' if key == 'batch_size' else ' (0: the default)'}.")
         self.run = _restore(workdir, None if step in (None, "") else int(step))
         self.fmt = _Format(self.run)
         config = self.run.config
-        self.window = int(window) or int(config.train.eval_window)
-        self.max_length = int(max_length) or int(config.data.seq_len)
-        for key, value in (("window", self.window), ("max_length", self.max_length)):
-            if value < 1:
-                raise ValueError(f"--model_args {key}={value} must be >= 1.")
-        rows = int(config.train.eval_batch_size) if str(batch_size).startswith("auto") else int(batch_size)
-        if rows < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1 (or 'auto').")
+        self.window = window or int(config.train.eval_window)
+        self.max_length = max_length or int(config.data.seq_len)
+        rows = int(config.train.eval_batch_size) if auto else batch_size
         split = int(np.prod([self.run.mesh.shape[a] for a in sharding.BATCH_AXES]))
         self.batch_size = -(-rows // split) * split  # whole rows per device of the batch axes
         self.seed = int(seed)
@@ -227,10 +226,10 @@ class ProxyJaxLM(LM):
             mask = np.zeros(ids.size - 1, bool)
             mask[ids.size - 1 - tail.size :] = True
             masks.append(mask)
-        results = self._score_rows(rows, masks, disable_tqdm)
+        results = [(-nll, greedy) for nll, greedy in self._score_rows(rows, masks, disable_tqdm)]
         for req, result in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood", req.args, result)
-        return [(-nll, greedy) for nll, greedy in results]
+        return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         rows, masks, owner = [], [], []
