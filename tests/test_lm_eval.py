@@ -38,7 +38,8 @@ TRAIN = {
     "opt.warmup_steps": 4, "opt.lr": 3e-3,
 }
 # Relative tolerance between lm-eval's and the library's sums of the same per-token log-probabilities: the
-# library adds a batch's float32 values on the device, the backend adds a document's in float64 on the host.
+# library adds a batch's float32 values on the device, the backend adds a document's in float64 on the host
+# (measured: at most 1.5e-7 on the byte run). A change of windows moves a document's nats far more (checked).
 REL_TOL = 2e-6
 
 
