@@ -44,5 +44,7 @@ setup(
         # with (CPU) torch, loads the export to check it. Tested with transformers 5.24.0, tokenizers 0.23.3,
         # safetensors 0.8.0, torch 2.13.0+cpu.
         "export": ["safetensors>=0.4", "tokenizers>=0.22", "transformers>=4.57", "torch"],
+        # proxy_jax.evaluation.lm_eval_backend: lm-evaluation-harness's core (no torch); `python -m proxy_jax.lm_eval`.
+        "lmeval": ["lm-eval==0.4.13"],  # pinned: the backend uses its model registry and request types
     },
 )

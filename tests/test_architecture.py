@@ -50,10 +50,12 @@ LAYERS = {
     "proxy_jax.evaluation.score": 7,
     "proxy_jax.evaluation.sampler": 7,  # restores a run (assemble) and generates in its layout
     "proxy_jax.evaluation.codegen": 7,  # code tasks and probes of a run: sampler + codeeval
+    "proxy_jax.evaluation.lm_eval_backend": 7,  # a run as an lm-evaluation-harness model: sampler + bpb
     "proxy_jax.cli": 8,
     "proxy_jax.main": 8,
     "proxy_jax.evaluate": 8,
     "proxy_jax.preprocess": 8,
+    "proxy_jax.lm_eval": 8,
 }
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from proxy_jax import checkpoint, health, metrics, train, workdir as workdir_lib
+from proxy_jax import restore as restore_lib
 from test_reliability import small, steps_on_disk
 
 
@@ -116,7 +117,7 @@ def uninterrupted(tmp_path_factory):
     """The run that never diverged: 10 steps with the preset's learning rate."""
     wd = str(tmp_path_factory.mktemp("clean") / "run")
     train.train(small(**{"train.steps": 10, "train.checkpoint_every": 1}), wd, progress=False)
-    return workdir_lib.restore(wd)
+    return restore_lib.restore(wd)
 
 
 @pytest.mark.slow
@@ -129,14 +130,14 @@ def test_divergence_from_scratch_names_a_step_that_trains_bitwise_to_the_end(tmp
     bad = [s for s in steps_on_disk(wd) if s > step]
     assert bad and all(workdir_lib.checkpoint_health(wd, s)["healthy"] is False for s in bad)
     with caplog.at_level(logging.WARNING, logger="proxy_jax.workdir"):  # what evaluate and export print
-        workdir_lib.restore(wd, bad[0])
+        restore_lib.restore(wd, bad[0])
     assert [r.message for r in caplog.records if "not marked healthy" in r.message] != []
 
     again = small(**{"train.steps": 10, "train.checkpoint_every": 1, "train.resume_step": step})
     summary = train.train(again, wd, progress=False)
     assert summary["start_step"] == step and summary["final_step"] == 10
     assert sorted(os.listdir(wd + "/checkpoints.set_aside")) == sorted(str(s) for s in bad)
-    assert params_equal(workdir_lib.restore(wd), uninterrupted)
+    assert params_equal(restore_lib.restore(wd), uninterrupted)
     logged = [r["step"] for r in metrics.read_metrics(wd) if "train/loss" in r]
     assert logged == list(range(10))  # the diverged steps' rows are superseded, not duplicated
     # The rollback is applied once: the same command with more steps resumes from the newest checkpoint.
@@ -155,7 +156,7 @@ def test_divergence_after_a_healthy_start_names_a_step_that_trains_to_the_end(tm
     original = small(**{"train.steps": 10, "train.checkpoint_every": 3, "train.resume_step": step})
     summary = train.train(original, wd, progress=False)
     assert summary["start_step"] == step and summary["final_step"] == 10
-    assert params_equal(workdir_lib.restore(wd), uninterrupted)
+    assert params_equal(restore_lib.restore(wd), uninterrupted)
 
 
 def test_a_resume_step_that_is_not_on_disk_is_one_sentence(tmp_path):
