@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="hf_datasets_"))
 
 import helpers  # noqa: E402
-from proxy_jax import recipes, train, vocab  # noqa: E402
+from proxy_jax import recipes, text_format, train, vocab  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = {

@@ -23,6 +23,7 @@ def free_port() -> int:
 
 def launch(tmp_path, name, *args):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = str(WORKER.parent.parent)  # the tree under test, not whichever copy is installed
     log = open(tmp_path / f"{name}.log", "w")
     cmd = [sys.executable, str(WORKER), "--out", str(tmp_path / f"{name}.json"), *args]
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=WORKER.parent.parent)
