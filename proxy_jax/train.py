@@ -202,6 +202,8 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
         rollback = _roll_back(checkpointer, int(c.train.resume_step))
         resumed = _resume(checkpointer, run, data_iter, restart_if_unreadable)
         start_step = resumed if resumed is not None else 0
+        if int(config.data.virtual_shards) == 0:  # fixed for the run's life: a resume takes it (workdir.check_resume)
+            config.data.virtual_shards = jax.process_count()
         workdir_lib.save_config(config, workdir, changed)  # only now: a refused resume changes nothing
         record = checkpointer.health(resumed) if resumed is not None else None
         if rollback is None and record is not None:

@@ -206,6 +206,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
     if not (storage.exists(path) and has_steps):
         return {}
     saved = _flat(json.loads(storage.read_text(path)))
+    _match_virtual_shards(config, saved)
     now = _flat(json.loads(config.to_json_best_effort()))
     changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
     frozen = sorted(k for k in changed if not _resumable(k))
@@ -215,6 +216,18 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
             f"{workdir} holds a run made with other settings that cannot change on resume: {shown}; keep the "
             "saved values (see its config.json) or use a new --workdir.")
     return changed
+
+
+def _match_virtual_shards(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:
+    """``data.virtual_shards`` = 0 means "one per process, fixed when the run starts" (``train`` writes the
+    resolved count into config.json): resuming with 0 takes the saved count, so a run started on P processes
+    resumes on any count dividing P with the default. A run saved with 0 (before the count was recorded)
+    takes the count its checkpoint's data stream names; the data pipeline refuses one it cannot continue."""
+    key = "data.virtual_shards"
+    if int(config.data.virtual_shards) == 0 and int(saved.get(key, 0) or 0) > 0:
+        config.data.virtual_shards = int(saved[key])
+    elif int(saved.get(key, 0) or 0) == 0:
+        saved[key] = int(config.data.virtual_shards)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -126,14 +126,15 @@ def test_config_errors(overrides, count, needle):
         assemble.validate(c, num_devices=count, process_count=count)
 
 
-def _launch(tmp_path, name, workdir, count, stop_after, port=0):
+def _launch(tmp_path, name, workdir, count, stop_after, port=0, virtual_shards=4):
     # This checkout's package, whatever copy is installed.
     env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "PYTHONPATH": str(WORKER.parent.parent)}
     procs = []
     for p in range(count):
         log = open(tmp_path / f"{name}{p}.log", "w")
         cmd = [sys.executable, str(WORKER), "--process_id", str(p), "--num_processes", str(count),
-               "--port", str(port), "--workdir", str(workdir), "--stop_after", str(stop_after)]
+               "--port", str(port), "--workdir", str(workdir), "--stop_after", str(stop_after),
+               "--virtual_shards", str(virtual_shards)]
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=WORKER.parent.parent,
                                        env=env),
                       tmp_path / f"{name}{p}.log"))
@@ -182,3 +183,20 @@ def test_training_resumes_on_another_process_count(tmp_path):
                 assert got[step][key] == ref[step][key], (name, step, key)
             for key in ("train/loss", "train/grad_norm"):
                 np.testing.assert_allclose(got[step][key], ref[step][key], rtol=RTOL, err_msg=f"{name} {step} {key}")
+
+
+@pytest.mark.slow
+def test_a_default_started_run_resumes_on_fewer_processes(tmp_path):
+    """data.virtual_shards left at 0: a run started on 2 processes records 2 shards in config.json and
+    resumes on 1 process with the default, exactly like an uninterrupted run of those 2 shards."""
+    ref_dir, wd = tmp_path / "reference", tmp_path / "run"
+    first = _launch(tmp_path, "ref", ref_dir, 1, 4, virtual_shards=2)
+    first += _launch(tmp_path, "a", wd, 2, 2, free_port(), virtual_shards=0)
+    _wait(first)
+    assert json.loads((wd / "config.json").read_text())["data"]["virtual_shards"] == 2
+    _wait(_launch(tmp_path, "b", wd, 1, 2, virtual_shards=0))
+    ref, got = _metrics(ref_dir), _metrics(wd)
+    assert sorted(got) == sorted(ref) == [0, 1, 2, 3]
+    for step in range(4):
+        for key in ("train/loss", "train/grad_norm"):
+            np.testing.assert_allclose(got[step][key], ref[step][key], rtol=RTOL, err_msg=f"{step} {key}")
