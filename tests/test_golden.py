@@ -15,8 +15,8 @@ from proxy_jax import assemble, metrics, sharding
 
 # (spec, loss after step 0, gradient norm of step 0), measured on this CPU build of XLA.
 GOLDEN = {
-    "bytes": ("configs/bytes.py:tiny", 5.764374256134033, 0.841397762298584),
-    "proxy_gzip": ("configs/proxy_gzip.py:tiny", 6.3741607666015625, 0.36532747745513916),
+    "bytes": ("configs/bytes.py:tiny", 5.785247325897217, 0.9766075611114502),
+    "proxy_gzip": ("configs/proxy_gzip.py:tiny", 6.145132064819336, 0.5819680690765381),
 }
 RTOL = 1e-4  # float32 on XLA's CPU backend: reduction order may differ between CPU generations, not more
 
