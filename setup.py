@@ -7,7 +7,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["proxy_jax", "proxy_jax.*"]),
+    # The experiment configs ship inside the package (proxy_jax/configs), so `--config=proxy_tokens:tiny` and
+    # `--config=configs/proxy_tokens.py:tiny` work from any folder after a plain `pip install`.
+    packages=find_packages(include=["proxy_jax", "proxy_jax.*"]) + ["proxy_jax.configs", "proxy_jax.configs.sweeps"],
+    package_dir={"proxy_jax.configs": "configs", "proxy_jax.configs.sweeps": "configs/sweeps"},
     install_requires=[
         "jax>=0.10,<0.13",
         "flax>=0.12,<0.13",

@@ -214,10 +214,21 @@ def _exit(message: str) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
+def _resolved_config(arg: str, config_path) -> str:
+    """``--config=NAME[:PRESET]`` with NAME resolved to a file (``recipes.config_path``: shipped configs by name)."""
+    if not arg.startswith("--config="):
+        return arg
+    path, sep, preset = arg[len("--config="):].partition(":")
+    return f"--config={config_path(path)}{sep}{preset}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with one-line errors (exit status 2) for a bad flag or a misspelt ``--config.key``."""
     from absl import flags
 
+    from proxy_jax import recipes
+
+    argv = [_resolved_config(a, recipes.config_path) for a in argv]
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:

@@ -167,6 +167,25 @@ def single_view(c: ml_collections.ConfigDict, rate: float) -> None:
     c.mix.mode_warmup = c.mix.mode_steady = c.mix.mode_final = "vanilla"
 
 
+def config_path(path: str) -> str:
+    """The file a ``--config`` path names: the path itself when it exists, else the shipped config of that
+    name (``proxy_tokens``, ``proxy_tokens.py``, ``configs/proxy_tokens.py``, ``sweeps/cpu.py``), so the
+    commands work from any folder after ``pip install``: the configs are installed with the package
+    (``proxy_jax/configs``) and, in a checkout, read from its ``configs/``."""
+    import os
+
+    if os.path.exists(path) or "://" in path:
+        return path
+    name = path[len("configs/"):] if path.startswith("configs/") else path
+    name = name if name.endswith(".py") else name + ".py"
+    here = os.path.dirname(os.path.abspath(__file__))
+    for root in (os.path.join(here, "configs"), os.path.join(os.path.dirname(here), "configs")):
+        candidate = os.path.join(root, name)
+        if os.path.isfile(candidate):
+            return candidate
+    return path
+
+
 def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
     """Loads ``"configs/proxy_tokens.py:tiny"`` like the command line does, then applies dotted overrides.
 
@@ -174,11 +193,13 @@ def load_config(spec: str, **overrides) -> ml_collections.ConfigDict:
     (:func:`with_steps`); an unknown key is refused with a suggestion (``config.override``).
 
     >>> load_config("configs/bytes.py:tiny", **{"train.steps": 20, "data.seq_len": 128})
+    >>> load_config("bytes:tiny")  # the shipped config of that name, from any folder
     """
     import importlib.util
     import os
 
     path, _, preset = spec.partition(":")
+    path = config_path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"Config file {path!r} does not exist (expected e.g. configs/proxy_tokens.py:tiny).")
     module_spec = importlib.util.spec_from_file_location(f"_proxy_jax_config_{abs(hash(path))}", path)

@@ -71,6 +71,7 @@ class RunSpec:
 def load_sweep(path: str) -> dict[str, Any]:
     """The dict returned by ``get_config()`` of the sweep file ``path`` (``FILE.py:PRESET``: get_config(PRESET))."""
     path, _, preset = path.partition(":")
+    path = recipes.config_path(path)  # a shipped sweep by name works from any folder (sweeps/cpu.py)
     if not os.path.exists(path):
         raise FileNotFoundError(f"Sweep file {path!r} does not exist (expected e.g. configs/sweeps/cpu.py).")
     spec = importlib.util.spec_from_file_location(f"_proxy_jax_sweep_{abs(hash(path))}", path)
