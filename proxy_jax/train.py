@@ -167,8 +167,8 @@ def _keep_saved_phases(config: ml_collections.ConfigDict, workdir: str) -> None:
     """A run resumed with another ``train.steps`` keeps its saved mixing phases: the phases cannot change
     on resume (they decide every document's draw), and ``--config.train.steps`` rescaled them for a new run
     (``recipes.with_steps``). The cadences and the optimiser warm-up follow the new steps."""
-    if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG)) or not os.path.isdir(
-            os.path.join(workdir, workdir_lib.CHECKPOINTS)):
+    if not storage.exists(storage.join(workdir, workdir_lib.CONFIG)) or not storage.isdir(
+            storage.join(workdir, workdir_lib.CHECKPOINTS)):
         return
     saved = workdir_lib.load_config(workdir)
     if saved.train.steps == config.train.steps:

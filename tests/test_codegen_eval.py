@@ -199,7 +199,7 @@ def test_token_baseline_generates_token_ids_and_decodes_them(tokens_run):
     allowed[vocab.COMP_OFFSET : s.run.vocab_size] = True
     allowed[vocab.EOS] = True
     ids = [np.concatenate([[vocab.BOS], proxy.encode(p)]) for p in prompts]
-    new = generate.generate_ids(s.run.model, s.run.state.params, ids, max_new_ids=8, allowed_V=allowed,
+    new = generate.generate_ids(s.run.model, s.run.params, ids, max_new_ids=8, allowed_V=allowed,
                                 stop_ids=(vocab.EOS,))
     assert all(((x >= vocab.COMP_OFFSET) & (x < s.run.vocab_size)).all() for x in new)
     texts, _ = s.complete(prompts, max_new=8)

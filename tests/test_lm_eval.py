@@ -104,8 +104,7 @@ def lm_eval_run(task_dir, tasks, model_args="", model="proxy_jax"):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from proxy_jax import text_format
-from proxy_jax.evaluation import lm_eval_backend  # noqa: F401 - registers "proxy_jax"
+    from proxy_jax.evaluation import lm_eval_backend  # noqa: F401 - registers "proxy_jax"
 
     return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=tasks,
                                    task_manager=TaskManager(include_path=str(task_dir)), log_samples=True)

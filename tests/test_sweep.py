@@ -64,9 +64,11 @@ def test_shard_splits_runs_without_overlap():
         sweep_lib.shard(specs, "3")
 
 
-def _stream(batches, seq_len):
-    """The packed stream: each row's first seq_len tokens (the rest is the next row's overlap)."""
-    return np.concatenate([b["tokens"][:, :seq_len].reshape(-1) for b in batches])
+def _streams(batches, seq_len):
+    """The packed row streams: row r's first seq_len tokens of every batch (the rest is the overlap into the
+    same row of the next batch)."""
+    rows = batches[0]["tokens"].shape[0]
+    return [np.concatenate([b["tokens"][r, :seq_len] for b in batches]) for r in range(rows)]
 
 
 def _raw_documents(stream):
@@ -118,14 +120,17 @@ def test_control_sees_the_raw_documents_of_its_proxy_run(modes):
     proxy_batches = [next(proxy_it) for _ in range(80)]
     control_it = iter(make(control_cfg, on_document=lambda **d: control_draws.append(d)))
     control_batches = [next(control_it) for _ in range(25)]
-    proxy_raw = _raw_documents(_stream(proxy_batches, 64))
-    control_stream = _stream(control_batches, 64)
-    control_raw = _raw_documents(control_stream)
-    assert not vocab.is_comp(control_stream).any()
+    control_streams = _streams(control_batches, 64)
+    assert not any(vocab.is_comp(stream).any() for stream in control_streams)
     assert all(b["num_comp_streams"].sum() == 0 for b in control_batches)
-    n = min(len(proxy_raw), len(control_raw))
-    assert n > 20
-    assert control_raw[:n] == proxy_raw[:n]
+    compared = 0
+    for proxy_stream, control_stream in zip(_streams(proxy_batches, 64), control_streams):
+        # Each row of the control holds the raw documents of the same row of the proxy run, in order.
+        proxy_raw, control_raw = _raw_documents(proxy_stream), _raw_documents(control_stream)
+        n = min(len(proxy_raw), len(control_raw))
+        assert control_raw[:n] == proxy_raw[:n]
+        compared += n
+    assert compared > 20
     # Same draws: each document takes the arrangement (and the step's rate and mode) it takes in the proxy run.
     k = min(len(proxy_draws), len(control_draws))
     key = lambda d: (d["index"], d["epoch"], d["step"], d["rate"], d["mode"], d["arrangement"])  # noqa: E731

@@ -73,7 +73,8 @@ def test_evaluation_writes_documents_as_training_did(mode, arrangement, name):
         assert emitted.tolist() == text_format.get(name).document_ids(doc, proxy.encode).tolist()
 
 
-def test_the_format_of_a_mix(mix):
+def test_the_format_of_a_mix():
+    mix = helpers.mix_config
     assert text_format.of_mix(mix()) is text_format.SENTINEL
     assert text_format.of_mix(mix(rates=(0, 0, 0), modes=("vanilla",) * 3)) is text_format.PLAIN
     assert text_format.of_mix(mix(rates=(1, 1, 1), modes=("vanilla",) * 3)) is text_format.COMPRESSED

@@ -190,22 +190,32 @@ def base_config(sweep: dict[str, Any], spec: RunSpec, method: str, tokenizer_pat
 
 
 def control_steps(config: ml_collections.ConfigDict, proxy_steps: int, workdir: str) -> int:
-    """Steps of the raw-only control whose stream ends where the proxy run's ``proxy_steps`` batches end:
-    a dry pass of the control's pipeline up to the first document the proxy run draws at ``proxy_steps``."""
+    """Steps of the raw-only control that see the raw documents of the proxy run's first ``proxy_steps``
+    batches: a dry pass of the control's pipeline. Each row of the control follows the same row of the proxy
+    run (shadow positions, ``data.packing``); where a row reaches the first document the proxy run draws at
+    ``proxy_steps`` is where that row's share ends, and the control trains for the rows' mean of those
+    positions (its total raw bytes match the proxy run's to within a batch; single rows end a little
+    earlier or later)."""
+    from proxy_jax.data import elastic
     from proxy_jax.data import pipeline as pipeline_lib
 
-    seen: list[int] = []
+    rows = int(config.data.batch_size) // elastic.resolve_shards(config.data.virtual_shards, 1)
+    ends: dict[int, int] = {}
 
-    def on_document(*, step, start, **_):
-        if step >= proxy_steps and not seen:
-            seen.append(start)
+    def on_document(*, step, start, row=0, **_):
+        if step >= proxy_steps and row not in ends:
+            ends[row] = start
 
     proxy = assemble.make_proxy(config, workdir)
     batches = iter(pipeline_lib.make_pipeline(config, "train", proxy=proxy, process_index=0, process_count=1,
                                               on_document=on_document))
-    while not seen:
-        next(batches)
-    return max(1, round(seen[0] / (config.data.batch_size * config.data.seq_len)))
+    try:
+        while len(ends) < rows:
+            next(batches)
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()
+    return max(1, round(sum(ends.values()) / (len(ends) * config.data.seq_len)))
 
 
 def run_config(sweep: dict[str, Any], spec: RunSpec, root: str, tokenizer_path: str = "") -> ml_collections.ConfigDict:
