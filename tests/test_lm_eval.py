@@ -154,7 +154,7 @@ def naive_loglikelihood(lm, context: str, continuation: str) -> tuple[float, boo
     last ``max_length + 1`` ids as the backend documents; float64 log-softmax over the logical vocabulary."""
     import flax.linen as nn
 
-    from proxy_jax import generate, sharding
+    from proxy_jax import sharding
 
     run = lm.run
     tail = vocab.encode_raw(continuation.encode("utf-8"))
@@ -167,7 +167,7 @@ def naive_loglikelihood(lm, context: str, continuation: str) -> tuple[float, boo
     logits = np.asarray(logits[0, :, 0], np.float64)
     logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits[:, : run.vocab_size]), axis=-1))
     at = np.arange(ids.size - 1 - tail.size, ids.size - 1)
-    allowed = generate.allowed_mask(logits.shape[-1])
+    allowed = text_format.get(run.text_format).allowed_mask(logits.shape[-1], run.vocab_size)
     greedy = np.argmax(np.where(allowed, logits, -np.inf), axis=-1)
     return float(logp[at, ids[at + 1]].sum()), bool(np.all(greedy[at] == ids[at + 1]))
 

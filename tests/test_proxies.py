@@ -3,7 +3,6 @@
 import gzip
 import os
 import pickle
-import sys
 import time
 import types
 

@@ -1,6 +1,5 @@
 """End-to-end training on the stdlib corpus: resume exactness, the non-finite guard, the command line."""
 
-import json
 import os
 import shutil
 import subprocess
