@@ -12,6 +12,7 @@ record is derived once (one log line says so) and written beside them when the w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -79,24 +80,11 @@ class RestoredRun:
         return bpb.model_bpb(self._eval_step, self.params, self.mesh, docs, config=self.config, fmt=self.text_format,
                              proxy=proxy, window=window, progress=progress)
 
+    @contextlib.contextmanager
     def context(self):
         """``with run.context(): ...`` runs model code on the run's mesh with its logical axis rules."""
-        return _Context(self.mesh, sharding.logical_rules(self.config))
-
-
-class _Context:
-    def __init__(self, mesh, rules):
-        self._mesh, self._rules, self._stack = mesh, rules, []
-
-    def __enter__(self):
-        self._stack = [jax.set_mesh(self._mesh), nn.logical_axis_rules(self._rules)]
-        for c in self._stack:
-            c.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for c in reversed(self._stack):
-            c.__exit__(*exc)
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.logical_rules(self.config)):
+            yield self
 
 
 def read_record(workdir: str, config: ml_collections.ConfigDict | None = None) -> run_record.RunRecord:

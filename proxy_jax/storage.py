@@ -152,8 +152,10 @@ def rmtree(path) -> None:
 def move(src, dst) -> None:
     """Moves a file or folder (on object storage: copies every object, then deletes the originals)."""
     if is_remote(src):
-        _p(src).rename(_p(dst)) if _p(src).is_file() else _copy_tree(_p(src), _p(dst))
-        if _p(src).exists():
+        if _p(src).is_file():
+            _p(src).rename(_p(dst))
+        else:
+            _copy_tree(_p(src), _p(dst))
             _p(src).rmtree()
     else:
         shutil.move(local(src), local(dst))
