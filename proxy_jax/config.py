@@ -65,6 +65,16 @@ def base_config() -> ml_collections.ConfigDict:
     d.tfds_data_dir = ""  # tfds: data_dir ('' = the TFDS default)
     d.val_fraction = 0.05  # fraction of documents held out by path/key hash, whole documents
     d.max_doc_bytes = 0  # documents longer than this are cut into pieces (0 = never)
+    # How a jsonl/parquet/hf_disk/arrayrecord corpus is indexed before the first batch. "full" reads every
+    # document once: sizes are known, empty and null documents (and malformed JSONL lines) are dropped and
+    # counted at load, before training starts. "lazy" reads metadata only (Parquet footers, Arrow and
+    # ArrayRecord row counts, JSONL line offsets by a newline scan without parsing): a corpus of thousands
+    # of files opens in seconds, and empty, null or malformed documents are skipped (and counted in the log)
+    # when the packer meets them, which changes no other document's place. Cutting (max_doc_bytes > 0) needs
+    # sizes, so it needs "full". "auto" = "lazy" for a corpus of >= 1,000 files or >= 1 GiB with
+    # max_doc_bytes = 0, else "full"; a run fixes the choice in its config.json when it starts (runs made
+    # before this switch resume with "full"). Other sources never read documents to index them.
+    d.index = "auto"
     d.seq_len = 256  # model context; rows carry seq_len + num_targets tokens
     d.batch_size = 8  # global batch (rows per optimiser step, across all hosts)
     # Each row of a batch is its own stream of documents (proxy_jax.data.packing), so a batch starts in
@@ -273,6 +283,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          "packed ahead in a background thread (2 is plenty; 0 turns it off).")
     if not 0.0 <= config.data.val_fraction < 1.0:
         raise ValueError(f"--config.data.val_fraction={config.data.val_fraction} must lie in [0, 1).")
+    if config.data.index not in ("auto", "full", "lazy"):
+        raise ValueError(f"--config.data.index={config.data.index!r} is not one of auto, full, lazy.")
+    if config.data.index == "lazy" and config.data.max_doc_bytes:
+        raise ValueError(f"--config.data.index='lazy' cannot cut documents (--config.data.max_doc_bytes="
+                         f"{config.data.max_doc_bytes} needs every size before training); set max_doc_bytes=0 "
+                         "or index='full'.")
     if config.data.source != "stdlib" and not config.data.path:
         raise ValueError(f"--config.data.source={config.data.source!r} needs --config.data.path.")
     if config.data.virtual_shards and config.data.batch_size % config.data.virtual_shards:

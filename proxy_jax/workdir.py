@@ -207,9 +207,13 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
         return {}
     saved = _flat(json.loads(storage.read_text(path)))
     _match_virtual_shards(config, saved)
+    _match_index(config, saved)
     now = _flat(json.loads(config.to_json_best_effort()))
     changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
-    frozen = sorted(k for k in changed if not _resumable(k))
+    # A lazily indexed corpus meets malformed lines as it reads them: skipping them from here on moves no
+    # other document, so a run stopped by one resumes with --config.data.skip_malformed=True.
+    lazy = saved.get("data.index") == "lazy"
+    frozen = sorted(k for k in changed if not _resumable(k) and not (lazy and k == "data.skip_malformed"))
     if frozen:
         shown = "; ".join(f"{k} (saved {changed[k][0]!r}, now {changed[k][1]!r})" for k in frozen)
         raise ConfigMismatchError(
@@ -228,6 +232,16 @@ def _match_virtual_shards(config: ml_collections.ConfigDict, saved: dict[str, An
         config.data.virtual_shards = int(saved[key])
     elif int(saved.get(key, 0) or 0) == 0:
         saved[key] = int(config.data.virtual_shards)
+
+
+def _match_index(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:
+    """``data.index`` = "auto" is fixed when a run starts (``train`` writes "full" or "lazy" into config.json):
+    resuming with "auto" takes the saved choice, and a run saved before the switch existed read every
+    document, so it resumes with "full" (the same documents in the same order)."""
+    key = "data.index"
+    saved.setdefault(key, "full")
+    if config.data.index == "auto":
+        config.data.index = saved[key]
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -3,7 +3,8 @@
 ``load_split(config.data, "train" | "validation")`` indexes the source once (names and sizes, no
 contents, through the readers of ``proxy_jax.data.sources``), holds out whole documents by a hash of
 their key, drops empty ones (counted in ``stats``), optionally cuts long documents into pieces, and
-returns a ``sources.DocumentSource``. Preprocessed shards (``proxy_jax.data.shards``) carry their split.
+returns a ``sources.DocumentSource``. A lazy index (``data.index``, :func:`resolve_index`) reads metadata
+only: it holds no sizes and keeps empty documents, which readers skip where they meet them. Preprocessed shards (``proxy_jax.data.shards``) carry their split.
 Whatever a load skips (empty documents, malformed or blank JSONL lines) is reported in one warning line
 with its counts, once per source and process (the train and validation loads of a run skip the same).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 
 import numpy as np
 
@@ -27,7 +29,7 @@ SOURCES = ("stdlib", "dir", "jsonl", "parquet", "hf_disk", "arrayrecord", "tfds"
 
 def hash_fraction(key: str) -> float:
     """A key's position in [0, 1): the first 32 bits of its SHA-1."""
-    return int(hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) / 2**32
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8", "surrogatepass")).digest()[:4], "big") / 2**32
 
 
 def is_held_out(key: str, val_fraction: float) -> bool:
@@ -41,7 +43,7 @@ def _select(scan, split: str, data_config, counts) -> tuple[list[str], np.ndarra
     want_val = split == "validation"
     keys, locs = [], []
     stats = dict(documents=0, bytes=0, source_documents=0, cut_documents=0, skipped_empty=0, other_split=0)
-    for key, size, f, pos, line_size in scan:
+    for key, size, f, pos, line_size in scan:  # size -1: not known (a lazy index)
         if size == 0:
             stats["skipped_empty"] += 1
             continue
@@ -49,7 +51,10 @@ def _select(scan, split: str, data_config, counts) -> tuple[list[str], np.ndarra
             stats["other_split"] += 1
             continue
         stats["source_documents"] += 1
-        stats["bytes"] += size
+        if size < 0:
+            stats["unsized"] = stats.get("unsized", 0) + 1
+        else:
+            stats["bytes"] += size
         if max_bytes > 0 and size > max_bytes:
             stats["cut_documents"] += 1
             for k, start in enumerate(range(0, size, max_bytes)):
@@ -96,43 +101,84 @@ def check_source(data_config, split: str = "train") -> None:
         raise ValueError(f"--config.data.source={data_config.source!r} is not one of {', '.join(SOURCES)}.")
 
 
+LAZY_SOURCES = ("jsonl", "parquet", "hf_disk", "arrayrecord")
+# data.index="auto" reads metadata only from this size of corpus on (a full read would delay the first batch).
+LAZY_FROM_FILES = 1000
+LAZY_FROM_BYTES = 2**30
+
+
+def _files(data_config) -> tuple[list[str], str]:
+    """(sorted files, base for keys) of a file-based source."""
+    source = data_config.source
+    if source == "jsonl":
+        return sources.resolve_files(data_config.path, ".jsonl", "JSONL")
+    if source == "parquet":
+        return sources.resolve_files(data_config.path, ".parquet", "Parquet")
+    if source == "hf_disk":
+        from proxy_jax.data import parquet
+        return parquet.hf_disk_files(data_config.path)
+    if source == "arrayrecord":
+        return sources.resolve_files(data_config.path, ".array_record", "ArrayRecord")
+    raise ValueError(f"source {source!r} has no files of its own.")
+
+
+def resolve_index(data_config, files: list[str] | None = None) -> str:
+    """"full" or "lazy": what ``config.data.index`` (see its comment in ``proxy_jax.config``) means for this
+    corpus. Sources outside ``LAZY_SOURCES`` never read documents to index them, and count as "full"."""
+    index = str(data_config.get("index", "full"))
+    if data_config.source not in LAZY_SOURCES:
+        return "full"
+    if index != "auto":
+        return index
+    if int(data_config.max_doc_bytes) > 0:
+        return "full"
+    files = _files(data_config)[0] if files is None else files
+    large = len(files) >= LAZY_FROM_FILES or sum(os.path.getsize(p) for p in files) >= LAZY_FROM_BYTES
+    return "lazy" if large else "full"
+
+
 def load_split(data_config, split: str, *, proxy_config=None):
     """The documents of ``split`` ("train" or "validation") of the corpus described by ``config.data``.
 
     For the ``preprocessed`` source, pass ``proxy_config`` (``config.proxy``) to check that the shards
-    were made with the same proxy settings.
+    were made with the same proxy settings. With ``data.index`` resolving to "lazy" the index holds no
+    sizes (``size(i)`` is -1) and may hold empty documents: readers skip them (the packer, ``heldout``).
     """
     check_source(data_config, split)
     source = data_config.source
     counts = {"skipped_malformed": 0, "skipped_blank_lines": 0} if source == "jsonl" else {"skipped_null": 0}
     if source == "preprocessed":
         return shards.load_preprocessed(data_config.path, split, proxy_config=proxy_config)
+    lazy = False
+    if source in LAZY_SOURCES:
+        files, base = _files(data_config)
+        lazy = resolve_index(data_config, files) == "lazy"
     if source in ("stdlib", "dir"):
         files, base = sources.stdlib_files() if source == "stdlib" else sources.dir_files(data_config.path, data_config.glob)
         scan = sources.scan_files(files, base, counts)
         desc = f"{source}:{base}" + (f":{data_config.glob}" if source == "dir" else "")
         make = lambda **kw: sources.FileSource(files, **kw)  # noqa: E731
     elif source == "jsonl":
-        files, base = sources.resolve_files(data_config.path, ".jsonl", "JSONL")
         fields = tuple(dict.fromkeys((data_config.text_field, "content")))
-        scan = sources.scan_jsonl(files, base, fields, bool(data_config.skip_malformed), counts)
+        skip = bool(data_config.skip_malformed)
+        scan = (sources.scan_jsonl_lines(files, base, counts) if lazy
+                else sources.scan_jsonl(files, base, fields, skip, counts))
         desc = f"jsonl:{data_config.path}:{'|'.join(fields)}"
-        make = lambda **kw: sources.JsonlSource(files, fields, **kw)  # noqa: E731
+        make = lambda **kw: sources.JsonlSource(files, fields, skip_malformed=skip, **kw)  # noqa: E731
     elif source in ("parquet", "hf_disk"):
         from proxy_jax.data import parquet
 
         fields = tuple(dict.fromkeys((data_config.text_field, "content")))
         if source == "parquet":
-            files, base = sources.resolve_files(data_config.path, ".parquet", "Parquet")
-            scan, make_source = parquet.scan_parquet(files, base, fields, counts), parquet.ParquetSource
+            scan = (parquet.scan_parquet_footers if lazy else parquet.scan_parquet)(files, base, fields, counts)
+            make_source = parquet.ParquetSource
         else:
-            files, base = parquet.hf_disk_files(data_config.path)
-            scan, make_source = parquet.scan_arrow(files, base, fields, counts), parquet.ArrowSource
+            scan = (parquet.scan_arrow_rows if lazy else parquet.scan_arrow)(files, base, fields, counts)
+            make_source = parquet.ArrowSource
         desc = f"{source}:{data_config.path}:{'|'.join(fields)}"
         make = lambda **kw: make_source(files, fields, **kw)  # noqa: E731
     elif source == "arrayrecord":
-        files, base = sources.resolve_files(data_config.path, ".array_record", "ArrayRecord")
-        scan = sources.scan_array_record(files, base, counts)
+        scan = sources.scan_array_record(files, base, counts, lazy=lazy)
         desc = f"arrayrecord:{data_config.path}"
         make = lambda **kw: sources.ArrayRecordSource(files, **kw)  # noqa: E731
     else:  # tfds
@@ -145,4 +191,5 @@ def load_split(data_config, split: str, *, proxy_config=None):
         make = lambda **kw: sources.TfdsSource(name, tsplit, data_dir, **kw)  # noqa: E731
     keys, locs, stats = _select(scan, split, data_config, counts)
     _report_skips(desc, stats, str(counts.get("first_malformed", "")))
-    return make(description=f"{desc}:{split}", keys=keys, locs=locs, stats=stats)
+    files_signature = [(sources.label(p, base), os.path.getsize(p)) for p in files] if lazy else None
+    return make(description=f"{desc}:{split}", keys=keys, locs=locs, stats=stats, files_signature=files_signature)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import logging
 from typing import Any, Callable
 
 import grain
@@ -164,6 +165,7 @@ class PackedBatchIterator(grain.DatasetIterator):
         self._step, self._next_flat = 0, 0  # the next batch to produce, the next document to read
         self._rows = [_Row(0, 0) for _ in range(rows)]
         self._skip_to = start_step
+        self.skipped_empty = 0  # empty documents met by this iterator (see _skip_empty)
 
     # ---- row streams --------------------------------------------------------------------------
     def _schedule(self, step: int) -> tuple[float, str]:
@@ -202,12 +204,25 @@ class PackedBatchIterator(grain.DatasetIterator):
             raise ValueError(f"The document stage skipped from flat index {self._next_flat} to {flat}; "
                              "it must yield every document in order (no filtering).")
         self._next_flat = flat + 1
+        if not len(element["raw"]):
+            self._skip_empty(element)
+            return
         ends = [row.shadow_end for row in self._rows] if self._raw_only else [row.end for row in self._rows]
         r = int(np.argmin(ends))
         index, epoch, step, rate, mode, arrangement, start = self._place(element, self._rows[r])
         if self._on_document is not None:
             self._on_document(index=index, epoch=epoch, step=step, rate=rate, mode=mode, arrangement=arrangement, row=r,
                               start=start)
+
+    def _skip_empty(self, element: dict[str, Any]) -> None:
+        """An empty document (a null row, an empty text or a skipped malformed line of a lazily indexed
+        corpus; a full index holds none) takes no place and no draw: the others keep theirs."""
+        self.skipped_empty += 1
+        n = self.skipped_empty
+        if n & (n - 1) == 0:  # 1, 2, 4, ...: a count that stays visible without one line per document
+            logging.getLogger(__name__).warning(
+                "Skipped %d empty documents so far (document %d the latest: null rows, empty texts or skipped "
+                "malformed lines of a lazily indexed corpus, data.index).", n, int(element["index"]))
 
     def _advance(self) -> tuple[int, int]:
         """Makes sure batch ``self._step`` is available in every row; returns its (lo, hi) row span."""

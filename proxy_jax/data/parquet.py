@@ -11,9 +11,10 @@ on how a file is cut into row groups.
 - ``hf_disk``: a folder written by ``datasets.Dataset.save_to_disk`` (its ``*.arrow`` files are Arrow
   IPC streams). They are memory-mapped: reading a row touches only its bytes.
 
-The index reads only the text column, and only its offsets and validity (lengths and nulls are
-computed by Arrow, not per row in Python). Null rows are skipped and counted (``skipped_null``), like
-empty documents. A file that cannot be opened, lacks the column, or holds a column that is not text
+A full index (``data.index``) reads only the text column, and only its offsets and validity (lengths
+and nulls are computed by Arrow, not per row in Python); null rows are skipped and counted
+(``skipped_null``), like empty documents. A lazy index reads the footers (Parquet) or row counts (Arrow)
+only: null and empty rows are then read as empty documents, which the packer skips and counts. A file that cannot be opened, lacks the column, or holds a column that is not text
 stops the load with one sentence naming the file.
 """
 
@@ -107,6 +108,30 @@ def scan_parquet(files, base, fields, counts) -> Iterator[tuple]:
             row += len(lengths)
 
 
+def scan_parquet_footers(files, base, fields, counts) -> Iterator[tuple]:
+    """The lazy index: (key, -1, file, row in file, row group) per row, from the files' footers only (row
+    counts per row group, the schema for the column check); null rows are met, skipped and counted when read."""
+    for f, p in enumerate(files):
+        pf = open_parquet(p)
+        _column_name(pf.schema_arrow, fields, p)
+        label, row = sources.label(p, base), 0
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            for j in range(row, row + n):
+                yield f"{label}:{j}", -1, f, j, g
+            row += n
+
+
+def scan_arrow_rows(files, base, fields, counts) -> Iterator[tuple]:
+    """The lazy index of Arrow stream files: their row counts (the mapped file's text is not touched)."""
+    for f, p in enumerate(files):
+        table = open_arrow(p)
+        _column_name(table.schema, fields, p)
+        label = sources.label(p, base)
+        for j in range(table.num_rows):
+            yield f"{label}:{j}", -1, f, j, 0
+
+
 def scan_arrow(files, base, fields, counts) -> Iterator[tuple]:
     for f, p in enumerate(files):
         table = open_arrow(p)
@@ -145,14 +170,18 @@ class ParquetSource(sources.DocumentSource):
             pf = self._open["files"][f] = open_parquet(self.files[f])
         first = sum(pf.metadata.row_group(i).num_rows for i in range(g))
         name = _column_name(pf.schema_arrow, self.fields, self.files[f])
-        groups[(f, g)] = first, pf.read_row_group(g, columns=[name]).column(0)
+        try:
+            groups[(f, g)] = first, pf.read_row_group(g, columns=[name]).column(0)
+        except (OSError, _pa().ArrowException) as e:
+            raise ValueError(f"{self.files[f]}: row group {g} cannot be read ({_reason(e)}); the file is damaged, "
+                             "replace it.") from e
         if len(groups) > _CACHED_GROUPS:
             groups.popitem(last=False)
         return groups[(f, g)]
 
     def _read(self, f, pos, size, start, length):
         first, column = self._group(f, size)
-        return _as_bytes(column[pos - first])[start:start + length]
+        return sources.cut(_as_bytes(column[pos - first]), start, length)
 
 
 class ArrowSource(sources.DocumentSource):
@@ -172,9 +201,12 @@ class ArrowSource(sources.DocumentSource):
         if f not in self._columns:
             table = open_arrow(self.files[f])
             self._columns[f] = table.column(_column_name(table.schema, self.fields, self.files[f]))
-        return _as_bytes(self._columns[f][pos])[start:start + length]
+        return sources.cut(_as_bytes(self._columns[f][pos]), start, length)
 
 
 def _as_bytes(scalar) -> bytes:
-    """A string or binary scalar's bytes as stored (UTF-8 for strings), never decoded."""
+    """A string or binary scalar's bytes as stored (UTF-8 for strings), never decoded; a null is empty (a
+    lazy index holds null rows; readers skip empty documents)."""
+    if not scalar.is_valid:
+        return b""
     return scalar.as_buffer().to_pybytes()

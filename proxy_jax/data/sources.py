@@ -25,11 +25,14 @@ _SCAN_BATCH = 1024
 class DocumentSource:
     """Documents of one split. ``locs`` rows are (file, position, size, start, length), see subclasses."""
 
-    def __init__(self, description: str, keys: list[str], locs: np.ndarray, stats: dict[str, int]):
+    def __init__(self, description: str, keys: list[str], locs: np.ndarray, stats: dict[str, int],
+                 files_signature: list[tuple[str, int]] | None = None):
         self.description = description
         self._keys = keys
         self._locs = locs
         self.stats = stats
+        # A lazy index (sizes -1) identifies its data by its files' names and sizes as well.
+        self._files_signature = files_signature
         self._fingerprint = None
 
     def __len__(self) -> int:
@@ -42,11 +45,20 @@ class DocumentSource:
             raise IndexError(f"document index {i} out of range for a split of {n} documents.")
         return i % n
 
+    @property
+    def lazy(self) -> bool:
+        """Whether the index was read from metadata only: sizes are unknown and documents may be empty."""
+        return getattr(self, "_files_signature", None) is not None
+
     def __getitem__(self, i) -> bytes:
         i = self._index(i)
         f, pos, size, start, length = (int(v) for v in self._locs[i])
-        doc = self._read(f, pos, size, start, length)
-        if len(doc) != length:
+        try:
+            doc = self._read(f, pos, size, start, length)
+        except _Malformed as e:
+            raise ValueError(f"{self.description}: document {self._keys[i]!r} is malformed: {e}; fix it, or resume "
+                             "with --config.data.skip_malformed=True to skip (and count) such lines.") from None
+        if length >= 0 and len(doc) != length:
             raise ValueError(f"document {self._keys[i]!r} has {len(doc)} bytes, {length} when the corpus was "
                              "indexed; the source changed on disk, reload it.")
         return doc
@@ -59,7 +71,7 @@ class DocumentSource:
         return self._keys[self._index(i)]
 
     def size(self, i) -> int:
-        """Length in bytes of document ``i`` (known from the index, nothing is read)."""
+        """Length in bytes of document ``i`` (known from the index, nothing is read; -1 for a lazy index)."""
         return int(self._locs[self._index(i), 4])
 
     def fingerprint(self) -> str:
@@ -68,6 +80,8 @@ class DocumentSource:
             h = hashlib.sha256()
             for k, n in zip(self._keys, self._locs[:, 4].tolist()):
                 h.update(k.encode("utf-8", "surrogatepass") + b"\0" + str(n).encode() + b"\n")
+            for name, n in self._files_signature or ():
+                h.update(b"file\0" + name.encode("utf-8", "surrogatepass") + b"\0" + str(n).encode() + b"\n")
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -87,6 +101,15 @@ class DocumentSource:
         return f"{type(self).__name__}({self.description!r}, documents={len(self)})"
 
 
+class _Malformed(ValueError):
+    """A document found malformed when read (a lazily indexed JSONL line)."""
+
+
+def cut(doc: bytes, start: int, length: int) -> bytes:
+    """The piece ``[start, start + length)`` of ``doc``; ``length`` -1 (a lazy index) is the whole document."""
+    return doc if length < 0 else doc[start:start + length]
+
+
 class FileSource(DocumentSource):
     """One document per file (``stdlib``, ``dir``); a piece reads only its own byte range."""
 
@@ -103,17 +126,22 @@ class FileSource(DocumentSource):
 class JsonlSource(DocumentSource):
     """One document per JSON line; ``position``/``size`` locate the line, found by one scan at load."""
 
-    def __init__(self, files: list[str], fields: tuple[str, ...], **kw):
+    def __init__(self, files: list[str], fields: tuple[str, ...], skip_malformed: bool = False, **kw):
         super().__init__(**kw)
         self.files = files
         self.fields = fields
+        self.skip_malformed = skip_malformed
 
     def _read(self, f, pos, size, start, length):
         with open(self.files[f], "rb") as fh:
             fh.seek(pos)
             line = fh.read(size)
-        doc, _ = _jsonl_document(line, self.fields)
-        return doc[start:start + length]
+        doc, reason = _jsonl_document(line, self.fields)
+        if reason and self.lazy:  # a full index only holds lines that parsed
+            if not line.strip() or self.skip_malformed:
+                return b""  # skipped like an empty document, and counted where it is met
+            raise _Malformed(reason)
+        return cut(doc, start, length)
 
 
 class ArrayRecordSource(DocumentSource):
@@ -130,7 +158,7 @@ class ArrayRecordSource(DocumentSource):
     def _read(self, f, pos, size, start, length):
         if self._ds is None:
             self._ds = array_record_source(self.files)
-        return self._ds[pos][start:start + length]
+        return cut(self._ds[pos], start, length)
 
 
 class TfdsSource(DocumentSource):
@@ -147,7 +175,7 @@ class TfdsSource(DocumentSource):
     def _read(self, f, pos, size, start, length):
         if self._ds is None:
             self._ds = tfds_data_source(self.name, self.tfds_split, self.data_dir)
-        return _tfds_document(self._ds[pos], self.name, pos)[start:start + length]
+        return cut(_tfds_document(self._ds[pos], self.name, pos), start, length)
 
 
 def array_record_source(files: list[str]):
@@ -224,6 +252,11 @@ def resolve_files(path: str, suffix: str, what: str) -> tuple[list[str], str]:
 
 
 def label(path: str, base: str) -> str:
+    """``path`` relative to ``base``, with forward slashes (a document key's file part)."""
+    prefix = base.rstrip(os.sep) + os.sep if base else ""
+    if prefix and path.startswith(prefix) and ".." not in path and os.sep + "." not in path:
+        rel = path[len(prefix):]  # the common case (files listed under base), without relpath's normalising
+        return rel if os.sep == "/" else rel.replace(os.sep, "/")
     return pathlib.PurePath(os.path.relpath(path, base)).as_posix()
 
 
@@ -282,7 +315,26 @@ def scan_jsonl(files, base, fields, skip_malformed, counts):
                 offset += n
 
 
-def scan_array_record(files, base, counts):
+def scan_jsonl_lines(files, base, counts):
+    """The lazy JSONL index: each line's offset and length, nothing parsed. Blank lines are skipped and
+    counted here; any other line is a document of unknown size, and one that does not parse is met when read."""
+    for f, p in enumerate(files):
+        if p.endswith(".gz"):
+            raise ValueError(f"{p} is gzipped; random access needs plain JSONL: decompress it with gunzip.")
+        name = label(p, base)
+        offset = 0
+        with open(p, "rb", buffering=1 << 20) as fh:
+            for lineno, line in enumerate(fh, start=1):
+                n = len(line)
+                if n <= 2 and not line.strip():
+                    counts["skipped_blank_lines"] += 1
+                else:
+                    yield f"{name}:{lineno}", -1, f, offset, n
+                offset += n
+
+
+def scan_array_record(files, base, counts, lazy: bool = False):
+    """Every record (its size read) or, ``lazy``, the record counts of the files' footers only."""
     from array_record.python import array_record_module
     position = 0
     for f, p in enumerate(files):
@@ -291,7 +343,10 @@ def scan_array_record(files, base, counts):
         try:
             n = reader.num_records()
             name = label(p, base)
-            for lo in range(0, n, _SCAN_BATCH):
+            if lazy:
+                for j in range(n):
+                    yield f"{name}:{j}", -1, f, position + j, 0
+            for lo in range(0, n if not lazy else 0, _SCAN_BATCH):
                 for j, rec in enumerate(reader.read(list(range(lo, min(n, lo + _SCAN_BATCH))))):
                     yield f"{name}:{lo + j}", len(rec), f, position + lo + j, 0
             reader.close()
