@@ -5,7 +5,9 @@ windows matter); tasks and their data are written by the tests (no hub, no netwo
 runs with socket connections refused). Checked: lm-eval's ``bits_per_byte`` and every document's
 log-likelihood equal ``evaluation.score.evaluate_workdir`` of the same text with the same windows;
 ``loglikelihood`` against a plain forward pass written here and the chain rule; greedy
-``generate_until`` against the library's generation, prompt by prompt; the command line.
+``generate_until`` against the library's generation, prompt by prompt; the command line. The same runs
+exported (``proxy_jax.export``) and scored by lm-eval's own Hugging Face backend (``--model hf``): the ids
+it reads and scores, and its bits per byte beside the library's.
 """
 
 import json
@@ -61,6 +63,14 @@ def _train(tmp_path_factory, corpus, spec, name, **overrides):
 @pytest.fixture(scope="module")
 def bytes_run(tmp_path_factory, corpus):
     return _train(tmp_path_factory, corpus, "configs/bytes.py:tiny", "bytes")
+
+
+TOKENIZER = {"proxy.vocab_size": 512, "proxy.train_max_bytes": 200_000}
+
+
+@pytest.fixture(scope="module")
+def proxy_tokens_run(tmp_path_factory, corpus):
+    return _train(tmp_path_factory, corpus, "configs/proxy_tokens.py:tiny", "proxy_tokens", **TOKENIZER)
 
 
 def documents():
@@ -219,17 +229,17 @@ def test_generate_until_equals_library_generation(backend, tmp_path, no_network)
         assert got[p] == want.decode("utf-8", errors="replace")
 
 
-TOKENIZER = {"proxy.vocab_size": 512, "proxy.train_max_bytes": 200_000}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", ["configs/proxy_tokens.py:tiny", "configs/tokens.py:tiny"])
-def test_proxy_and_tokenizer_runs(spec, tmp_path_factory, corpus, tmp_path, no_network):
+def test_proxy_and_tokenizer_runs(spec, request, tmp_path_factory, corpus, tmp_path, no_network):
     """A proxy run (``1 12 bytes 13 2``) and the tokenizer baseline (``1 tokens 2``, its symbols scored per
     byte of text): the same agreement with evaluate and with the library's generation."""
     from proxy_jax.evaluation import sampler as sampler_lib
 
-    workdir = _train(tmp_path_factory, corpus, spec, spec.split("/")[1].split(".")[0], **TOKENIZER)
+    if spec.startswith("configs/proxy_tokens"):
+        workdir = request.getfixturevalue("proxy_tokens_run")
+    else:
+        workdir = _train(tmp_path_factory, corpus, spec, spec.split("/")[1].split(".")[0], **TOKENIZER)
     texts, window, prompts = documents(), 16, ["def add(a, b):\n", "class A("]
     perplexity_task(tmp_path, "local_ppl", texts)
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "answer": ""} for p in prompts])
@@ -286,3 +296,146 @@ def test_model_arguments_are_checked_before_restoring(tmp_path):
     # --model_args win over the CLI's --batch_size, which lm-eval always passes.
     with pytest.raises(ValueError, match=r"batch_size=0 must be a whole number >= 1 \(or auto\)"):
         lm.create_from_arg_string(f"workdir={tmp_path},batch_size=0", {"batch_size": "4", "device": "cuda:0"})
+
+
+# ---- the exported model through lm-eval's Hugging Face backend (--model hf) ----------------------------
+# The backend reads a perplexity document as lm-eval 0.4.13's HFLM.loglikelihood_rolling does:
+# ``[prefix_token_id] + tok_encode(text)`` cut by ``utils.get_rolling_token_windows`` into windows of
+# ``max_length`` predictions (``max_position_embeddings`` of the export: the trained context), every id of
+# ``tok_encode(text)`` scored. ``prefix_token_id`` is the tokenizer's ``<bos>``; ``tok_encode`` calls the
+# tokenizer with its own special tokens unless ``add_bos_token`` is given (then with none).
+# Bits per byte of lm-eval's hf backend and of the library differ by at most 0.002 (the agreement asked of
+# an export): float32 logits in torch and in JAX are summed in different orders (measured on the byte run:
+# 1.3e-7 bits per byte, at most 1.2e-7 of a document's nats), while reading a document differently moves
+# far more (a second <bos>, lm-eval's default: +0.095 bits per byte on the same run).
+HF_BPB_TOL = 0.002
+HF_DOC_REL = 1e-5
+
+
+def hf_lm(out, model_args=""):
+    """lm-eval's ``hf`` model as ``lm_eval --model hf --model_args pretrained=OUT{model_args} --device cpu``
+    builds it (the export is float32: lm-eval's default ``dtype=auto`` keeps it)."""
+    pytest.importorskip("accelerate")  # lm-eval's hf backend imports it (the [export] extra installs it)
+    from lm_eval.api.registry import get_model
+
+    return get_model("hf").create_from_arg_string(f"pretrained={out}{model_args}",
+                                                  {"batch_size": 1, "max_batch_size": None, "device": "cpu"})
+
+
+def hf_windows(lm, text):
+    """``(ids read, ids scored)`` of each window lm-eval's hf backend scores ``text`` with (its own code)."""
+    from lm_eval import utils
+
+    pairs = utils.get_rolling_token_windows(token_list=lm.tok_encode(text), prefix_token=lm.prefix_token_id,
+                                            max_seq_len=lm.max_length, context_len=1)
+    return [(context + scored[:-1], scored) for context, scored in map(utils.make_disjoint_window, pairs)]
+
+
+def hf_documents(window: int, fmt):
+    """Documents that fit one window (the hf backend and the library read each the same way), and one of
+    three whole windows: after the first, the hf backend reads the ``window`` ids before each prediction
+    block from position 0, the library from the block's offset in the document; RoPE attention depends
+    only on the distance between positions, so full windows are one computation. A shorter last window
+    would be topped up with earlier ids by lm-eval and not by the library, so the long document is cut to
+    fill its windows exactly (``prefix[1:] + bytes``: ``3 * window`` ids)."""
+    code = [p.read_text(encoding="utf-8") for p in helpers.stdlib_paths(60)[45:48]]
+    n_long = 3 * window - (len(fmt.prefix) - 1)
+    texts = [code[0][:n_long], code[1][:window - len(fmt.prefix) + 1], code[2][:40],
+             "Café ☕ naïve façade — 日本語, 🙂\tand\n."]
+    assert len(texts[0].encode("utf-8")) == n_long and len(texts[1].encode("utf-8")) == len(texts[1])
+    assert all(len(t.encode("utf-8")) <= window - len(fmt.prefix) + 1 for t in texts[1:])
+    return texts
+
+
+def three_bits_per_byte(workdir, lm, texts, window, tmp_path):
+    """Nats per document (library ``evaluate``, native backend, hf backend) and the three bits per byte."""
+    perplexity_task(tmp_path, "local_ppl", texts)
+    library = {t: library_nll(workdir, tmp_path, t, window) for t in texts}
+    native = lm_eval_run(tmp_path, ["local_ppl"], f"workdir={workdir},window={window},batch_size=2")
+    hf = lm_eval_run(tmp_path, ["local_ppl"], model=lm)
+    nats = [library] + [{s["doc"]["text"]: -s["resps"][0][0] for s in out["samples"]["local_ppl"]}
+                        for out in (native, hf)]
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    bpb = [sum(library.values()) / (math.log(2) * n_bytes)]
+    bpb += [out["results"]["local_ppl"]["bits_per_byte,none"] for out in (native, hf)]
+    return nats, bpb
+
+
+@pytest.mark.slow
+def test_hf_export_of_the_byte_baseline(bytes_run, tmp_path, no_network):
+    """``lm_eval --model hf --model_args pretrained=EXPORT,add_bos_token=False`` reads a document as the byte
+    baseline was trained (``<bos> bytes``), scores its bytes only, and gives the library's bits per byte."""
+    from proxy_jax import huggingface
+
+    out = tmp_path / "hf"
+    huggingface.export_workdir(bytes_run, str(out))
+    fmt = text_format.PLAIN
+    lm, default = hf_lm(out, ",add_bos_token=False"), hf_lm(out)
+    window = lm.max_length
+    assert window == json.loads((out / "config.json").read_text())["max_position_embeddings"] == 64
+    texts = hf_documents(window, fmt)
+    for t in texts:
+        ids = fmt.document_ids(t.encode("utf-8"))[:-1].tolist()  # 1 bytes (EOS is never scored)
+        windows = hf_windows(lm, t)
+        for j, (read, scored) in enumerate(windows):  # window j reads and predicts what the library's row j does
+            assert read == ids[j * window: j * window + len(scored)]
+            assert scored == ids[j * window + 1: j * window + 1 + len(scored)]
+        assert sum(len(scored) for _, scored in windows) == len(ids) - 1  # every byte once, nothing else
+        assert len(windows) == (3 if t is texts[0] else 1)
+        # With lm-eval's default arguments the tokenizer writes <bos> and lm-eval puts its own before it.
+        assert hf_windows(default, t)[0][0][:3] == [vocab.BOS, vocab.BOS, ids[1]]
+    # Default arguments are right where lm-eval adds nothing itself: a context, a generation prompt.
+    prompt = "def add(a, b):\n"
+    assert default.tok_encode(prompt) == fmt.prompt_ids(prompt.encode()).tolist()
+    assert default.tok_batch_encode([prompt])[0][0].tolist() == fmt.prompt_ids(prompt.encode()).tolist()
+
+    (library, native, hf), (a, b, c) = three_bits_per_byte(bytes_run, lm, texts, window, tmp_path)
+    for t in texts:
+        assert native[t] == pytest.approx(library[t], rel=REL_TOL)
+        assert hf[t] == pytest.approx(library[t], rel=HF_DOC_REL)
+    assert b == pytest.approx(a, rel=REL_TOL)
+    assert abs(c - a) <= HF_BPB_TOL and abs(c - b) <= HF_BPB_TOL, (a, b, c)
+
+
+@pytest.mark.slow
+def test_hf_export_of_a_sentinel_run(proxy_tokens_run, tmp_path, no_network):
+    """A run with sentinels reads ``<bos> <raw> bytes``. lm-eval's hf backend conditions a perplexity document
+    on one id of its own (``prefix_token_id``) and scores every id the tokenizer writes, so no model argument
+    makes it read ``<bos> <raw>`` and score only the bytes: with ``add_bos_token=False`` it reads ``<bos>
+    bytes``, by default ``<bos> <bos> <raw> bytes`` with both specials scored. Its number is the export's
+    exact score of the ids it reads, and the export scores the run's own ids as the library does: the
+    difference from the library is the missing ``<raw>``, not the export. ``--model proxy_jax`` gives a
+    sentinel run's bits per byte through lm-eval."""
+    torch = pytest.importorskip("torch")
+
+    from proxy_jax import huggingface
+
+    out = tmp_path / "hf"
+    huggingface.export_workdir(proxy_tokens_run, str(out))
+    fmt = text_format.SENTINEL
+    lm, default = hf_lm(out, ",add_bos_token=False"), hf_lm(out)
+    window = lm.max_length
+    texts = hf_documents(window, fmt)
+    for t in texts:
+        body = vocab.encode_raw(t.encode("utf-8")).tolist()
+        assert hf_windows(lm, t)[0][0][:2] == [vocab.BOS, body[0]]
+        assert hf_windows(default, t)[0][0][:4] == [vocab.BOS, vocab.BOS, vocab.RAW_OPEN, body[0]]
+        assert sum((scored for _, scored in hf_windows(default, t)), [])[:2] == [vocab.BOS, vocab.RAW_OPEN]
+    prompt = "def add(a, b):\n"  # a context or a generation prompt is written as the run reads it
+    assert default.tok_encode(prompt) == fmt.prompt_ids(prompt.encode()).tolist()
+    assert default.tok_batch_encode([prompt])[0][0].tolist() == fmt.prompt_ids(prompt.encode()).tolist()
+
+    (library, native, hf), _ = three_bits_per_byte(proxy_tokens_run, lm, texts, window, tmp_path)
+    for t in texts:
+        assert native[t] == pytest.approx(library[t], rel=REL_TOL)
+
+    def export_nats(prefix, text):  # one window: the export's own log-probabilities of the text's bytes
+        body = vocab.encode_raw(text.encode("utf-8")).tolist()
+        ids = torch.tensor([[*prefix, *body]])
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.model(ids).logits[0, :-1].double(), -1)
+        return -float(logp[len(prefix) - 1:].gather(1, ids[0, len(prefix):, None]).sum())
+
+    for t in texts[1:]:  # the documents that fit one window
+        assert hf[t] == pytest.approx(export_nats([vocab.BOS], t), rel=HF_DOC_REL)
+        assert library[t] == pytest.approx(export_nats(fmt.prefix, t), rel=HF_DOC_REL)
