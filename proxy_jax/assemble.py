@@ -34,6 +34,7 @@ from proxy_jax import train_step as step_lib
 from proxy_jax.data import corpus as corpus_lib
 from proxy_jax.data import schedule, shards
 from proxy_jax.model import ModelArgs, Transformer
+from proxy_jax.model.args import resolve_scan_layers
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,21 @@ def _new_record(config, workdir: str, proxy: proxies.Proxy, corpus: Corpus, args
     return record
 
 
+def fix_scan_layers(config: ml_collections.ConfigDict, record: run_record.RunRecord | None = None) -> None:
+    """Replaces ``model.scan_layers = "auto"`` in ``config`` by the True/False the run uses: the value its record
+    holds when the workdir has one (the parameter tree was made with it), else the one resolved for this
+    platform and depth (``model.args.resolve_scan_layers``). The training loop writes the result into
+    config.json and the record keeps it, so a run never re-derives it, whatever machine it resumes or is
+    restored on."""
+    value = config.model.scan_layers
+    if isinstance(value, bool):
+        return
+    if record is not None and isinstance(record.model.get("scan_layers"), bool) and str(value).lower() == "auto":
+        config.model.scan_layers = record.model["scan_layers"]
+    else:
+        config.model.scan_layers = resolve_scan_layers(value, config.model.num_layers)
+
+
 def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: bool = True) -> Run:
     """Makes the proxy, model, mesh, optimiser, sharded state, jitted steps and the input pipeline; writes
     the run record on a workdir's first build, and rebuilds the recorded proxy on later ones."""
@@ -244,6 +260,7 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
     pinned = _proxy_of_record(config, workdir, corpus)
     proxy = pinned[0] if pinned else make_proxy(config, workdir, corpus)
     true_vocab, model_vocab = vocab_sizes(config, proxy.num_symbols)
+    fix_scan_layers(config, pinned[1] if pinned else None)
     args = ModelArgs.from_config(config.model, model_vocab)
     record = pinned[1] if pinned else _new_record(config, workdir, proxy, corpus, args, true_vocab)
     model = Transformer(args)

@@ -152,7 +152,16 @@ def base_config() -> ml_collections.ConfigDict:
     mo.eva_chunk = 8  # eva: earlier windows are seen as one pooled summary per chunk of this many keys
     mo.dtype = "bfloat16"  # compute dtype; parameters are float32
     mo.param_dtype = "float32"
-    mo.scan_layers = True
+    # Layers as one scanned block (True) or unrolled (False); the parameter trees differ ("layers" stacked
+    # vs "layer_i"), so a run keeps the value it started with. "auto": scan on TPU and GPU (compile time
+    # flat in depth) and on a CPU from 16 layers (model.args.SCAN_MIN_LAYERS_CPU); smaller CPU models run
+    # unrolled, about 10% faster per step on XLA's CPU backend (launch/bench_step.py, BENCHMARKS.md).
+    # Resolved once when a run is first built and written into config.json and run.json as True/False.
+    mo.scan_layers = ml_collections.FieldReference("auto", field_type=object)
+    # Rematerialisation and the chunked loss (below) are off by default: they trade step time for memory
+    # (on a CPU at d_model 128 remat "full" costs ~20% and loss_chunk=128 ~6%), which only large models
+    # need: the GPU presets set both (recipes.GPU_SETTINGS); the paper-scale TPU meshes (recipes.TPU_MESH)
+    # were sized with remat "full".
     mo.remat_policy = "none"  # "none" | "full" | "dots" | "dots_with_no_batch_dims"
     mo.vocab_size = 0  # 0 = derived from the proxy (320 + symbols, padded to 128)
     # Positions per chunk of the output heads + cross-entropy (0 = off: all B x L x V logits at once).

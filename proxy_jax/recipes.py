@@ -110,7 +110,8 @@ def with_preset(preset: str | None) -> ml_collections.ConfigDict:
         # Small batches are filled from a handful of documents; cutting long files into pieces lets
         # the shuffle put several places of the corpus into every step.
         c.data.max_doc_bytes = 2048
-        c.model.scan_layers = preset not in ("tiny", "m1_tiny")
+        if preset in ("tiny", "m1_tiny"):
+            c.model.scan_layers = False  # the others keep "auto": scanned on a GPU, unrolled on a CPU
     if gpu:
         remat, rows_per_gpu = GPU_SETTINGS[preset]
         c.model.attention, c.model.remat_policy, c.model.loss_chunk = "cudnn", remat, GPU_LOSS_CHUNK

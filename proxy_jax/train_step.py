@@ -205,7 +205,10 @@ def make_train_step(
 
     def train_step(state, batch):
         if accum == 1:
-            grads, terms = micro_step(state.params, batch)
+            # The backward pass starts from d(loss)/d(loss_sum) = 1/positions instead of 1, so the mean's
+            # gradient comes out of it directly: no extra pass over every gradient to divide it afterwards.
+            _, vjp_fn, terms = jax.vjp(lambda p: loss_fn(p, batch), state.params, has_aux=True)
+            (grads,) = vjp_fn(1.0 / jnp.maximum(terms["positions"], 1).astype(jnp.float32))
         else:
             # Rows i, i+k, ... form micro-batch i, so every device keeps working on its own rows.
             micro = jax.tree.map(
@@ -219,7 +222,7 @@ def make_train_step(
             first = jax.tree.map(lambda x: x[0], micro)
             zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(micro_step, state.params, first))
             (grads, terms), _ = jax.lax.scan(body, zeros, micro)
-        grads = jax.tree.map(lambda g: g / jnp.maximum(terms["positions"], 1).astype(g.dtype), grads)
+            grads = jax.tree.map(lambda g: g / jnp.maximum(terms["positions"], 1).astype(g.dtype), grads)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

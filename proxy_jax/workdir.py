@@ -208,6 +208,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
     saved = _flat(json.loads(storage.read_text(path)))
     _match_virtual_shards(config, saved)
     _match_index(config, saved)
+    _match_scan_layers(config, saved)
     now = _flat(json.loads(config.to_json_best_effort()))
     changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
     # A lazily indexed corpus meets malformed lines as it reads them: skipping them from here on moves no
@@ -242,6 +243,14 @@ def _match_index(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> No
     saved.setdefault(key, "full")
     if config.data.index == "auto":
         config.data.index = saved[key]
+
+
+def _match_scan_layers(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:
+    """``model.scan_layers = "auto"`` is resolved once, when a run is first built (``assemble.fix_scan_layers``),
+    and config.json keeps the True/False: resuming with "auto" takes the saved value, on any platform."""
+    key = "model.scan_layers"
+    if str(config.model.scan_layers).lower() == "auto" and isinstance(saved.get(key), bool):
+        config.model.scan_layers = saved[key]
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -139,3 +139,41 @@ def test_a_refused_resume_changes_nothing_in_the_workdir(tmp_path):
     with pytest.raises(checkpoint.UnreadableCheckpointsError):
         train.train(longer, wd, progress=False)
     assert _snapshot(wd) == before
+
+
+def test_scan_layers_auto_is_resolved_once_and_kept(tmp_path, monkeypatch):
+    """``model.scan_layers = "auto"`` becomes True/False when a run is first built; config.json and run.json
+    keep it, and neither a resume with "auto" nor a restore re-derives it where "auto" would now say otherwise
+    (another platform or threshold: the parameter tree, "layers" vs "layer_i", was made with the first)."""
+    import json as json_lib
+
+    from proxy_jax.model import args as args_lib
+
+    assert args_lib.resolve_scan_layers("auto", 4, "cpu") is False
+    assert args_lib.resolve_scan_layers("auto", args_lib.SCAN_MIN_LAYERS_CPU, "cpu") is True
+    assert args_lib.resolve_scan_layers("auto", 2, "tpu") is args_lib.resolve_scan_layers("auto", 2, "gpu") is True
+    assert args_lib.resolve_scan_layers("False", 40, "tpu") is False
+    with pytest.raises(ValueError, match="scan_layers='sometimes' is not a switch"):
+        args_lib.resolve_scan_layers("sometimes", 2)
+
+    wd = str(tmp_path / "run")
+    spec, steps = "configs/bytes.py:tiny", {"train.checkpoint_every": 2}
+    config = helpers.tiny_run_config(spec, **{"model.scan_layers": "auto", "train.steps": 2, **steps})
+    train.train(config, wd, progress=False)
+    with open(os.path.join(wd, "config.json")) as f:
+        assert json_lib.load(f)["model"]["scan_layers"] is False  # two layers on a CPU: unrolled
+    assert run_record.read(wd).model["scan_layers"] is False
+
+    monkeypatch.setattr(args_lib, "SCAN_MIN_LAYERS_CPU", 1)  # "auto" would now scan
+    run = restore.restore(wd)
+    assert run.args.scan_layers is False and "layer_0" in run.params and "layers" not in run.params
+    longer = helpers.tiny_run_config(spec, **{"model.scan_layers": "auto", "train.steps": 4, **steps})
+    summary = train.train(longer, wd, progress=False)
+    assert summary["start_step"] == 2 and summary["run"].model.args.scan_layers is False
+    with open(os.path.join(wd, "config.json")) as f:
+        assert json_lib.load(f)["model"]["scan_layers"] is False
+
+    fresh = str(tmp_path / "fresh")  # a new run resolves "auto" anew
+    train.train(helpers.tiny_run_config(spec, **{"model.scan_layers": "auto", "train.steps": 2, **steps}), fresh,
+                progress=False)
+    assert run_record.read(fresh).model["scan_layers"] is True and "layers" in restore.restore(fresh).params

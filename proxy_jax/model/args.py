@@ -23,6 +23,26 @@ REMAT_POLICIES = {
     "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
+# ``model.scan_layers = "auto"`` scans the layers on TPUs and GPUs (compile time stays flat in depth, as
+# large models and pods need) and on a CPU only from this many layers: below it XLA's CPU backend runs the
+# unrolled stack faster (launch/bench_step.py, BENCHMARKS.md) and compiles it in seconds.
+SCAN_MIN_LAYERS_CPU = 16
+
+
+def resolve_scan_layers(value, num_layers: int, platform: str | None = None) -> bool:
+    """``model.scan_layers`` as a bool: True/False as given, ``"auto"`` by ``platform`` (default: the
+    backend this process computes on) and depth (:data:`SCAN_MIN_LAYERS_CPU`)."""
+    if isinstance(value, (bool, int)) and not isinstance(value, str):
+        return bool(value)
+    spelled = str(value).strip().lower()
+    if spelled in ("true", "false"):
+        return spelled == "true"
+    if spelled != "auto":
+        raise ValueError(f"--config.model.scan_layers={value!r} is not a switch; use True, False or 'auto'.")
+    platform = platform or jax.default_backend()
+    return platform != "cpu" or int(num_layers) >= SCAN_MIN_LAYERS_CPU
+
+
 # Floating-point types a model computes or stores parameters in, and the spellings accepted for each.
 DTYPES = {"float32": ("float32", "fp32", "f32", "single"), "bfloat16": ("bfloat16", "bf16"),
           "float16": ("float16", "fp16", "f16", "half")}
@@ -64,8 +84,12 @@ class ModelArgs:
     eva_chunk: int = 8  # EVA only: keys pooled into one summary C
 
     @classmethod
-    def from_config(cls, model_config: ml_collections.ConfigDict, vocab_size: int) -> "ModelArgs":
-        """Build from ``config.model``; ``vocab_size`` is used unless ``config.model.vocab_size`` is set."""
+    def from_config(cls, model_config: ml_collections.ConfigDict, vocab_size: int,
+                    platform: str | None = None) -> "ModelArgs":
+        """Build from ``config.model``; ``vocab_size`` is used unless ``config.model.vocab_size`` is set.
+
+        ``scan_layers = "auto"`` is resolved for ``platform`` (default: this process's backend); a run
+        resolves it once, when first built, and keeps the result (``assemble.build``)."""
         size = int(model_config.get("vocab_size", 0) or vocab_size)
         if size < vocab.RAW_VOCAB_SIZE:
             raise ValueError(
@@ -89,7 +113,7 @@ class ModelArgs:
             attention=str(model_config.attention),
             dtype=dtype_name(model_config.dtype, "model.dtype"),
             param_dtype=dtype_name(model_config.param_dtype, "model.param_dtype"),
-            scan_layers=bool(model_config.scan_layers),
+            scan_layers=resolve_scan_layers(model_config.scan_layers, model_config.num_layers, platform),
             remat_policy=str(model_config.remat_policy),
             # Configs saved before EVA existed lack the keys; they do not use EVA.
             eva_window=int(model_config.eva_window),

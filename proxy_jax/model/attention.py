@@ -32,12 +32,23 @@ def _segment_mask(segment_q_BxT, segment_k_BxS, q_offset):
 def _attention_xla(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS):
     b, t, h, d = q_BxTxHxD.shape
     kv = k_BxSxKxD.shape[2]
+    scale = np.sqrt(d).astype(np.float32)
+    # A finite fill keeps fully masked rows (padding queries) free of NaNs.
+    fill = jnp.finfo(jnp.float32).min
+    if kv == h:
+        # One query head per KV head: no group axis, whose size-1 dimension costs XLA's CPU backend
+        # attention-sized copies (the same products and sums as the grouped form below).
+        logits_BxHxTxS = jnp.einsum(
+            "bthd,bshd->bhts", q_BxTxHxD, k_BxSxKxD, preferred_element_type=jnp.float32
+        ) / scale
+        logits_BxHxTxS = jnp.where(mask_BxTxS[:, None], logits_BxHxTxS, fill)
+        probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(v_BxSxKxD.dtype)
+        return jnp.einsum("bhts,bshd->bthd", probs_BxHxTxS, v_BxSxKxD)
     q_BxTxKxGxD = q_BxTxHxD.reshape(b, t, kv, h // kv, d)
     logits_BxKxGxTxS = jnp.einsum(
         "btkgd,bskd->bkgts", q_BxTxKxGxD, k_BxSxKxD, preferred_element_type=jnp.float32
-    ) / np.sqrt(d).astype(np.float32)
-    # A finite fill keeps fully masked rows (padding queries) free of NaNs.
-    logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, jnp.finfo(jnp.float32).min)
+    ) / scale
+    logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, fill)
     probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(v_BxSxKxD.dtype)
     out_BxTxKxGxD = jnp.einsum("bkgts,bskd->btkgd", probs_BxKxGxTxS, v_BxSxKxD)
     return out_BxTxKxGxD.reshape(b, t, h, d)

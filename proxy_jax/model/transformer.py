@@ -182,7 +182,14 @@ class Block(nn.Module):
 def head_logits(x_BxLxD, w_DxHxV, w_DxRxC, dtype):
     """Float32 logits of the main heads and (if ``w_DxRxC`` is not None) the raw heads from the final
     normed hidden state; the one place the output matmuls are written (the chunked loss reuses it)."""
-    logits_BxLxHxV = jnp.einsum("bld,dhv->blhv", x_BxLxD, w_DxHxV.astype(dtype), preferred_element_type=jnp.float32)
+    if w_DxHxV.shape[1] == 1:
+        # One head: a plain [D, V] matmul (a size-1 head axis makes XLA's CPU backend transpose the weight's
+        # gradient); the [B, L, 1, V] result is the same array.
+        logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, w_DxHxV[:, 0].astype(dtype), preferred_element_type=jnp.float32)
+        logits_BxLxHxV = logits_BxLxV[:, :, None, :]
+    else:
+        logits_BxLxHxV = jnp.einsum("bld,dhv->blhv", x_BxLxD, w_DxHxV.astype(dtype),
+                                    preferred_element_type=jnp.float32)
     raw_logits_BxLxRxC = None
     if w_DxRxC is not None:
         raw_logits_BxLxRxC = jnp.einsum(
