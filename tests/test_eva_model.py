@@ -147,7 +147,7 @@ def test_cached_decoding_equals_the_full_forward_pass(scan):
 
 
 def test_generate_with_the_cache_equals_recompute_across_windows():
-    model, params = build(seed=3, **SMALL_EVA)
+    model, params = build(seed=3, scan_layers=True, **SMALL_EVA)  # an initialisation that writes 20 bytes
     docs = stdlib_docs(3)
     prompts = [docs[0][:5], docs[1][:17], docs[2][:10]]  # 7, 19 and 12 tokens with BOS and <raw>
     cached = generate_lib.generate(model, params, prompts, max_new_bytes=20)

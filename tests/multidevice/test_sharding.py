@@ -23,6 +23,7 @@ def small_config(mesh_shape, accum=1):
     c.model.dtype = "float32"
     c.model.num_kv_heads = 2
     c.model.num_raw_pred_heads = 1
+    c.model.scan_layers = True  # the stacked layers (a leading axis in every spec) as paper-scale runs have them
     c.data.seq_len, c.data.batch_size = 32, 8
     c.opt.grad_accum_steps = accum
     c.opt.warmup_steps = 0  # the first update uses the full learning rate
