@@ -46,19 +46,8 @@ SHAPES = {
 VARIANTS = {"default": None, "scan": True, "noscan": False}
 
 
-def synthetic_batch(batch: int, length: int, doc_len: int, seed: int = 0) -> dict:
-    """Rows of random raw bytes in documents of ``doc_len`` tokens (BOS first), as the pipeline lays them out."""
-    import numpy as np
-
-    from proxy_jax import vocab
-
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(vocab.BYTE_OFFSET, vocab.COMP_OFFSET, size=(batch, length), dtype=np.int32)
-    index = np.arange(length)
-    segments = np.broadcast_to((index // doc_len + 1).astype(np.int32), (batch, length)).copy()
-    positions = np.broadcast_to((index % doc_len).astype(np.int32), (batch, length)).copy()
-    tokens[:, index % doc_len == 0] = vocab.BOS
-    return {"tokens": tokens, "segment_ids": segments, "positions": positions}
+# Rows of random raw bytes in documents of ``doc_len`` tokens (BOS first), as the pipeline lays them out.
+from bench_mfu import synthetic_batch  # noqa: E402 - the script's folder is on sys.path
 
 
 # ---- ours ------------------------------------------------------------------------------------------------
