@@ -46,7 +46,7 @@ setup(
         # checkpoint; transformers converts a tokenizer-baseline run's SentencePiece model (SpmConverter, >= 5) and,
         # with (CPU) torch, loads the export to check it. Tested with transformers 5.24.0, tokenizers 0.23.3,
         # safetensors 0.8.0, torch 2.13.0+cpu. accelerate: lm-eval's Hugging Face backend (--model hf) imports it,
-        # to score an export with lm-eval (tested with accelerate 1.15.0).
+        # to score an export with lm-eval (tested with accelerate 1.15.0 and 1.16.0).
         "export": ["safetensors>=0.4", "tokenizers>=0.22", "transformers>=4.57", "torch", "accelerate>=0.26"],
         # proxy_jax.evaluation.lm_eval_backend: lm-evaluation-harness's core (no torch); `python -m proxy_jax.lm_eval`.
         "lmeval": ["lm-eval==0.4.13"],  # pinned: the backend uses its model registry and request types

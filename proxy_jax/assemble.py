@@ -94,9 +94,6 @@ class Corpus:
     def heldout(self, max_docs: int = 0, split: str = "validation") -> list[bytes]:
         """Whole documents of ``split`` (the first ``max_docs`` if > 0): what evaluation scores."""
         source = self.split(split, whole=True)
-        if not getattr(source, "lazy", False):
-            n = len(source) if max_docs <= 0 else min(max_docs, len(source))
-            return [source[i] for i in range(n)]
         docs = []  # a lazy index may hold empty documents (null rows, empty texts): they are not scored
         for i in range(len(source)):
             if max_docs > 0 and len(docs) == max_docs:

@@ -40,7 +40,6 @@ from proxy_jax import health, interrupts, storage
 from proxy_jax import metrics as metrics_lib
 from proxy_jax import progress as progress_lib
 from proxy_jax import workdir as workdir_lib
-from proxy_jax.data import corpus as corpus_lib
 from proxy_jax.model import flops_per_token
 
 log = logging.getLogger(__name__)
@@ -206,7 +205,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
         if int(config.data.virtual_shards) == 0:  # fixed for the run's life: a resume takes it (workdir.check_resume)
             config.data.virtual_shards = jax.process_count()
         if config.data.index == "auto":  # the same: the corpus is indexed one way for the run's life
-            config.data.index = corpus_lib.resolve_index(config.data)
+            config.data.index = "lazy" if run.corpus.split("train").lazy else "full"
         workdir_lib.save_config(config, workdir, changed)  # only now: a refused resume changes nothing
         record = checkpointer.health(resumed) if resumed is not None else None
         if rollback is None and record is not None:

@@ -4,7 +4,8 @@
 contents, through the readers of ``proxy_jax.data.sources``), holds out whole documents by a hash of
 their key, drops empty ones (counted in ``stats``), optionally cuts long documents into pieces, and
 returns a ``sources.DocumentSource``. A lazy index (``data.index``, :func:`resolve_index`) reads metadata
-only: it holds no sizes and keeps empty documents, which readers skip where they meet them. Preprocessed shards (``proxy_jax.data.shards``) carry their split.
+only: it holds no sizes and keeps empty documents, which readers skip where they meet them. Preprocessed
+shards (``proxy_jax.data.shards``) carry their split.
 Whatever a load skips (empty documents, malformed or blank JSONL lines) is reported in one warning line
 with its counts, once per source and process (the train and validation loads of a run skip the same).
 

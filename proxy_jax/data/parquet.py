@@ -14,8 +14,9 @@ on how a file is cut into row groups.
 A full index (``data.index``) reads only the text column, and only its offsets and validity (lengths
 and nulls are computed by Arrow, not per row in Python); null rows are skipped and counted
 (``skipped_null``), like empty documents. A lazy index reads the footers (Parquet) or row counts (Arrow)
-only: null and empty rows are then read as empty documents, which the packer skips and counts. A file that cannot be opened, lacks the column, or holds a column that is not text
-stops the load with one sentence naming the file.
+only: null and empty rows are then read as empty documents, which the packer skips and counts. A file
+that cannot be opened, lacks the column, or holds a column that is not text stops the load with one
+sentence naming the file.
 """
 
 from __future__ import annotations
@@ -92,6 +93,14 @@ def _lengths(column) -> tuple[np.ndarray, np.ndarray]:
     return lengths.astype(np.int64), valid.astype(bool)
 
 
+def _read_group(pf, g: int, name: str, path: str):
+    """The text column of row group ``g``; a damaged group stops with one sentence naming the file."""
+    try:
+        return pf.read_row_group(g, columns=[name]).column(0)
+    except (OSError, _pa().ArrowException) as e:
+        raise ValueError(f"{path}: row group {g} cannot be read ({_reason(e)}); the file is damaged, replace it.") from e
+
+
 def scan_parquet(files, base, fields, counts) -> Iterator[tuple]:
     """(key, size, file, row in file, row group) per row; nulls are counted and skipped."""
     for f, p in enumerate(files):
@@ -99,11 +108,7 @@ def scan_parquet(files, base, fields, counts) -> Iterator[tuple]:
         name = _column_name(pf.schema_arrow, fields, p)
         label, row = sources.label(p, base), 0
         for g in range(pf.num_row_groups):
-            try:
-                column = pf.read_row_group(g, columns=[name]).column(0)
-            except (OSError, _pa().ArrowException) as e:
-                raise ValueError(f"{p}: row group {g} cannot be read ({_reason(e)}); the file is damaged, replace it.") from e
-            lengths, valid = _lengths(column)
+            lengths, valid = _lengths(_read_group(pf, g, name, p))
             yield from _rows(label, f, row, g, lengths, valid, counts)
             row += len(lengths)
 
@@ -170,11 +175,7 @@ class ParquetSource(sources.DocumentSource):
             pf = self._open["files"][f] = open_parquet(self.files[f])
         first = sum(pf.metadata.row_group(i).num_rows for i in range(g))
         name = _column_name(pf.schema_arrow, self.fields, self.files[f])
-        try:
-            groups[(f, g)] = first, pf.read_row_group(g, columns=[name]).column(0)
-        except (OSError, _pa().ArrowException) as e:
-            raise ValueError(f"{self.files[f]}: row group {g} cannot be read ({_reason(e)}); the file is damaged, "
-                             "replace it.") from e
+        groups[(f, g)] = first, _read_group(pf, g, name, self.files[f])
         if len(groups) > _CACHED_GROUPS:
             groups.popitem(last=False)
         return groups[(f, g)]

@@ -346,9 +346,10 @@ def scan_array_record(files, base, counts, lazy: bool = False):
             if lazy:
                 for j in range(n):
                     yield f"{name}:{j}", -1, f, position + j, 0
-            for lo in range(0, n if not lazy else 0, _SCAN_BATCH):
-                for j, rec in enumerate(reader.read(list(range(lo, min(n, lo + _SCAN_BATCH))))):
-                    yield f"{name}:{lo + j}", len(rec), f, position + lo + j, 0
+            else:
+                for lo in range(0, n, _SCAN_BATCH):
+                    for j, rec in enumerate(reader.read(list(range(lo, min(n, lo + _SCAN_BATCH))))):
+                        yield f"{name}:{lo + j}", len(rec), f, position + lo + j, 0
             reader.close()
         except RuntimeError as e:
             raise ValueError(f"{p} is not an ArrayRecord file; point --config.data.path at .array_record files "
