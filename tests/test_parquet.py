@@ -61,6 +61,27 @@ def test_parquet_split_glob_and_text_field(tmp_path):
     assert train.key(0).startswith("a.parquet:")
 
 
+@pytest.mark.parametrize("index", ["full", "lazy"])
+def test_many_reader_threads_read_the_same_documents(tmp_path, index):
+    """Grain reads a source from several threads: a shared ParquetFile read by two at once corrupts the heap
+    (this test aborted the process before readers took the source's lock)."""
+    import concurrent.futures
+    import pickle
+
+    rng = np.random.default_rng(0)
+    for f in range(2):
+        rows = [bytes(rng.integers(97, 123, int(n), dtype=np.uint8)).decode() for n in rng.integers(1, 3000, 1500)]
+        pq.write_table(pa.table({"text": rows}), tmp_path / f"f{f}.parquet", row_group_size=7)
+    src = corpus.load_split(_config("parquet", tmp_path, **{"data.index": index}).data, "train")
+    want = [src[i] for i in range(len(src))]
+    order = rng.permutation(len(src)).tolist()
+    for _ in range(2):
+        fresh = pickle.loads(pickle.dumps(src))  # as a Grain worker gets it: nothing open yet
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(fresh.__getitem__, order))
+        assert got == [want[i] for i in order]
+
+
 def test_hf_disk_arrow_stream_files(tmp_path):
     rows = [r if r is None else (r if isinstance(r, str) else r.decode()) for r in _rows()]
     for k, part in enumerate((rows[:20], rows[20:])):  # save_to_disk's layout: data-0000k-of-0000n.arrow

@@ -163,7 +163,14 @@ class ParquetSource(sources.DocumentSource):
         return ("_open",)
 
     def _group(self, f: int, g: int):
-        """(first row, text column) of row group ``g`` of file ``f``, decoded once while cached."""
+        """(first row, text column) of row group ``g`` of file ``f``, decoded once while cached.
+
+        One reader thread at a time: a ``pyarrow.parquet.ParquetFile`` must not be read by two threads at
+        once (it corrupts the heap), and the cache is shared."""
+        with self._lock:
+            return self._group_locked(f, g)
+
+    def _group_locked(self, f: int, g: int):
         if self._open is None:
             self._open = {"files": {}, "groups": collections.OrderedDict()}
         groups = self._open["groups"]
@@ -197,11 +204,12 @@ class ArrowSource(sources.DocumentSource):
         return ("_columns",)
 
     def _read(self, f, pos, size, start, length):
-        if self._columns is None:
-            self._columns = {}
-        if f not in self._columns:
-            table = open_arrow(self.files[f])
-            self._columns[f] = table.column(_column_name(table.schema, self.fields, self.files[f]))
+        with self._lock:  # the map of open files is shared by Grain's reader threads
+            if self._columns is None:
+                self._columns = {}
+            if f not in self._columns:
+                table = open_arrow(self.files[f])
+                self._columns[f] = table.column(_column_name(table.schema, self.fields, self.files[f]))
         return sources.cut(_as_bytes(self._columns[f][pos]), start, length)
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import sysconfig
+import threading
 from typing import Any, Iterator
 
 import numpy as np
@@ -34,6 +35,9 @@ class DocumentSource:
         # A lazy index (sizes -1) identifies its data by its files' names and sizes as well.
         self._files_signature = files_signature
         self._fingerprint = None
+        # Grain reads a source from several threads at once; readers that keep state (open files, a cache)
+        # take this lock around it.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -87,9 +91,13 @@ class DocumentSource:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in self._unpicklable():
+        for k in (*self._unpicklable(), "_lock"):
             state[k] = None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _unpicklable(self) -> tuple[str, ...]:
         return ()
@@ -156,8 +164,9 @@ class ArrayRecordSource(DocumentSource):
         return ("_ds",)
 
     def _read(self, f, pos, size, start, length):
-        if self._ds is None:
-            self._ds = array_record_source(self.files)
+        with self._lock:
+            if self._ds is None:
+                self._ds = array_record_source(self.files)
         return cut(self._ds[pos], start, length)
 
 
@@ -173,8 +182,9 @@ class TfdsSource(DocumentSource):
         return ("_ds",)
 
     def _read(self, f, pos, size, start, length):
-        if self._ds is None:
-            self._ds = tfds_data_source(self.name, self.tfds_split, self.data_dir)
+        with self._lock:
+            if self._ds is None:
+                self._ds = tfds_data_source(self.name, self.tfds_split, self.data_dir)
         return cut(_tfds_document(self._ds[pos], self.name, pos), start, length)
 
 
