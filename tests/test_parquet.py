@@ -62,11 +62,16 @@ def test_parquet_split_glob_and_text_field(tmp_path):
 
 
 @pytest.mark.parametrize("index", ["full", "lazy"])
-def test_many_reader_threads_read_the_same_documents(tmp_path, index):
+def test_many_reader_threads_read_the_same_documents(tmp_path, monkeypatch, index):
     """Grain reads a source from several threads: a shared ParquetFile read by two at once corrupts the heap
-    (this test aborted the process before readers took the source's lock)."""
+    (this test aborted the process when the threads shared one). One open file per thread: every switch
+    between the two files closes one and opens the other."""
     import concurrent.futures
     import pickle
+
+    from proxy_jax.data import parquet
+
+    monkeypatch.setattr(parquet, "_OPEN_FILES", 1)
 
     rng = np.random.default_rng(0)
     for f in range(2):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -30,6 +31,7 @@ import numpy as np
 from proxy_jax.data import sources
 
 _CACHED_GROUPS = 8
+_OPEN_FILES = 16  # per reader thread
 
 
 def _pa():
@@ -165,27 +167,32 @@ class ParquetSource(sources.DocumentSource):
     def _group(self, f: int, g: int):
         """(first row, text column) of row group ``g`` of file ``f``, decoded once while cached.
 
-        One reader thread at a time: a ``pyarrow.parquet.ParquetFile`` must not be read by two threads at
-        once (it corrupts the heap), and the cache is shared."""
+        Grain's reader threads share the cache; each opens its own ``ParquetFile``s, because two threads
+        reading one ``ParquetFile`` at once corrupt the heap. Decoding runs outside the lock, in parallel."""
         with self._lock:
-            return self._group_locked(f, g)
-
-    def _group_locked(self, f: int, g: int):
-        if self._open is None:
-            self._open = {"files": {}, "groups": collections.OrderedDict()}
-        groups = self._open["groups"]
-        if (f, g) in groups:
-            groups.move_to_end((f, g))
-            return groups[(f, g)]
-        pf = self._open["files"].get(f)
+            if self._open is None:
+                self._open = {"groups": collections.OrderedDict(), "thread": threading.local()}
+            groups = self._open["groups"]
+            if (f, g) in groups:
+                groups.move_to_end((f, g))
+                return groups[(f, g)]
+            mine = self._open["thread"]
+        files = mine.__dict__.setdefault("files", collections.OrderedDict())
+        pf = files.get(f)
         if pf is None:
-            pf = self._open["files"][f] = open_parquet(self.files[f])
+            pf = files[f] = open_parquet(self.files[f])
+            if len(files) > _OPEN_FILES:  # a shuffled corpus of thousands of files: bounded open handles
+                files.popitem(last=False)
+        else:
+            files.move_to_end(f)
         first = sum(pf.metadata.row_group(i).num_rows for i in range(g))
         name = _column_name(pf.schema_arrow, self.fields, self.files[f])
-        groups[(f, g)] = first, _read_group(pf, g, name, self.files[f])
-        if len(groups) > _CACHED_GROUPS:
-            groups.popitem(last=False)
-        return groups[(f, g)]
+        got = first, _read_group(pf, g, name, self.files[f])
+        with self._lock:
+            groups[(f, g)] = got
+            if len(groups) > _CACHED_GROUPS:
+                groups.popitem(last=False)
+        return got
 
     def _read(self, f, pos, size, start, length):
         first, column = self._group(f, size)
