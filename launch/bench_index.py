@@ -1,13 +1,16 @@
 """Time to the first batch and host memory when a corpus is many small files (JSONL or Parquet).
 
     python launch/bench_index.py [--files 5000] [--docs_per_file 10] [--doc_bytes 1000] [--indexes full,lazy]
+                                 [--rows_per_group 0] [--read_docs 2000]
 
 Writes ``--files`` generated files of each kind into a temporary folder, then, in a fresh process per
 kind and ``data.index`` (``full`` reads every document, ``lazy`` metadata only; ``auto`` is ``lazy`` from
 1,000 files on): indexes the training split (``corpus.load_split``), builds the pipeline (bytes only, 8 x 4096) and
 takes the first batch. Prints one JSON line per kind: seconds to index, seconds to the first batch
-(index included), both also in CPU-seconds (what a shared machine distorts less), the index's memory (tracemalloc, bytes still held by the source) and the process's
-peak resident memory.
+(index included), both also in CPU-seconds (what a shared machine distorts less), the index's memory
+(tracemalloc, bytes still held by the source), the process's peak resident memory, and documents read per
+second in a shuffled order (``--read_docs`` of them, from a fresh copy of the source as a Grain worker gets
+it) by one thread and by as many threads as the pipeline reads with.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def write_corpus(folder: str, kind: str, files: int, docs: int, size: int) -> None:
+def write_corpus(folder: str, kind: str, files: int, docs: int, size: int, rows_per_group: int = 0) -> None:
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -40,12 +43,28 @@ def write_corpus(folder: str, kind: str, files: int, docs: int, size: int) -> No
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
-            pq.write_table(pa.table({"text": texts}), path)
+            pq.write_table(pa.table({"text": texts}), path, row_group_size=rows_per_group or None)
 
 
-def measure(kind: str, folder: str, index: str) -> dict:
+def read_rate(source, count: int, threads: int) -> float:
+    """Documents per second read in a shuffled order by ``threads`` threads from a fresh copy of ``source``."""
+    import concurrent.futures
+    import pickle
+
+    import numpy as np
+
+    order = np.random.default_rng(1).permutation(len(source))[:count].tolist()
+    fresh = pickle.loads(pickle.dumps(source))
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(fresh.__getitem__, order):
+            pass
+    return len(order) / (time.perf_counter() - start)
+
+
+def measure(kind: str, folder: str, index: str, read_docs: int) -> dict:
     from proxy_jax import recipes
-    from proxy_jax.data import corpus, pipeline
+    from proxy_jax.data import corpus, packing, pipeline
 
     config = recipes.load_config(os.path.join(ROOT, "configs/bytes.py:tiny"), **{
         "data.source": kind, "data.path": folder, "data.seq_len": 4096, "data.batch_size": 8,
@@ -56,6 +75,8 @@ def measure(kind: str, folder: str, index: str) -> dict:
     indexed, index_cpu = time.perf_counter() - start, time.process_time() - cpu0
     next(iter(pipeline.make_pipeline(config, "train", source=source, process_index=0, process_count=1)))
     first, first_cpu = time.perf_counter() - start, time.process_time() - cpu0
+    rates = {f"read_docs_per_s_{n}_threads": round(read_rate(source, read_docs, n))
+             for n in (1, packing._READ_THREADS)}
     # The index's memory, from a second load under tracemalloc (which slows allocation, so it is not timed).
     del source
     tracemalloc.start()
@@ -65,7 +86,7 @@ def measure(kind: str, folder: str, index: str) -> dict:
     return {"kind": kind, "index": index, "documents": len(source), "index_s": round(indexed, 2), "index_cpu_s": round(index_cpu, 2),
             "first_batch_s": round(first, 2), "first_batch_cpu_s": round(first_cpu, 2),
             "index_mb": round(held / 2**20, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **rates}
 
 
 def main() -> None:
@@ -75,17 +96,21 @@ def main() -> None:
     parser.add_argument("--doc_bytes", type=int, default=1000)
     parser.add_argument("--kinds", default="jsonl,parquet")
     parser.add_argument("--indexes", default="full,lazy")
-    parser.add_argument("--_measure", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--rows_per_group", type=int, default=0, help="Parquet row groups (0: one per file)")
+    parser.add_argument("--read_docs", type=int, default=2000)
+    parser.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._measure:
-        print(json.dumps(measure(*args._measure)))
+        kind, folder, index, read_docs = args._measure
+        print(json.dumps(measure(kind, folder, index, int(read_docs))))
         return
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds.split(","):
             folder = os.path.join(tmp, kind)
-            write_corpus(folder, kind, args.files, args.docs_per_file, args.doc_bytes)
+            write_corpus(folder, kind, args.files, args.docs_per_file, args.doc_bytes, args.rows_per_group)
             for index in args.indexes.split(","):
-                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_measure", kind, folder, index],
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_measure", kind, folder, index,
+                                      str(args.read_docs)],
                                      check=True, capture_output=True, text=True)
                 print(json.dumps({"files": args.files, "docs_per_file": args.docs_per_file,
                                   "doc_bytes": args.doc_bytes, **json.loads(out.stdout.strip().splitlines()[-1])}),
