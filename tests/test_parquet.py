@@ -114,6 +114,10 @@ def test_parquet_pipeline_resumes_exactly(tmp_path):
     fresh.set_state(json.loads(json.dumps(it.get_state())))
     for k in range(5, 12):
         np.testing.assert_array_equal(next(fresh)["tokens"], ref[k]["tokens"])
+    c.data.num_workers = 2  # the source pickled into Grain's worker processes (its lock and open files rebuilt)
+    workers = iter(pipeline.make_pipeline(c, source=source, process_index=0, process_count=1))
+    for k in range(12):
+        np.testing.assert_array_equal(next(workers)["tokens"], ref[k]["tokens"])
 
 
 def _refused(source, path, needle, **kw):
