@@ -5,9 +5,10 @@ binary column). Keys are ``<file>:<row>``, so the held-out split and the shuffle
 on how a file is cut into row groups.
 
 - ``parquet``: a ``.parquet`` file, a folder (searched recursively) or a glob. Reading document ``i``
-  decodes only the text column of the row group holding it; the last few row groups decoded are kept
-  (``_CACHED_GROUPS`` per process), so small row groups (1-10 MB, as most writers make them) keep
-  shuffled random access cheap. For huge row groups, convert once with ``proxy_jax.preprocess``.
+  decodes only the text column of the row group holding it; the last ``_CACHED_GROUPS`` decoded are kept
+  (per source, shared by Grain's reader threads). A shuffled read decodes about one row group per
+  document, so small row groups (1-10 MB, as most writers make them) keep it cheap; for huge row groups,
+  convert once with ``proxy_jax.preprocess``.
 - ``hf_disk``: a folder written by ``datasets.Dataset.save_to_disk`` (its ``*.arrow`` files are Arrow
   IPC streams). They are memory-mapped: reading a row touches only its bytes.
 
@@ -177,7 +178,9 @@ class ParquetSource(sources.DocumentSource):
                 groups.move_to_end((f, g))
                 return groups[(f, g)]
             mine = self._open["thread"]
-        files = mine.__dict__.setdefault("files", collections.OrderedDict())
+        if not hasattr(mine, "files"):
+            mine.files = collections.OrderedDict()  # this thread's open ParquetFiles, least recent first
+        files = mine.files
         pf = files.get(f)
         if pf is None:
             pf = files[f] = open_parquet(self.files[f])
