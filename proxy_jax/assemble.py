@@ -16,6 +16,7 @@ A finished run is read back by ``proxy_jax.restore`` (evaluation, sampling, expo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -35,6 +36,7 @@ from proxy_jax.data import corpus as corpus_lib
 from proxy_jax.data import schedule, shards
 from proxy_jax.model import ModelArgs, Transformer
 from proxy_jax.model.args import resolve_scan_layers
+from proxy_jax.model.attention import kernel_error
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     ModelArgs.from_config(config.model, vocab.RAW_VOCAB_SIZE)  # the model's own constraints
     optimizer_lib.validate(config.opt, config.train.steps)
     sharding.validate(config, jax.device_count() if num_devices is None else num_devices, process_count)
+
+
+def validate_training(config: ml_collections.ConfigDict) -> None:
+    """:func:`validate` plus what training on this machine needs (its attention kernel): the checks a run
+    passes before it writes anything to its workdir."""
+    validate(config)
+    if error := kernel_error(config.model.attention):
+        raise ValueError(error)
 
 
 # ---- the corpus, loaded once ------------------------------------------------------------------------
@@ -153,10 +163,28 @@ def preprocess(config: ml_collections.ConfigDict, output: str, workdir: str | No
         raise ValueError("config.data.source='preprocessed' is already preprocessed; preprocess the original "
                          "corpus source instead.")
     validate(config)
+    corpus = Corpus(config)
+    corpus.split("train")  # a corpus the source cannot read stops here, before anything is written
+    created = not os.path.isdir(output)
     os.makedirs(output, exist_ok=True)
-    shard_writer.prepare_output(config, output, overwrite=kwargs.get("overwrite", False))  # before any training
-    proxy = make_proxy(config, workdir=workdir or os.path.join(output, "work"))
-    return shard_writer.write(config, output, proxy, **kwargs)
+    try:
+        shard_writer.prepare_output(config, output, overwrite=kwargs.get("overwrite", False))  # before any training
+        proxy = make_proxy(config, workdir=workdir or os.path.join(output, "work"), corpus=corpus)
+        return shard_writer.write(config, output, proxy, **kwargs)
+    except BaseException:
+        if created:  # a refused or interrupted first start leaves no empty folders behind
+            _remove_empty_tree(output)
+        raise
+
+
+def _remove_empty_tree(root: str) -> None:
+    """Removes ``root`` and the folders under it when none of them holds a file."""
+    walked = list(os.walk(root))
+    if any(files for _, _, files in walked):
+        return
+    for folder, _, _ in sorted(walked, key=lambda w: -len(w[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 # ---- training runs -------------------------------------------------------------------------------------
@@ -212,7 +240,8 @@ def _proxy_of_record(config, workdir: str, corpus: Corpus) -> tuple[proxies.Prox
 
 
 def _new_record(config, workdir: str, proxy: proxies.Proxy, corpus: Corpus, args: ModelArgs,
-                logical_vocab: int) -> run_record.RunRecord:
+                logical_vocab: int) -> tuple[run_record.RunRecord, list[str] | None]:
+    """The record of a new run and its corpus keys (``build`` writes both once the run is built)."""
     proxy.pin(workdir)
     corpus_info: dict[str, Any] = {"source": config.data.source}
     keys = None
@@ -227,9 +256,7 @@ def _new_record(config, workdir: str, proxy: proxies.Proxy, corpus: Corpus, args
         mesh={"shape": list(sharding.mesh_shape(config, jax.device_count())),
               "axis_names": list(config.mesh.axis_names), "devices": jax.device_count()},
         corpus=corpus_info, library_version=__version__)
-    if jax.process_index() == 0:
-        run_record.write(workdir, record, keys)
-    return record
+    return record, keys
 
 
 def fix_scan_layers(config: ml_collections.ConfigDict, record: run_record.RunRecord | None = None) -> None:
@@ -247,19 +274,20 @@ def fix_scan_layers(config: ml_collections.ConfigDict, record: run_record.RunRec
         config.model.scan_layers = resolve_scan_layers(value, config.model.num_layers)
 
 
-def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: bool = True) -> Run:
+def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: bool = True,
+          corpus: Corpus | None = None) -> Run:
     """Makes the proxy, model, mesh, optimiser, sharded state, jitted steps and the input pipeline; writes
     the run record on a workdir's first build, and rebuilds the recorded proxy on later ones."""
     from proxy_jax.data import pipeline as pipeline_lib
 
-    validate(config)
-    corpus = Corpus(config)
+    validate_training(config)
+    corpus = corpus or Corpus(config)
     pinned = _proxy_of_record(config, workdir, corpus)
     proxy = pinned[0] if pinned else make_proxy(config, workdir, corpus)
     true_vocab, model_vocab = vocab_sizes(config, proxy.num_symbols)
     fix_scan_layers(config, pinned[1] if pinned else None)
     args = ModelArgs.from_config(config.model, model_vocab)
-    record = pinned[1] if pinned else _new_record(config, workdir, proxy, corpus, args, true_vocab)
+    record, keys = (pinned[1], None) if pinned else _new_record(config, workdir, proxy, corpus, args, true_vocab)
     model = Transformer(args)
     mesh = sharding.make_mesh(config)
     tx, lr_schedule = optimizer_lib.make_optimizer(config.opt, config.train.steps)
@@ -269,5 +297,7 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
     pipeline = (pipeline_lib.make_pipeline(config, "train", proxy=proxy, source=corpus.split("train"),
                                            host_prefetch=config.data.host_prefetch)
                 if with_pipeline else None)
+    if not pinned and jax.process_index() == 0:  # only once the whole run was built: a refused start leaves no record
+        run_record.write(workdir, record, keys)
     return Run(config, workdir, record, proxy, corpus, model, mesh, tx, lr_schedule, state, state_shardings,
                train_step, eval_step, pipeline)

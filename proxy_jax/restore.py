@@ -26,6 +26,7 @@ from proxy_jax import config as config_lib
 from proxy_jax import proxies, run_record, sharding, storage, text_format, vocab
 from proxy_jax import workdir as workdir_lib
 from proxy_jax.model import ModelArgs, Transformer
+from proxy_jax.model.attention import runtime_kernel
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,11 @@ def restore(workdir: str, step: int | None = None, *, mesh=None) -> RestoredRun:
     the run's mesh shape over this host's devices)."""
     config = workdir_lib.load_config(workdir)
     record = read_record(workdir, config)
+    args = _runs_here(workdir, config, record.args)
     if mesh is None:
         sharding.validate(config, jax.device_count())  # the run's mesh must fit this host's devices
         mesh = sharding.make_mesh(config)
-    model = Transformer(record.args)
+    model = Transformer(args)
     abstract, shardings = sharding.abstract_params(config, model, mesh)
     ckpt = workdir_lib.checkpointer(workdir, config)
     where = storage.join(workdir, workdir_lib.CHECKPOINTS)
@@ -139,6 +141,18 @@ def restore(workdir: str, step: int | None = None, *, mesh=None) -> RestoredRun:
                                 + "; train the run first.")
     healthy = workdir_lib.warn_if_unhealthy(workdir, int(restored_step))  # one line when not marked healthy
     return RestoredRun(workdir, config, record, model, mesh, params, shardings, int(restored_step), healthy)
+
+
+def _runs_here(workdir: str, config: ml_collections.ConfigDict, args: ModelArgs) -> ModelArgs:
+    """The run's model with an attention kernel that runs on this backend: the kernel is the machine's choice,
+    not the parameters' (``model.attention.runtime_kernel``), so a run trained with cuDNN or splash attention
+    is restored on a CPU host with the plain one (one log line says so)."""
+    kernel = runtime_kernel(args.attention)
+    if kernel != args.attention:
+        log.info("%s trained with model.attention=%r, which does not run on %s; restored with %r (the same "
+                 "attention).", workdir, args.attention, jax.default_backend(), kernel)
+    config.model.attention = runtime_kernel(str(config.model.attention))
+    return dataclasses.replace(args, attention=kernel) if kernel != args.attention else args
 
 
 def load_m1(m1_workdir: str, step: int | None = None):

@@ -111,8 +111,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     are set aside and training starts from step 0.
     """
     storage.check_usable(workdir)
+    # Every check that can refuse the run reads only: the config, the saved run it would resume, the corpus.
+    # Nothing (lock, record, config, folders) is written to the workdir before they pass.
+    _keep_saved_phases(config, workdir)
+    changed = workdir_lib.check_resume(config, workdir)
+    assemble.validate_training(config)
+    corpus = assemble.Corpus(config)
+    corpus.split("train")  # indexed once here: a corpus the source cannot read stops the run now
     with workdir_lib.lock(workdir):
-        return _train(config, workdir, progress, stop_after, restart_if_unreadable)
+        return _train(config, workdir, progress, stop_after, restart_if_unreadable, changed, corpus)
 
 
 def _roll_back(checkpointer: ckpt_lib.Checkpointer, target: int) -> int | None:
@@ -185,14 +192,10 @@ def _keep_saved_phases(config: ml_collections.ConfigDict, workdir: str) -> None:
                     ", ".join(f"{k}={saved_v}, not {now}" for k, (now, saved_v) in kept.items()))
 
 
-def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict[str, Any]:
+def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed, corpus) -> dict[str, Any]:
     from proxy_jax import sharding
 
-    _keep_saved_phases(config, workdir)
-    changed = workdir_lib.check_resume(config, workdir)
-    if changed:
-        log.info("Resuming with changed %s (recorded in %s).", ", ".join(sorted(changed)), workdir_lib.CONFIG_HISTORY)
-    run = assemble.build(config, workdir)  # writes the run record (run.json) on the first build
+    run = assemble.build(config, workdir, corpus=corpus)  # writes the run record (run.json) on the first build
     c = run.config
     data_iter = iter(run.pipeline)
     checkpointer = workdir_lib.checkpointer(workdir, c)
@@ -207,6 +210,9 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
         if config.data.index == "auto":  # the same: the corpus is indexed one way for the run's life
             config.data.index = "lazy" if run.corpus.split("train").lazy else "full"
         workdir_lib.save_config(config, workdir, changed)  # only now: a refused resume changes nothing
+        if changed:
+            log.info("Resuming with changed %s (recorded in %s).", ", ".join(sorted(changed)),
+                     workdir_lib.CONFIG_HISTORY)
         record = checkpointer.health(resumed) if resumed is not None else None
         if rollback is None and record is not None:
             rollback = record.get("rollback")  # the lineage goes on through ordinary resumes

@@ -131,8 +131,10 @@ def lock(workdir: str):
         with _object_lock(workdir):
             yield
         return
+    created = not os.path.isdir(workdir)
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK)
+    fresh = not os.path.exists(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         host, pid = socket.gethostname(), os.getpid()
@@ -155,8 +157,24 @@ def lock(workdir: str):
             yield
         finally:
             os.ftruncate(fd, 0)
+            if fresh:  # a start refused before it wrote anything leaves the workdir as it found it
+                _remove_if_unwritten(workdir, path, created)
     finally:
         os.close(fd)  # also drops the flock
+
+
+def _remove_if_unwritten(workdir: str, lock_path: str, created: bool) -> None:
+    """Removes the lock file this process created (still holding its flock), the empty folders under
+    ``workdir`` and, when this process ``created`` it, ``workdir`` itself, if no file besides the lock was
+    written there (a start that was refused, or stopped, before it wrote anything)."""
+    for root, _, files in os.walk(workdir):
+        if any(os.path.join(root, name) != lock_path for name in files):
+            return
+    os.remove(lock_path)
+    for root, _, _ in sorted(os.walk(workdir), key=lambda walked: -len(walked[0])):
+        if root != workdir or created:
+            with contextlib.suppress(OSError):
+                os.rmdir(root)
 
 
 @contextlib.contextmanager
@@ -174,11 +192,15 @@ def _object_lock(workdir: str):
         raise WorkdirLockedError(
             f"{workdir} is in use by process {holder.get('pid')} on host {holder.get('host')} (see {path}); wait "
             f"for it to finish, use another --workdir, or delete {path} if that run is gone.")
+    fresh = not storage.exists(path)
     storage.write_text(path, json.dumps({"host": host, "pid": pid, "since": time.time()}))
     try:
         yield
     finally:
-        storage.write_text(path, "")
+        if fresh and storage.listdir(workdir) == [LOCK]:  # nothing else was written: leave nothing
+            storage.remove(path)
+        else:
+            storage.write_text(path, "")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -189,13 +189,13 @@ def test_guard_turns_the_first_ctrl_c_into_a_save_request_and_the_second_into_an
         signal.signal(signal.SIGINT, previous)
 
 
-@pytest.mark.parametrize("when", [0.5, "run.json"])
+@pytest.mark.parametrize("when", [0.5, "lock"])
 def test_ctrl_c_during_setup_exits_130_and_claims_no_checkpoint(tmp_path, when):
     wd = str(tmp_path / "run")
     proc = start("-m", "proxy_jax.main", "--config=configs/bytes.py:tiny", f"--workdir={wd}", *TINY)
-    if when == "run.json":  # the run has begun: its record written, the model is being built and compiled
-        wait_for(lambda: os.path.exists(os.path.join(wd, "run.json")), proc)
-        time.sleep(0.3)
+    if when == "lock":  # every check passed and the workdir is taken: the run is being built
+        lock = os.path.join(wd, "lock")
+        wait_for(lambda: os.path.exists(lock) and os.path.getsize(lock) > 0, proc)
     else:  # Python is still importing JAX
         time.sleep(when)
     proc.send_signal(signal.SIGINT)

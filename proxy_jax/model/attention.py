@@ -55,11 +55,8 @@ def _attention_xla(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS):
 
 
 def _attention_cudnn(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS, q_offset):
-    if jax.default_backend() != "gpu":
-        raise ValueError(
-            f"model.attention='cudnn' needs a CUDA GPU but the backend is {jax.default_backend()!r}; "
-            "use model.attention='xla'."
-        )
+    if error := kernel_error("cudnn"):
+        raise ValueError(error)
     square = isinstance(q_offset, int) and q_offset == 0 and q_BxTxHxD.shape[1] == k_BxSxKxD.shape[1]
     if square:
         # cuDNN applies causality itself (and skips the masked blocks); the bias carries documents.
@@ -141,13 +138,33 @@ def attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS, imp
             return _attention_xla(
                 q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, _segment_mask(segment_q_BxT, segment_k_BxS, q_offset)
             )
-        if _target_platform() != "tpu":
-            raise ValueError(
-                f"model.attention='splash' needs a TPU but the backend is {_target_platform()!r}; "
-                "use model.attention='xla' (or 'cudnn' on GPU)."
-            )
+        if error := kernel_error("splash", _target_platform()):
+            raise ValueError(error)
         return splash_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, segment_q_BxT, segment_k_BxS)
     raise ValueError(f"Unknown attention implementation {impl!r}; use one of {ATTENTION_IMPLS}.")
+
+
+# "xla", "cudnn" and "splash" compute the same attention (only where each runs differs): which one a run
+# uses is a choice of the machine it runs on, not a property of its parameters. "eva" is other maths.
+KERNELS_BY_PLATFORM = {"cudnn": ("gpu",), "splash": ("tpu",)}
+
+
+def kernel_error(impl: str, platform: str | None = None) -> str | None:
+    """The sentence refusing ``model.attention=impl`` on ``platform`` (default: this process's backend), or
+    None when it runs there. Checked before a run writes anything (``assemble.validate``)."""
+    platform = platform or jax.default_backend()
+    needs = KERNELS_BY_PLATFORM.get(impl)
+    if needs is None or platform in needs:
+        return None
+    device = {"gpu": "a CUDA GPU", "tpu": "a TPU"}[needs[0]]
+    return (f"model.attention={impl!r} needs {device} but the backend is {platform!r}; use "
+            "--config.model.attention=xla (the same attention, on every backend).")
+
+
+def runtime_kernel(impl: str, platform: str | None = None) -> str:
+    """The kernel a restored run uses on ``platform``: ``impl`` where it runs, else ``"xla"``, which computes the
+    same attention (a run trained with cuDNN is evaluated, sampled and exported on a CPU host)."""
+    return "xla" if kernel_error(impl, platform) else impl
 
 
 def _target_platform() -> str:
