@@ -1,0 +1,108 @@
+"""A sandboxed run's own filesystem view: a private mount namespace set up inside the run's process.
+
+``SETUP`` is Python source that the sandbox's bootstrap runs first, inside the new mount (and network)
+namespace that ``unshare`` made, while the process still holds CAP_SYS_ADMIN and CAP_SETPCAP (granted
+by ``setpriv`` as root, or held as root of a fresh user namespace). ``_private_mounts(spec)``:
+
+1. makes every mount private (``MS_REC | MS_PRIVATE`` on ``/``), so nothing below propagates to the host;
+2. makes the whole tree read-only (``mount_setattr`` with ``AT_RECURSIVE``; on kernels before 5.12 a
+   read-only bind remount of each mount point, keeping its nosuid/nodev/noexec flags);
+3. mounts a fresh size-capped tmpfs (``nosuid,nodev``, ``spec["scratch_bytes"]`` bytes and
+   ``INODES`` files each) on ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (those that exist), and one
+   owned by the run's uid (mode 0700, ``spec["cwd_bytes"]``) on its working directory ``spec["cwd"]``;
+4. binds back, read-only, the directories in ``spec["share"]`` (and the interpreter's own directories)
+   that the new tmpfs mounts would hide, at the same paths;
+5. changes into the working directory and drops every capability but ``spec["keep_caps"]`` from the
+   effective, permitted, inheritable and bounding sets, then sets no_new_privs. It checks the result
+   in ``/proc/self/status`` and raises ``OSError`` when anything did not take.
+
+The mounts live as long as a process of the namespace does: when the run's processes are gone (the
+sandbox kills them all), the namespace and its tmpfs contents are freed by the kernel.
+"""
+
+from __future__ import annotations
+
+INODES = 8192  # files (and directories) per private tmpfs: bounds the kernel memory of empty files
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
+CAP_DAC_READ_SEARCH, CAP_SETPCAP, CAP_SYS_ADMIN = 2, 8, 21
+
+SETUP = r'''
+def _private_mounts(spec):
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    libc.syscall.restype = ctypes.c_long
+    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+        1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
+
+    def check(ret, what):
+        if ret != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "%s: %s" % (what, os.strerror(err)))
+
+    def mount(source, target, fstype, flags, data=None):
+        enc = lambda s: None if s is None else s.encode()
+        check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), "mount %s" % target)
+
+    def read_only(target):
+        attr = (ctypes.c_uint64 * 4)(1, 0, 0, 0)  # struct mount_attr: attr_set = MOUNT_ATTR_RDONLY
+        if libc.syscall(ctypes.c_long(442), ctypes.c_int(-100), ctypes.c_char_p(target.encode()), ctypes.c_uint(0x8000),
+                        ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))) == 0:
+            return  # mount_setattr(AT_FDCWD, target, AT_RECURSIVE, ...)
+        if ctypes.get_errno() != 38:  # anything but ENOSYS is a real failure
+            check(-1, "read-only %s" % target)
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+        for point in points:
+            if point == target or point.startswith(target.rstrip("/") + "/"):
+                keep = os.statvfs(point).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)  # same bits in ST_*
+                mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
+
+    covered = [p for p in spec["scratch"] if os.path.isdir(p)] + [spec["cwd"]]
+    under = lambda p, roots: any(p == r or p.startswith(r.rstrip("/") + "/") for r in roots)
+    wanted = set(spec["share"]) | {os.path.dirname(os.__file__), sys.prefix, sys.base_prefix, sys.exec_prefix}
+    wanted |= {p for p in sys.path if p and os.path.isdir(p)}
+    shares = []
+    for path in sorted(os.path.realpath(p) for p in wanted):
+        if under(path, covered) and not under(path, [s for s, _ in shares]):
+            shares.append((path, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)))
+
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    read_only("/")
+    for path in covered[:-1]:
+        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV,
+              "size=%d,nr_inodes=%d,mode=1777" % (spec["scratch_bytes"], spec["inodes"]))
+    os.makedirs(spec["cwd"], exist_ok=True)
+    mount("tmpfs", spec["cwd"], "tmpfs", MS_NOSUID | MS_NODEV, "size=%d,nr_inodes=%d,mode=700,uid=%d,gid=%d"
+          % (spec["cwd_bytes"], spec["inodes"], os.getuid(), os.getgid()))
+    for path, fd in shares:
+        os.makedirs(path, exist_ok=True)
+        mount("/proc/self/fd/%d" % fd, path, None, MS_BIND | MS_REC)
+        read_only(path)
+        os.close(fd)
+    os.chdir(spec["cwd"])
+
+    keep = sum(1 << c for c in spec["keep_caps"])
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        if not keep >> cap & 1:
+            check(libc.prctl(24, cap, 0, 0, 0), "dropping capability %d" % cap)  # PR_CAPBSET_DROP
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)(keep & 0xFFFFFFFF, keep & 0xFFFFFFFF, keep & 0xFFFFFFFF, keep >> 32, keep >> 32,
+                                 keep >> 32)  # effective, permitted, inheritable (low then high words)
+    check(libc.capset(header, data), "capset")
+    check(libc.prctl(38, 1, 0, 0, 0), "no_new_privs")  # PR_SET_NO_NEW_PRIVS
+    with open("/proc/self/status") as f:
+        status = dict(line.split(":", 1) for line in f if ":" in line)
+    for field in ("CapEff", "CapPrm", "CapInh", "CapBnd"):
+        if int(status[field], 16) != keep:
+            raise OSError("capabilities were not dropped: %s %s" % (field, status[field].strip()))
+'''
+
+
+def spec(cwd: str, *, scratch_bytes: int, cwd_bytes: int, share, keep_caps) -> dict:
+    """The ``_private_mounts`` argument for a run whose working directory is ``cwd``."""
+    return {"cwd": cwd, "scratch": list(SCRATCH), "scratch_bytes": int(scratch_bytes), "cwd_bytes": int(cwd_bytes),
+            "inodes": INODES, "share": [str(p) for p in share], "keep_caps": sorted(keep_caps)}
