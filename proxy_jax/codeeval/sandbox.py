@@ -8,7 +8,8 @@ before the tests finish is a failure.
 
 Each program gets, from the harness side (these are the guarantees):
 - its own process, launched as a fresh ``python -I -B`` interpreter, in its own session and process
-  group, working directory a fresh temporary directory that is removed afterwards;
+  group, working directory a fresh temporary directory that is removed afterwards (its own tmpfs with
+  the mount namespace below); the files named in ``keep`` are copied out to ``keep_dir`` after the program;
 - a wall-clock limit: on expiry the whole process group is SIGKILLed (status "timeout");
 - rlimits set before the program runs: CPU seconds, address space (``memory_mb``), file size (so
   output is capped at ``max_output_bytes``: stdout and stderr go to a file, never into the harness's
@@ -21,7 +22,22 @@ Each program gets, from the harness side (these are the guarantees):
   uid is killed, so even a fork loop that left its process group is reaped;
 - without root: ``unshare -rn`` (a user plus network namespace) when the kernel permits it, else
   nothing at the OS level for the network; the process, rlimits and group kill still hold, but
-  RLIMIT_NPROC may not bind and the filesystem is open to whatever the harness's user may do.
+  RLIMIT_NPROC may not bind;
+- a private mount namespace (``isolation()["mounts"]``: as root, or without root where user namespaces
+  are allowed; see ``mountns``): the whole filesystem is read-only, even through libc or ``ctypes``
+  (EROFS), except fresh tmpfs mounts on ``/tmp``, ``/var/tmp``, ``/dev/shm`` and the working directory,
+  each capped at ``scratch_mb`` MiB and ``mountns.INODES`` files (ENOSPC past that; the working directory
+  has room for ``keep`` on top) and freed by the kernel when the run's processes are gone; the host's
+  files in those places are not visible at all, and the directories in ``share`` are bound back
+  read-only. The program keeps no capability but CAP_DAC_READ_SEARCH (with the uid drop; none
+  otherwise) and runs with no_new_privs, so it cannot unmount or remount anything. So no file it writes
+  outlives its run (but its capped output and the ``keep`` files, which the harness copies out), and it
+  cannot create, change or delete a file of the host (device nodes and Unix sockets that its uid may
+  open stay reachable);
+- without that namespace (``isolation()`` then logs one warning saying so): the filesystem is what the
+  uid allows: with the uid drop, the program cannot change files it does not own but CAN create files
+  in world-writable places (/tmp, /var/tmp, /dev/shm) through ``ctypes``, and they stay after the run;
+  without it, the filesystem is open to whatever the harness's user may do.
 
 Inside the process a prelude (NOT a security boundary: ``ctypes`` or attribute archaeology get past
 it; it exists to turn common accidents into clean failures) replaces: ``socket.socket`` and friends,
@@ -31,8 +47,10 @@ it; it exists to turn common accidents into clean failures) replaces: ``socket.s
 ``shutil.rmtree``/``move`` and ``open``/``os.open`` for writing, which raise PermissionError when the
 target lies outside the temporary directory. What is NOT guaranteed: secrecy (with the uid drop every
 file on the machine is readable; without it, everything the harness's user can read), protection of
-world-writable places (e.g. /tmp) against ctypes-level writes, and fairness under CPU contention
-(the wall limit counts time spent waiting for a core).
+world-writable places (e.g. /tmp) against ctypes-level writes WITHOUT the mount namespace, a bound on
+memory held by a tmpfs that a program mounts in a user namespace of its own (the kernel lets it create
+one; that tmpfs is uncapped but also vanishes with the run), and fairness under CPU contention (the
+wall limit counts time spent waiting for a core).
 """
 
 from __future__ import annotations
