@@ -22,7 +22,9 @@ Each program gets, from the harness side (these are the guarantees):
   uid is killed, so even a fork loop that left its process group is reaped;
 - without root: ``unshare -rn`` (a user plus network namespace) when the kernel permits it, else
   nothing at the OS level for the network; the process, rlimits and group kill still hold, but
-  RLIMIT_NPROC may not bind;
+  RLIMIT_NPROC may not bind. With the mount namespace below it also gets a pid namespace whose first
+  process is the program: when the program ends or is killed, the kernel kills every process it left
+  (as pid 1 the program ignores the signals it sends itself whose default action would end it);
 - a private mount namespace (``isolation()["mounts"]``: as root, or without root where user namespaces
   are allowed; see ``mountns``): the whole filesystem is read-only, even through libc or ``ctypes``
   (EROFS), except fresh tmpfs mounts on ``/tmp``, ``/var/tmp``, ``/dev/shm`` and the working directory,
@@ -109,6 +111,8 @@ def isolation() -> dict:
     drop_uid, why = is_root and have("setpriv"), "unshare is not installed"
     for mounts in (True, False) if have("unshare") else ():
         prefix = ["unshare"] + ([] if is_root else ["-r"]) + (["-m", "--propagation", "private"] if mounts else []) + ["-n"]
+        if mounts and not is_root:  # no uid to reap by: a pid namespace ends every process with the program
+            prefix += ["-p", "-f", "--kill-child"]
         ok, detail = _probe(prefix, drop_uid, mounts)
         if ok:
             if not mounts:
