@@ -2,14 +2,18 @@
 prelude) vanishes with the run, the host's files stay as they were, and the tmpfs caps bind."""
 
 import glob
+import json
 import logging
 import os
 import secrets
+import shutil
+import subprocess
+import sys
 import textwrap
 
 import pytest
 
-from proxy_jax.codeeval import sandbox
+from proxy_jax.codeeval import mountns, sandbox
 
 needs_mounts = pytest.mark.skipif(
     not sandbox.isolation()["mounts"],
@@ -40,8 +44,6 @@ LIBC = textwrap.dedent("""
 
 
 def attempts(result):
-    import json
-
     return {what: errno for what, _, errno in (json.loads(line) for line in result.output.splitlines()
                                                if line.startswith("["))}
 
@@ -180,3 +182,19 @@ def test_bad_scratch_and_share_are_named(tmp_path):
     missing = str(tmp_path / "nope")
     with pytest.raises(ValueError, match="share="):
         sandbox.run_program("pass", share=[missing])
+
+
+def test_the_setup_refuses_the_harness_own_namespace(tmp_path):
+    # Run unprivileged, so that even a broken check could not touch this machine's mounts.
+    spec = mountns.spec(str(tmp_path), scratch_bytes=1 << 20, cwd_bytes=1 << 20, share=(), keep_caps=[])
+    cmd = [sys.executable, "-I", "-S", "-c", mountns.SETUP + "\nimport json, sys\n_private_mounts(json.loads(sys.argv[1]))",
+           json.dumps(spec)]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running the setup unprivileged as root needs setpriv")
+        caps = "-all,+dac_read_search"
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", f"--inh-caps={caps}",
+               f"--ambient-caps={caps}", f"--bounding-set={caps}"] + cmd
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == "OSError: not in a mount namespace of its own"

@@ -4,6 +4,7 @@
 namespace that ``unshare`` made, while the process still holds CAP_SYS_ADMIN and CAP_SETPCAP (granted
 by ``setpriv`` as root, or held as root of a fresh user namespace). ``_private_mounts(spec)``:
 
+0. refuses to run (``OSError``) in the mount namespace of the process that wrote ``spec``;
 1. makes every mount private (``MS_REC | MS_PRIVATE`` on ``/``), so nothing below propagates to the host;
 2. makes the whole tree read-only (``mount_setattr`` with ``AT_RECURSIVE``; on kernels before 5.12 a
    read-only bind remount of each mount point, keeping its nosuid/nodev/noexec flags);
@@ -22,9 +23,12 @@ sandbox kills them all), the namespace and its tmpfs contents are freed by the k
 
 from __future__ import annotations
 
+import os
+
 INODES = 8192  # files (and directories) per private tmpfs: bounds the kernel memory of empty files
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
 CAP_DAC_READ_SEARCH, CAP_SETPCAP, CAP_SYS_ADMIN = 2, 8, 21
+_HOST_NS = os.readlink("/proc/self/ns/mnt") if os.path.exists("/proc/self/ns/mnt") else ""
 
 SETUP = r'''
 def _private_mounts(spec):
@@ -59,7 +63,9 @@ def _private_mounts(spec):
                 keep = os.statvfs(point).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)  # same bits in ST_*
                 mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
 
-    covered = [p for p in spec["scratch"] if os.path.isdir(p)] + [spec["cwd"]]
+    if os.readlink("/proc/self/ns/mnt") == spec["host_ns"]:  # never touch the harness's own mounts
+        raise OSError("not in a mount namespace of its own")
+    covered = sorted({os.path.realpath(p) for p in spec["scratch"] if os.path.isdir(p)}) + [spec["cwd"]]
     under = lambda p, roots: any(p == r or p.startswith(r.rstrip("/") + "/") for r in roots)
     wanted = set(spec["share"]) | {os.path.dirname(os.__file__), sys.prefix, sys.base_prefix, sys.exec_prefix}
     wanted |= {p for p in sys.path if p and os.path.isdir(p)}
@@ -104,5 +110,6 @@ def _private_mounts(spec):
 
 def spec(cwd: str, *, scratch_bytes: int, cwd_bytes: int, share, keep_caps) -> dict:
     """The ``_private_mounts`` argument for a run whose working directory is ``cwd``."""
-    return {"cwd": cwd, "scratch": list(SCRATCH), "scratch_bytes": int(scratch_bytes), "cwd_bytes": int(cwd_bytes),
-            "inodes": INODES, "share": [str(p) for p in share], "keep_caps": sorted(keep_caps)}
+    return {"cwd": os.path.realpath(cwd), "scratch": list(SCRATCH), "scratch_bytes": int(scratch_bytes),
+            "cwd_bytes": int(cwd_bytes), "inodes": INODES, "share": [os.path.realpath(p) for p in share],
+            "keep_caps": sorted(keep_caps), "host_ns": _HOST_NS}

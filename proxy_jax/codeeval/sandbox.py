@@ -117,7 +117,8 @@ def isolation() -> dict:
         if ok:
             if not mounts:
                 log.warning("Sandboxed programs get no private mount namespace here (%s): a program can leave "
-                            "files in /tmp, /var/tmp and /dev/shm; run as root or allow user namespaces.", why)
+                            "files in /tmp, /var/tmp and /dev/shm%s.", why,
+                            "" if is_root else "; run as root or allow unprivileged user namespaces")
             return {"netns": True, "drop_uid": drop_uid, "mounts": mounts, "prefix": prefix}
         why = detail or "it failed"
     log.warning("Sandboxed programs get no network or mount namespace here (%s): a program can reach the "
@@ -338,6 +339,7 @@ def iter_many(sources: Iterable[str | dict], *, workers: int | None = None, **kw
         raise ValueError(f"workers={workers!r} must be at least 1.")
     _check_args(kwargs.get("timeout_s", 10.0), kwargs.get("memory_mb", 1024), kwargs.get("max_output_bytes", 1),
                 kwargs.get("scratch_mb", 64))
+    isolation()  # probed (and a missing namespace reported) once, before the worker threads start
     pending = enumerate(sources)
 
     def submit(pool, item):
