@@ -128,6 +128,13 @@ def test_the_program_cannot_undo_the_mounts():
         report("umount /tmp", libc.umount2(b"/tmp", 2))  # MNT_DETACH
         report("remount / writable", libc.mount(None, b"/", None, MS_REMOUNT | MS_BIND, None))
         report("new tmpfs", libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, None))
+
+        class Handle(ctypes.Structure):
+            _fields_ = [("size", ctypes.c_uint), ("type", ctypes.c_int), ("bytes", ctypes.c_ubyte * 128)]
+        handle, mount_id = Handle(128), ctypes.c_int()
+        libc.name_to_handle_at(-100, b"/", ctypes.byref(handle), ctypes.byref(mount_id), 0)
+        # stdout is a file on a host mount: with it, a handle would open "/" there, writable
+        report("open_by_handle_at", libc.open_by_handle_at(1, ctypes.byref(handle), os.O_RDONLY | os.O_DIRECTORY))
     """)
     result = sandbox.run_program(program)
     assert result.passed, result.detail
@@ -135,7 +142,7 @@ def test_the_program_cannot_undo_the_mounts():
     expected = "0000000000000004" if sandbox.isolation()["drop_uid"] else "0000000000000000"  # dac_read_search
     assert caps == [expected, expected, expected, "1"]
     got, eperm = attempts(result), 1
-    assert got == {"umount /tmp": eperm, "remount / writable": eperm, "new tmpfs": eperm}
+    assert got == {"umount /tmp": eperm, "remount / writable": eperm, "new tmpfs": eperm, "open_by_handle_at": eperm}
 
 
 def test_kept_files_leave_the_run(tmp_path):
@@ -187,8 +194,8 @@ def test_bad_scratch_and_share_are_named(tmp_path):
 def test_the_setup_refuses_the_harness_own_namespace(tmp_path):
     # Run unprivileged, so that even a broken check could not touch this machine's mounts.
     spec = mountns.spec(str(tmp_path), scratch_bytes=1 << 20, cwd_bytes=1 << 20, share=(), keep_caps=[])
-    cmd = [sys.executable, "-I", "-S", "-c", mountns.SETUP + "\nimport json, sys\n_private_mounts(json.loads(sys.argv[1]))",
-           json.dumps(spec)]
+    setup = mountns.SETUP + "\nimport json, sys\n_private_mounts(json.loads(sys.argv[1]))"
+    cmd = [sys.executable, "-I", "-S", "-c", setup, json.dumps(spec)]
     if os.geteuid() == 0:
         if not shutil.which("setpriv"):
             pytest.skip("running the setup unprivileged as root needs setpriv")

@@ -14,8 +14,14 @@ by ``setpriv`` as root, or held as root of a fresh user namespace). ``_private_m
 4. binds back, read-only, the directories in ``spec["share"]`` (and the interpreter's own directories)
    that the new tmpfs mounts would hide, at the same paths;
 5. changes into the working directory and drops every capability but ``spec["keep_caps"]`` from the
-   effective, permitted, inheritable and bounding sets, then sets no_new_privs. It checks the result
-   in ``/proc/self/status`` and raises ``OSError`` when anything did not take.
+   effective, permitted, inheritable and bounding sets, then sets no_new_privs;
+6. when a capability is kept (CAP_DAC_READ_SEARCH, so that a dropped uid can read the interpreter
+   wherever it lives), installs a seccomp filter that fails ``open_by_handle_at`` (and every system call
+   of another ABI) with EPERM: with that capability and an inherited descriptor on a host mount (the
+   output file) it would open any inode of that filesystem writable, past the read-only view. On
+   machines other than x86-64 and arm64 (no table here) this step raises, so no mount namespace is used.
+
+It checks the result in ``/proc/self/status`` and raises ``OSError`` when anything did not take.
 
 The mounts live as long as a process of the namespace does: when the run's processes are gone (the
 sandbox kills them all), the namespace and its tmpfs contents are freed by the kernel.
@@ -100,11 +106,30 @@ def _private_mounts(spec):
                                  keep >> 32)  # effective, permitted, inheritable (low then high words)
     check(libc.capset(header, data), "capset")
     check(libc.prctl(38, 1, 0, 0, 0), "no_new_privs")  # PR_SET_NO_NEW_PRIVS
+    if keep:  # CAP_DAC_READ_SEARCH opens any inode by handle through an fd on a host mount (the output file)
+        if os.uname().machine not in _SECCOMP:
+            raise OSError("no seccomp table for a %s machine" % os.uname().machine)
+        arch, number = _SECCOMP[os.uname().machine]
+        class Insn(ctypes.Structure):
+            _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                        ("k", ctypes.c_uint32)]
+        deny, allow = 0x00050000 | 1, 0x7FFF0000  # SECCOMP_RET_ERRNO | EPERM, SECCOMP_RET_ALLOW
+        code = (Insn * 7)((0x20, 0, 0, 4), (0x15, 0, 4, arch),  # load the ABI; any other ABI: EPERM
+                          (0x20, 0, 0, 0), (0x35, 2, 0, 0x40000000),  # load the number; x32 numbers: EPERM
+                          (0x15, 1, 0, number), (0x06, 0, 0, allow), (0x06, 0, 0, deny))  # open_by_handle_at: EPERM
+        class Prog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]
+        prog = Prog(7, code)
+        check(libc.prctl(22, 2, ctypes.addressof(prog), 0, 0), "seccomp")  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
     with open("/proc/self/status") as f:
         status = dict(line.split(":", 1) for line in f if ":" in line)
     for field in ("CapEff", "CapPrm", "CapInh", "CapBnd"):
         if int(status[field], 16) != keep:
             raise OSError("capabilities were not dropped: %s %s" % (field, status[field].strip()))
+    if keep and status["Seccomp"].strip() != "2":
+        raise OSError("the seccomp filter is not in place")
+
+_SECCOMP = {"x86_64": (0xC000003E, 304), "aarch64": (0xC00000B7, 265)}  # AUDIT_ARCH_*, __NR_open_by_handle_at
 '''
 
 

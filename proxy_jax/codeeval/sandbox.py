@@ -31,11 +31,12 @@ Each program gets, from the harness side (these are the guarantees):
   each capped at ``scratch_mb`` MiB and ``mountns.INODES`` files (ENOSPC past that; the working directory
   has room for ``keep`` on top) and freed by the kernel when the run's processes are gone; the host's
   files in those places are not visible at all, and the directories in ``share`` are bound back
-  read-only. The program keeps no capability but CAP_DAC_READ_SEARCH (with the uid drop; none
-  otherwise) and runs with no_new_privs, so it cannot unmount or remount anything. So no file it writes
-  outlives its run (but its capped output and the ``keep`` files, which the harness copies out), and it
-  cannot create, change or delete a file of the host (device nodes and Unix sockets that its uid may
-  open stay reachable);
+  read-only. The program keeps no capability but CAP_DAC_READ_SEARCH (with the uid drop, and then a
+  seccomp filter refuses ``open_by_handle_at``, which would reach host files through its output file's
+  descriptor; none otherwise) and runs with no_new_privs, so it cannot unmount or remount anything.
+  So no file it writes outlives its run (but its capped output and the ``keep`` files, which the
+  harness copies out), and it cannot create, change or delete a file of the host (device nodes and
+  Unix sockets that its uid may open stay reachable);
 - without that namespace (``isolation()`` then logs one warning saying so): the filesystem is what the
   uid allows: with the uid drop, the program cannot change files it does not own but CAN create files
   in world-writable places (/tmp, /var/tmp, /dev/shm) through ``ctypes``, and they stay after the run;
@@ -110,7 +111,9 @@ def isolation() -> dict:
     have = lambda tool: shutil.which(tool) is not None  # noqa: E731
     drop_uid, why = is_root and have("setpriv"), "unshare is not installed"
     for mounts in (True, False) if have("unshare") else ():
-        prefix = ["unshare"] + ([] if is_root else ["-r"]) + (["-m", "--propagation", "private"] if mounts else []) + ["-n"]
+        prefix = ["unshare"] + ([] if is_root else ["-r"]) + ["-n"]
+        if mounts:
+            prefix += ["-m", "--propagation", "private"]
         if mounts and not is_root:  # no uid to reap by: a pid namespace ends every process with the program
             prefix += ["-p", "-f", "--kill-child"]
         ok, detail = _probe(prefix, drop_uid, mounts)
@@ -135,9 +138,9 @@ def _probe(prefix: list[str], drop_uid: bool, mounts: bool) -> tuple[bool, str]:
         if mounts:
             spec = mountns.spec(cwd, scratch_bytes=1 << 20, cwd_bytes=1 << 20, share=(),
                                 keep_caps=[mountns.CAP_DAC_READ_SEARCH] if uid is not None else [])
+            setup = mountns.SETUP + "\nimport json, sys\n_private_mounts(json.loads(sys.argv[1]))"
             cmd = prefix + (_setpriv(uid, mounts=True) if uid is not None else []) + [
-                sys.executable, "-I", "-S", "-c", mountns.SETUP + "\nimport json, sys\n_private_mounts(json.loads(sys.argv[1]))",
-                json.dumps(spec)]
+                sys.executable, "-I", "-S", "-c", setup, json.dumps(spec)]
             if uid is not None:
                 os.chown(cwd, uid, uid)
         done = subprocess.run(cmd, capture_output=True, timeout=30, cwd=cwd)
