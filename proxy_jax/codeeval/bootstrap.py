@@ -1,6 +1,7 @@
-"""The source the sandboxed interpreter runs (``python -I -B -c SOURCE``): one bootstrap per program.
+"""The source the sandboxed interpreter runs (compiled once by ``sandbox``): one bootstrap per program.
 
-It reads one JSON header line and the program from stdin, makes the private mounts when the header
+It reads one JSON header line and the program from stdin (after its own marshalled code, which the
+interpreter's ``-c`` stub read), makes the private mounts when the header
 asks for them (``mountns``; exit code 125 with a "sandbox setup failed:" line when they fail), sets the
 rlimits, installs the guard prelude (see ``sandbox``'s docstring: it turns accidents into clean
 failures and is no security boundary), runs the program, copies the files the harness keeps into the

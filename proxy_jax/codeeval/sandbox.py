@@ -64,6 +64,7 @@ import functools
 import itertools
 import json
 import logging
+import marshal
 import os
 import secrets
 import shutil
@@ -82,7 +83,7 @@ STATUSES = ("passed", "failed", "timeout", "output_limit", "error")
 _NPROC = 64  # threads count too; OpenBLAS and friends are pinned to one thread below
 _NOFILE = 256
 _UID_BASE = 200_000  # unprivileged uids used per concurrent run; no /etc/passwd entry needed
-_SETUP_FAILED = 125  # the bootstrap's exit code when the private mounts could not be made (in _BOOT too)
+_SETUP_FAILED = 125  # the bootstrap's exit code when the private mounts could not be made (in bootstrap too)
 log = logging.getLogger(__name__)
 
 
@@ -100,7 +101,11 @@ class Result:
         return self.status == "passed"
 
 
-_BOOT = bootstrap.SOURCE  # what the sandboxed interpreter runs: header, mounts, limits, prelude, program
+# What the sandboxed interpreter runs (header, mounts, limits, prelude, program), compiled once here: the
+# interpreter is this one, and compiling it in every launch cost more CPU than the mounts. The program
+# file starts with its length and the marshalled code; ``_STUB`` reads and runs it.
+_BOOT = marshal.dumps(compile(bootstrap.SOURCE, "<sandbox>", "exec"))
+_STUB = "import marshal, sys; exec(marshal.loads(sys.stdin.buffer.read(int(sys.stdin.buffer.readline()))))"
 
 
 @functools.cache
@@ -267,7 +272,7 @@ def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024, 
         header["mounts"] = mountns.spec(work, scratch_bytes=scratch_mb << 20, share=share,
                                         cwd_bytes=(scratch_mb << 20) + len(keep) * (max_output_bytes + 1),
                                         keep_caps=[mountns.CAP_DAC_READ_SEARCH] if uid is not None else [])
-    cmd = [sys.executable, "-I", "-B", "-c", _BOOT]
+    cmd = [sys.executable, "-I", "-B", "-c", _STUB]
     if uid is not None:
         os.chown(work, uid, uid)
         cmd = iso["prefix"] + _setpriv(uid, iso["mounts"]) + cmd
@@ -277,7 +282,7 @@ def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024, 
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     in_path, out_path = os.path.join(root, "program"), os.path.join(root, "output")
     with open(in_path, "wb") as f:
-        f.write(json.dumps(header).encode() + b"\n" + source.encode("utf-8", "replace"))
+        f.write(b"%d\n" % len(_BOOT) + _BOOT + json.dumps(header).encode() + b"\n" + source.encode("utf-8", "replace"))
     start = time.monotonic()
     rc, timed_out = None, False
     try:
