@@ -98,15 +98,17 @@ def _guard(root):
 
 _marker_fd, _nonce, _write, _exit = _hdr["marker_fd"], _hdr["nonce"].encode(), os.write, os._exit
 
-def _keep_files(root, keep, kept_fd, open=os.open, fstat=os.fstat, sendfile=os.sendfile, close=os.close):
-    # copies each kept file (a regular file, links not followed) into the harness's file behind its fd
+def _keep_files(root, keep, kept_fd, open=os.open, fstat=os.fstat, sendfile=os.sendfile, close=os.close,
+                join=os.path.join, is_file=stat.S_ISREG, flags=os.O_RDONLY | os.O_NOFOLLOW):
+    # copies each kept file (a regular file, links not followed) into the harness's file behind its fd;
+    # the functions are bound here, before the program runs and could replace them
     for i, (name, fd) in enumerate(keep):
         try:
-            src = open(os.path.join(root, name), os.O_RDONLY | os.O_NOFOLLOW)
+            src = open(join(root, name), flags)
         except OSError:
             continue
         try:
-            if stat.S_ISREG(fstat(src).st_mode):
+            if is_file(fstat(src).st_mode):
                 offset = 0
                 while (n := sendfile(fd, src, offset, 1 << 24)) > 0:
                     offset += n
