@@ -190,6 +190,22 @@ def test_bad_scratch_and_share_are_named(tmp_path):
     missing = str(tmp_path / "nope")
     with pytest.raises(ValueError, match="share="):
         sandbox.run_program("pass", share=[missing])
+    with pytest.raises(ValueError, match="must be a list"):
+        sandbox.run_program("pass", share=str(tmp_path))
+
+
+@needs_mounts
+def test_a_failed_setup_is_an_error_not_a_program_failure(monkeypatch):
+    assert sandbox.isolation()["mounts"]  # probed with the real setup, before the spec is spoilt
+    real = sandbox.mountns.spec
+
+    def unmountable(cwd, **kwargs):  # a working directory that cannot be made read-write anywhere
+        return {**real(cwd, **kwargs), "cwd": "/proc/self/no-such-directory"}
+
+    monkeypatch.setattr(sandbox.mountns, "spec", unmountable)
+    result = sandbox.run_program("print('never runs')")
+    assert result.status == "error" and result.detail.startswith("sandbox setup failed:"), result
+    assert "never runs" not in result.output
 
 
 def test_the_setup_refuses_the_harness_own_namespace(tmp_path):

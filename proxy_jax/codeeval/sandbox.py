@@ -250,6 +250,8 @@ def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024, 
     _check_args(timeout_s, memory_mb, max_output_bytes, scratch_mb)
     if keep and not (keep_dir and os.path.isdir(keep_dir)):
         raise ValueError(f"keep_dir={keep_dir!r} must be an existing directory when keep={list(keep)!r} is given.")
+    if isinstance(share, (str, bytes)):
+        raise ValueError(f"share={share!r} must be a list of directories, e.g. [{share!r}].")
     for path in share:
         if not os.path.isdir(path):
             raise ValueError(f"share={path!r} is not an existing directory; share only directories the program reads.")
