@@ -6,8 +6,9 @@ by ``setpriv`` as root, or held as root of a fresh user namespace). ``_private_m
 
 0. refuses to run (``OSError``) in the mount namespace of the process that wrote ``spec``;
 1. makes every mount private (``MS_REC | MS_PRIVATE`` on ``/``), so nothing below propagates to the host;
-2. makes the whole tree read-only (``mount_setattr`` with ``AT_RECURSIVE``; on kernels before 5.12 a
-   read-only bind remount of each mount point, keeping its nosuid/nodev/noexec flags);
+2. makes the whole tree read-only (``mount_setattr`` with ``AT_RECURSIVE``; on kernels before 5.12, or
+   where a system-call filter refuses it, a read-only bind remount of each mount point, keeping its
+   nosuid/nodev/noexec flags);
 3. mounts a fresh size-capped tmpfs (``nosuid,nodev``, ``spec["scratch_bytes"]`` bytes and
    ``INODES`` files each) on ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (those that exist), and one
    owned by the run's uid (mode 0700, ``spec["cwd_bytes"]``) on its working directory ``spec["cwd"]``;
@@ -75,7 +76,7 @@ def _private_mounts(spec):
     def read_only(target):
         attr = memory((1, 8), (0, 8), (0, 8), (0, 8))  # struct mount_attr: attr_set = MOUNT_ATTR_RDONLY
         err = call("syscall", 442, -100, target.encode(), 0x8000, attr, 32)  # mount_setattr(AT_FDCWD, AT_RECURSIVE)
-        if err != 38:  # ENOSYS: a kernel before 5.12
+        if err not in (38, 1):  # ENOSYS: a kernel before 5.12; EPERM: a filter that predates the call
             return check(err, "read-only %s" % target)
         with open("/proc/self/mountinfo") as f:
             points = [line.split()[4].encode().decode("unicode_escape") for line in f]
