@@ -78,8 +78,9 @@ def _private_mounts(spec):
         err = call("syscall", 442, -100, target.encode(), 0x8000, attr, 32)  # mount_setattr(AT_FDCWD, AT_RECURSIVE)
         if err not in (38, 1):  # ENOSYS: a kernel before 5.12; EPERM: a filter that predates the call
             return check(err, "read-only %s" % target)
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+        import re
+        with open("/proc/self/mountinfo") as f:  # space, tab, newline and backslash come as \ooo
+            points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in f]
         for point in points:
             if point == target or point.startswith(target.rstrip("/") + "/"):
                 keep = os.statvfs(point).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)  # same bits in ST_*
