@@ -61,7 +61,7 @@ def _expected_outputs(todo: Sequence[problems_lib.Problem], base_only: bool, wor
     expected = {}
     for i, result in sandbox.iter_many(jobs, workers=workers, timeout_s=_CANONICAL_TIMEOUT_S,
                                        memory_mb=max(memory_mb, _CANONICAL_MEMORY_MB),
-                                       max_output_bytes=_CANONICAL_OUTPUT_BYTES):
+                                       max_output_bytes=_CANONICAL_OUTPUT_BYTES, share=[exchange]):
         p = plus[i]
         inputs_path, folder = files[p.task_id]
         expected_path = os.path.join(folder, problems_lib.EXPECTED_FILE)
@@ -119,7 +119,8 @@ def _run(todo, completions, fingerprints, exchange, *, base_only, workers, timeo
     new: dict[str, dict] = {}
     out = jsonl.appender(out_path)
     try:
-        for i, result in sandbox.iter_many(programs(), workers=workers, timeout_s=timeout_s, memory_mb=memory_mb):
+        for i, result in sandbox.iter_many(programs(), workers=workers, timeout_s=timeout_s, memory_mb=memory_mb,
+                                           share=[exchange]):  # the plus inputs and expected outputs
             p, j = owner[i]
             results[p.task_id][j] = result
             left[p.task_id] -= 1
