@@ -65,7 +65,7 @@ def main() -> None:
                      f"(pip install libtpu) and use names like v5p:2x2x2.")
     sharding.validate(config, len(devices), process_count=1)
     true_vocab = vocab.vocab_size(args.vocab_symbols)
-    model_args = model_lib.ModelArgs.from_config(config.model, vocab.padded_vocab_size(args.vocab_symbols),
+    model_args = model_lib.ModelArgs.from_config(config.model, true_vocab,
                                                  platform=devices[0].platform)  # scan_layers "auto": the target's
     model = model_lib.Transformer(model_args)
     mesh = sharding.make_mesh(config, devices=devices)

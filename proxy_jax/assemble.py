@@ -46,7 +46,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     schedule.validate_mix(config.mix)
     proxies.check_name(config.proxy.name)
     corpus_lib.check_source(config.data)
-    ModelArgs.from_config(config.model, vocab.RAW_VOCAB_SIZE)  # the model's own constraints
+    args = ModelArgs.from_config(config.model, vocab.RAW_VOCAB_SIZE)  # the model's own constraints
+    config.model.dtype, config.model.param_dtype = args.dtype, args.param_dtype  # "fp16" is kept as "float16"
     optimizer_lib.validate(config.opt, config.train.steps)
     sharding.validate(config, jax.device_count() if num_devices is None else num_devices, process_count)
 
@@ -138,10 +139,10 @@ def vocab_sizes(config: ml_collections.ConfigDict, num_symbols: int | None = Non
     if config.data.raw_only_of_mix:
         symbols = 0
     logical = vocab.vocab_size(symbols)
-    padded = int(config.model.vocab_size) or vocab.padded_vocab_size(symbols)
+    padded = int(config.model.padded_vocab_size) or vocab.padded_vocab_size(symbols)
     if padded < logical:
-        raise ValueError(f"config.model.vocab_size={padded} is smaller than the proxy's vocabulary {logical}; set "
-                         "it to 0 to derive it.")
+        raise ValueError(f"--config.model.padded_vocab_size={padded} is smaller than the proxy's vocabulary {logical}; "
+                         "set it to 0 to derive it.")
     return logical, padded
 
 
@@ -256,9 +257,9 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
     corpus = Corpus(config)
     pinned = _proxy_of_record(config, workdir, corpus)
     proxy = pinned[0] if pinned else make_proxy(config, workdir, corpus)
-    true_vocab, model_vocab = vocab_sizes(config, proxy.num_symbols)
+    true_vocab, padded_vocab = vocab_sizes(config, proxy.num_symbols)
     fix_scan_layers(config, pinned[1] if pinned else None)
-    args = ModelArgs.from_config(config.model, model_vocab)
+    args = ModelArgs.from_config(config.model, true_vocab, padded_vocab_size=padded_vocab)
     record = pinned[1] if pinned else _new_record(config, workdir, proxy, corpus, args, true_vocab)
     model = Transformer(args)
     mesh = sharding.make_mesh(config)
