@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from proxy_jax import __version__, proxies, run_record, sharding, vocab
+from proxy_jax import __version__, proxies, recipes, run_record, sharding, vocab
 from proxy_jax import config as config_lib
 from proxy_jax import optimizer as optimizer_lib
 from proxy_jax import restore as restore_lib
@@ -146,8 +146,10 @@ def vocab_sizes(config: ml_collections.ConfigDict, num_symbols: int | None = Non
     return logical, padded
 
 
-def preprocess(config: ml_collections.ConfigDict, output: str, workdir: str | None = None, **kwargs) -> dict:
-    """Compresses the corpus of ``config`` once into shards under ``output`` (``data.shard_writer.write``)."""
+def preprocess(config: ml_collections.ConfigDict, output: str, cache_dir: str | None = None, **kwargs) -> dict:
+    """Compresses the corpus of ``config`` once into shards under ``output`` (``data.shard_writer.write``); a
+    tokenizer the proxy trains is cached under ``cache_dir`` (default ``{output}/work``, removed with the
+    old output by ``overwrite``)."""
     from proxy_jax.data import shard_writer
 
     if config.data.source == "preprocessed":
@@ -156,7 +158,7 @@ def preprocess(config: ml_collections.ConfigDict, output: str, workdir: str | No
     validate(config)
     os.makedirs(output, exist_ok=True)
     shard_writer.prepare_output(config, output, overwrite=kwargs.get("overwrite", False))  # before any training
-    proxy = make_proxy(config, workdir=workdir or os.path.join(output, "work"))
+    proxy = make_proxy(config, workdir=cache_dir or os.path.join(output, shard_writer.CACHE_DIR))
     return shard_writer.write(config, output, proxy, **kwargs)
 
 
@@ -254,6 +256,10 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
     from proxy_jax.data import pipeline as pipeline_lib
 
     validate(config)
+    if long := recipes.longer_than_run(config):
+        log.warning("train.steps=%d is shorter than %s: set them for this run (--config.train.steps and "
+                    "recipes.load_config rescale them; assigning train.steps does not).", config.train.steps,
+                    ", ".join(long))
     corpus = Corpus(config)
     pinned = _proxy_of_record(config, workdir, corpus)
     proxy = pinned[0] if pinned else make_proxy(config, workdir, corpus)
