@@ -146,11 +146,19 @@ def vocab_sizes(config: ml_collections.ConfigDict, num_symbols: int | None = Non
     return logical, padded
 
 
-def preprocess(config: ml_collections.ConfigDict, output: str, cache_dir: str | None = None, **kwargs) -> dict:
+def preprocess(config: ml_collections.ConfigDict, output: str, cache_dir: str | None = None, *,
+               workdir: str | None = None, **kwargs) -> dict:
     """Compresses the corpus of ``config`` once into shards under ``output`` (``data.shard_writer.write``); a
     tokenizer the proxy trains is cached under ``cache_dir`` (default ``{output}/work``, removed with the
-    old output by ``overwrite``)."""
+    old output by ``overwrite``). ``workdir`` is the deprecated name of ``cache_dir``."""
+    import warnings
+
     from proxy_jax.data import shard_writer
+
+    if workdir:
+        warnings.warn("assemble.preprocess(workdir=...) is deprecated: it names the tokenizer cache; pass "
+                      "cache_dir=...", DeprecationWarning, stacklevel=2)
+        cache_dir = cache_dir or workdir
 
     if config.data.source == "preprocessed":
         raise ValueError("config.data.source='preprocessed' is already preprocessed; preprocess the original "
