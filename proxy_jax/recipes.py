@@ -156,9 +156,9 @@ def longer_than_run(c: ml_collections.ConfigDict) -> list[str]:
     ``load_config``) rescales them. The mixing phases count as too long when the run never reaches the
     last one that differs from where it ends."""
     steps = int(c.train.steps)
-    out = [f"{key}={int(c[key.split('.')[0]][key.split('.')[1]])}"
-           for key in ("opt.warmup_steps", "mix.warmup_steps", "train.checkpoint_every", "train.eval_every")
-           if int(c[key.split(".")[0]][key.split(".")[1]]) > steps]
+    values = {key: int(c[key.split(".")[0]][key.split(".")[1]])
+              for key in ("opt.warmup_steps", "mix.warmup_steps", "train.checkpoint_every", "train.eval_every")}
+    out = [f"{key}={value}" for key, value in values.items() if value > steps]
     w, t, d = int(c.mix.warmup_steps), int(c.mix.steady_steps), int(c.mix.decay_steps)
     changes_later = d > 0 or c.mix.mode_final != c.mix.mode_steady or c.mix.rate_final != c.mix.rate_peak
     if w <= steps < w + t + d and changes_later:
