@@ -7,7 +7,8 @@
 
 Catches sharding mistakes, out-of-memory layouts and compile errors on a CPU host before a pod is
 reserved; prints the per-device memory the compiled step needs. The proxy's vocabulary is taken from
---vocab_symbols (default: 4096 tokenizer pieces), so no tokenizer is trained.
+--vocab_symbols (default: 4096 tokenizer pieces), so no tokenizer is trained. A bad value ends with one
+``error:`` sentence and exit status 2, as the package's commands do (``proxy_jax.cli``).
 """
 
 from __future__ import annotations
@@ -49,10 +50,17 @@ def main() -> None:
     from proxy_jax import config as config_lib
     from proxy_jax import recipes, sharding, train_step, vocab
 
+    bad = [kv for kv in args.override if "=" not in kv]
+    if bad:
+        raise ValueError(f"--override {bad[0]!r} is not KEY=VALUE; write e.g. --override model.remat_policy=dots.")
     overrides = dict(kv.split("=", 1) for kv in args.override)
     config = recipes.load_config(args.config, **{k: parse_value(v) for k, v in overrides.items()})
     if args.mesh:
-        config.mesh.shape = tuple(int(x) for x in args.mesh.split(","))
+        try:
+            config.mesh.shape = tuple(int(x) for x in args.mesh.split(","))
+        except ValueError:
+            raise ValueError(f"--mesh={args.mesh!r} is not three integers data,fsdp,tensor; write e.g. "
+                             "--mesh=-1,1,1.") from None
     if args.topology == "host":
         devices = jax.devices()
     else:
@@ -61,11 +69,11 @@ def main() -> None:
         try:
             devices = topologies.get_topology_desc(platform="tpu", topology_name=args.topology).devices
         except Exception as e:  # noqa: BLE001 - the compiler plug-in is missing or the name is wrong
-            sys.exit(f"Cannot describe TPU topology {args.topology!r} ({e}); install libtpu "
-                     f"(pip install libtpu) and use names like v5p:2x2x2.")
+            raise ValueError(f"--topology={args.topology!r} cannot be described ({e}); install libtpu "
+                             "(pip install libtpu) and use names like v5p:2x2x2.") from None
     sharding.validate(config, len(devices), process_count=1)
     true_vocab = vocab.vocab_size(args.vocab_symbols)
-    model_args = model_lib.ModelArgs.from_config(config.model, vocab.padded_vocab_size(args.vocab_symbols),
+    model_args = model_lib.ModelArgs.from_config(config.model, true_vocab,
                                                  platform=devices[0].platform)  # scan_layers "auto": the target's
     model = model_lib.Transformer(model_args)
     mesh = sharding.make_mesh(config, devices=devices)
@@ -99,4 +107,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from proxy_jax import cli
+
+    cli.run_command(main)

@@ -48,7 +48,7 @@ def shards(workdir: str) -> str:
     out = os.path.join(workdir, "stdlib-tok4k")
     if not os.path.exists(os.path.join(out, "manifest.json")):
         t0 = time.perf_counter()
-        assemble.preprocess(base(workdir), out, workdir=os.path.join(workdir, "work"), num_shards=4,
+        assemble.preprocess(base(workdir), out, cache_dir=os.path.join(workdir, "work"), num_shards=4,
                                   splits=("train",), progress_bar=False)
         print(f"preprocessed {out} in {time.perf_counter() - t0:.1f} s")
     return out

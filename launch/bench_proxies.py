@@ -76,11 +76,11 @@ def main():
 
     c.proxy.name, c.proxy.vocab_size = "tokenizer", 4096
     out = f"{args.out}/shards"
-    m, dt = _timed(lambda: preprocess(c, out, workdir=f"{args.out}/work", num_shards=4, progress_bar=False))
+    m, dt = _timed(lambda: preprocess(c, out, cache_dir=f"{args.out}/work", num_shards=4, progress_bar=False))
     total = sum(v["bytes"] for v in m["splits"].values())
     rows.append(f"| preprocess stdlib, tokenizer v4096 (incl. training), 4 shards, 1 process | {dt:.1f} s, "
                 f"{total / dt / 1e6:.2f} MB/s |")
-    _, dt2 = _timed(lambda: preprocess(c, out, workdir=f"{args.out}/work", num_shards=4, progress_bar=False))
+    _, dt2 = _timed(lambda: preprocess(c, out, cache_dir=f"{args.out}/work", num_shards=4, progress_bar=False))
     rows.append(f"| rerun on finished shards (verification only) | {dt2:.2f} s |")
     d = c.data.copy_and_resolve_references()
     d.source, d.path = "preprocessed", out

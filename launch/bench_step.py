@@ -74,7 +74,7 @@ def build_ours(c, logical_vocab: int, padded_vocab: int):
     from proxy_jax import optimizer as optimizer_lib
     from proxy_jax import sharding, train_step
 
-    args = model_lib.ModelArgs.from_config(c.model, padded_vocab)
+    args = model_lib.ModelArgs.from_config(c.model, logical_vocab, padded_vocab_size=padded_vocab)
     model = model_lib.Transformer(args)
     mesh = sharding.make_mesh(c, devices=jax.devices()[:1])
     tx, schedule = optimizer_lib.make_optimizer(c.opt, c.train.steps)

@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from proxy_jax import __version__, proxies, run_record, sharding, vocab
+from proxy_jax import __version__, proxies, recipes, run_record, sharding, vocab
 from proxy_jax import config as config_lib
 from proxy_jax import optimizer as optimizer_lib
 from proxy_jax import restore as restore_lib
@@ -48,7 +48,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     schedule.validate_mix(config.mix)
     proxies.check_name(config.proxy.name)
     corpus_lib.check_source(config.data)
-    ModelArgs.from_config(config.model, vocab.RAW_VOCAB_SIZE)  # the model's own constraints
+    args = ModelArgs.from_config(config.model, vocab.RAW_VOCAB_SIZE)  # the model's own constraints
+    config.model.dtype, config.model.param_dtype = args.dtype, args.param_dtype  # "fp16" is kept as "float16"
     optimizer_lib.validate(config.opt, config.train.steps)
     sharding.validate(config, jax.device_count() if num_devices is None else num_devices, process_count)
 
@@ -148,16 +149,26 @@ def vocab_sizes(config: ml_collections.ConfigDict, num_symbols: int | None = Non
     if config.data.raw_only_of_mix:
         symbols = 0
     logical = vocab.vocab_size(symbols)
-    padded = int(config.model.vocab_size) or vocab.padded_vocab_size(symbols)
+    padded = int(config.model.padded_vocab_size) or vocab.padded_vocab_size(symbols)
     if padded < logical:
-        raise ValueError(f"config.model.vocab_size={padded} is smaller than the proxy's vocabulary {logical}; set "
-                         "it to 0 to derive it.")
+        raise ValueError(f"--config.model.padded_vocab_size={padded} is smaller than the proxy's vocabulary {logical}; "
+                         "set it to 0 to derive it.")
     return logical, padded
 
 
-def preprocess(config: ml_collections.ConfigDict, output: str, workdir: str | None = None, **kwargs) -> dict:
-    """Compresses the corpus of ``config`` once into shards under ``output`` (``data.shard_writer.write``)."""
+def preprocess(config: ml_collections.ConfigDict, output: str, cache_dir: str | None = None, *,
+               workdir: str | None = None, **kwargs) -> dict:
+    """Compresses the corpus of ``config`` once into shards under ``output`` (``data.shard_writer.write``); a
+    tokenizer the proxy trains is cached under ``cache_dir`` (default ``{output}/work``, removed with the
+    old output by ``overwrite``). ``workdir`` is the deprecated name of ``cache_dir``."""
+    import warnings
+
     from proxy_jax.data import shard_writer
+
+    if workdir:
+        warnings.warn("assemble.preprocess(workdir=...) is deprecated: it names the tokenizer cache; pass "
+                      "cache_dir=...", DeprecationWarning, stacklevel=2)
+        cache_dir = cache_dir or workdir
 
     if config.data.source == "preprocessed":
         raise ValueError("config.data.source='preprocessed' is already preprocessed; preprocess the original "
@@ -169,7 +180,7 @@ def preprocess(config: ml_collections.ConfigDict, output: str, workdir: str | No
     os.makedirs(output, exist_ok=True)
     try:
         shard_writer.prepare_output(config, output, overwrite=kwargs.get("overwrite", False))  # before any training
-        proxy = make_proxy(config, workdir=workdir or os.path.join(output, "work"), corpus=corpus)
+        proxy = make_proxy(config, workdir=cache_dir or os.path.join(output, shard_writer.CACHE_DIR), corpus=corpus)
         return shard_writer.write(config, output, proxy, **kwargs)
     except BaseException:
         if created:  # a refused or interrupted first start leaves no empty folders behind
@@ -281,12 +292,16 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, with_pipeline: boo
     from proxy_jax.data import pipeline as pipeline_lib
 
     validate_training(config)
+    if long := recipes.longer_than_run(config):
+        log.warning("train.steps=%d is shorter than %s: set them for this run (--config.train.steps and "
+                    "recipes.load_config rescale them; assigning train.steps does not).", config.train.steps,
+                    ", ".join(long))
     corpus = corpus or Corpus(config)
     pinned = _proxy_of_record(config, workdir, corpus)
     proxy = pinned[0] if pinned else make_proxy(config, workdir, corpus)
-    true_vocab, model_vocab = vocab_sizes(config, proxy.num_symbols)
+    true_vocab, padded_vocab = vocab_sizes(config, proxy.num_symbols)
     fix_scan_layers(config, pinned[1] if pinned else None)
-    args = ModelArgs.from_config(config.model, model_vocab)
+    args = ModelArgs.from_config(config.model, true_vocab, padded_vocab_size=padded_vocab)
     record, keys = (pinned[1], None) if pinned else _new_record(config, workdir, proxy, corpus, args, true_vocab)
     model = Transformer(args)
     mesh = sharding.make_mesh(config)

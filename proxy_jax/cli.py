@@ -152,6 +152,17 @@ def _loaded(names: tuple[str, ...]) -> tuple[type[BaseException], ...]:
     return tuple(out)
 
 
+def quiet_libraries() -> None:
+    """Our own progress at INFO; the libraries' chatter (absl, JAX probing for a TPU, Orbax) only from WARNING
+    up. A command calls it once its flags are parsed, before JAX starts."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("proxy_jax").setLevel(logging.INFO)
+
+
 def run_command(body: Callable[[], object], *, user_errors: tuple[str, ...] = (),
                 on_interrupt: Callable[[], str] = lambda: "stopped.", usage: str = "",
                 translate: Callable[[str], str] = lambda s: s, where: Callable[[], str] = lambda: "") -> None:

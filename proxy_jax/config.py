@@ -163,7 +163,10 @@ def base_config() -> ml_collections.ConfigDict:
     # need: the GPU presets set both (recipes.GPU_SETTINGS); the paper-scale TPU meshes (recipes.TPU_MESH)
     # were sized with remat "full".
     mo.remat_policy = "none"  # "none" | "full" | "dots" | "dots_with_no_batch_dims"
-    mo.vocab_size = 0  # 0 = derived from the proxy (320 + symbols, padded to 128)
+    # Embedding and output-head rows (0 = the proxy's vocabulary, 320 + symbols, rounded up to a multiple of
+    # 128). Rows above the vocabulary are never scored, emitted or exported. Saved runs that name this
+    # key model.vocab_size load as before.
+    mo.padded_vocab_size = 0
     # Positions per chunk of the output heads + cross-entropy (0 = off: all B x L x V logits at once).
     # With large vocabularies (32k-97k) the logits dominate activation memory; 512-2048 keeps them
     # small at the cost of recomputing each chunk's head matmul in the backward pass.

@@ -17,7 +17,6 @@ with a sentence naming the checkpoint the workdir really keeps; run the same com
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 from proxy_jax import cli  # the standard library only: nothing heavy is imported before Ctrl-C is handled
@@ -75,11 +74,7 @@ def main(argv) -> None:
                                        int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"]))
         else:  # TPU pods, SLURM, Open MPI: discovered from the environment
             jax.distributed.initialize()
-    # Our own progress at INFO; the libraries' chatter (absl, orbax) only from WARNING up.
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("proxy_jax").setLevel(logging.INFO)
+    cli.quiet_libraries()
     _train_and_report(config, workdir)
 
 

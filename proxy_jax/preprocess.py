@@ -1,7 +1,7 @@
 """Compress a corpus once into ArrayRecord shards: ``python -m proxy_jax.preprocess``.
 
     python -m proxy_jax.preprocess --config=configs/xyz.py --output=/data/stdlib-tok4k \
-        [--workdir=DIR] [--num_shards=8] [--process_index=0 --process_count=1] [--splits=train,validation]
+        [--cache_dir=DIR] [--num_shards=8] [--process_index=0 --process_count=1] [--splits=train,validation]
         [--overwrite]
 
 Calls ``proxy_jax.assemble.preprocess``, which writes ``{output}/{split}-{shard:05d}-of-{N:05d}.array_record``
@@ -11,7 +11,9 @@ of P writes the shards s with s % P == i; whoever completes the last shard write
 shard is written under a temporary name, renamed when complete, then its statistics are saved under
 ``{output}/shard_stats/``; a rerun skips shards whose statistics match, so an interrupted run resumes.
 An output folder made with other proxy or corpus settings is refused (one sentence) unless ``--overwrite``,
-which removes its shards, statistics, manifest and tokenizer.model first.
+which removes its shards, statistics, manifest, tokenizer.model and default tokenizer cache first. A
+tokenizer the proxy trains is cached in ``--cache_dir`` (default ``{output}/work``) and reused by a rerun;
+``--workdir`` is the deprecated name of ``--cache_dir`` (it is not a training run's workdir).
 Train with ``--config.data.source=preprocessed --config.data.path={output}``.
 
 The flags and the config are checked before any work; a bad value, a malformed JSONL line, an empty
@@ -22,8 +24,9 @@ status 130 (``proxy_jax.cli``).
 from __future__ import annotations
 
 import os
+import sys
 
-USAGE = ("usage: python -m proxy_jax.preprocess --config=configs/FILE.py[:PRESET] --output=DIR [--workdir=DIR] "
+USAGE = ("usage: python -m proxy_jax.preprocess --config=configs/FILE.py[:PRESET] --output=DIR [--cache_dir=DIR] "
          "[--num_shards=N] [--process_index=I --process_count=P] [--splits=train,validation] [--config.KEY=VALUE ...]")
 
 
@@ -43,6 +46,17 @@ def check_flags(num_shards: int, process_index: int, process_count: int, splits:
         raise ValueError(f"--splits={','.join(splits)!r} must name some of {', '.join(corpus.SPLITS)}.")
 
 
+def cache_dir_flag(cache_dir: str | None, workdir: str | None) -> str | None:
+    """``--cache_dir``, or its deprecated name ``--workdir`` (with one warning line); both differing is refused."""
+    if workdir:
+        if cache_dir and cache_dir != workdir:
+            raise ValueError(f"--workdir={workdir} is the deprecated name of --cache_dir={cache_dir}; pass only "
+                             "--cache_dir.")
+        print("warning: preprocess --workdir is deprecated: it names the tokenizer cache; use --cache_dir.",
+              file=sys.stderr, flush=True)
+    return cache_dir or workdir or None
+
+
 def main(argv):
     from absl import flags
 
@@ -58,6 +72,8 @@ def main(argv):
         raise cli.UsageError("--output is required: the folder that receives the shards and manifest.json.")
     splits = [s for s in f.splits.split(",") if s]
     check_flags(f.num_shards, f.process_index, f.process_count, splits)
+    cache_dir = cache_dir_flag(f.cache_dir, f.workdir)
+    cli.quiet_libraries()
     from proxy_jax import config as config_lib
     from proxy_jax import proxies
     from proxy_jax.data import corpus
@@ -68,7 +84,7 @@ def main(argv):
     from proxy_jax import assemble
     from proxy_jax.data import shards
 
-    m = assemble.preprocess(config, f.output, workdir=f.workdir or None, num_shards=f.num_shards,
+    m = assemble.preprocess(config, f.output, cache_dir=cache_dir, num_shards=f.num_shards,
                             process_index=f.process_index, process_count=f.process_count, splits=splits,
                             overwrite=f.overwrite)
     if not m["complete"]:
@@ -86,7 +102,8 @@ def _define_flags():
     from ml_collections import config_flags
     config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
     flags.DEFINE_string("output", None, "Folder for the shards and manifest.json.")
-    flags.DEFINE_string("workdir", None, "Where a trained tokenizer is cached (default: {output}/work).")
+    flags.DEFINE_string("cache_dir", None, "Where a trained tokenizer is cached and reused (default: {output}/work).")
+    flags.DEFINE_string("workdir", None, "Deprecated name of --cache_dir (a tokenizer cache, not a training run).")
     flags.DEFINE_integer("num_shards", 8, "Shards per split.")
     flags.DEFINE_integer("process_index", 0, "This process (writes the shards s with s % process_count == index).")
     flags.DEFINE_integer("process_count", 1, "Number of processes sharing the work.")

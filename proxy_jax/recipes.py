@@ -150,6 +150,25 @@ def with_steps(c: ml_collections.ConfigDict, steps: int, keep=()) -> ml_collecti
     return c
 
 
+def longer_than_run(c: ml_collections.ConfigDict) -> list[str]:
+    """The warm-ups and cadences of ``c`` longer than its ``train.steps`` (``"key=value"`` each): what a plain
+    assignment ``c.train.steps = 3`` leaves behind, since only ``with_steps`` (``--config.train.steps``,
+    ``load_config``) rescales them. The mixing phases count as too long when the run never reaches the
+    last one that differs from where it ends (not for a transfer control, ``data.raw_only_of_mix``, which
+    keeps its proxy run's schedule over a shorter loop)."""
+    steps = int(c.train.steps)
+    values = {key: int(c[key.split(".")[0]][key.split(".")[1]])
+              for key in ("opt.warmup_steps", "mix.warmup_steps", "train.checkpoint_every", "train.eval_every")}
+    if c.data.raw_only_of_mix:  # a transfer control keeps its proxy run's schedule on purpose (scaling.sweep)
+        del values["mix.warmup_steps"]
+    out = [f"{key}={value}" for key, value in values.items() if value > steps]
+    w, t, d = int(c.mix.warmup_steps), int(c.mix.steady_steps), int(c.mix.decay_steps)
+    changes_later = d > 0 or c.mix.mode_final != c.mix.mode_steady or c.mix.rate_final != c.mix.rate_peak
+    if w <= steps < w + t + d and changes_later and not c.data.raw_only_of_mix:
+        out.append(f"mix.warmup_steps+steady_steps+decay_steps={w + t + d}")
+    return out
+
+
 def proxy_schedule(c: ml_collections.ConfigDict) -> None:
     """The paper's mixing recipe scaled to the run: warm-up 20% of steps with translation pairs in random
     order and r ramping 0.4 -> 0.9, then sentinel mode at r = 0.9 (paper: W=10k, T=40k of 50k steps)."""

@@ -7,7 +7,9 @@
 |                  | parameter hash and the fitted entropy threshold)                                   |
 | ``text_format``  | how the run writes a document: ``sentinel``, ``plain`` or ``compressed``            |
 | ``vocab_size``   | the logical vocabulary (320 + symbols; 320 for the raw-only control)               |
-| ``model``        | ``ModelArgs`` (its ``vocab_size`` is the padded one the parameters have)           |
+| ``model``        | ``ModelArgs``: the same ``vocab_size`` and the ``padded_vocab_size`` rows the       |
+|                  | parameters have (records written before the two names were split kept the padded  |
+|                  | size under ``model.vocab_size``; they are read with the logical one)               |
 | ``num_targets``  | tokens each position predicts (rows carry ``seq_len + num_targets``)               |
 | ``mesh``         | the mesh the run was built on (shape, axis names, devices)                         |
 | ``corpus``       | the training split it was built from: description, fingerprint, document count     |
@@ -55,7 +57,8 @@ class RunRecord:
 
     @property
     def padded_vocab_size(self) -> int:
-        return int(self.model["vocab_size"])
+        """Embedding and head rows of the parameters (>= ``vocab_size``)."""
+        return int(self.model["padded_vocab_size"])
 
     @property
     def proxy_name(self) -> str:
@@ -67,7 +70,10 @@ class RunRecord:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "RunRecord":
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in obj.items() if k in fields})
+        record = {k: v for k, v in obj.items() if k in fields}
+        # Older records kept the padded size as model.vocab_size: ModelArgs.vocab_size is the logical one.
+        record["model"] = {**record["model"], "vocab_size": int(record["vocab_size"])}
+        return cls(**record)
 
     def artifact_hashes(self) -> dict[str, str]:
         """What pins the proxy: ``{what: sha256}`` (empty for proxies without an artifact)."""

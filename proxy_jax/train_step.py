@@ -255,7 +255,8 @@ def make_eval_step(config: ml_collections.ConfigDict, model, mesh, state_shardin
     padding inputs are skipped. Returns ``sum_nll_raw`` (nats over raw-byte targets 64..319),
     ``raw_count``, the same over compressed-symbol targets (>= 320) as ``sum_nll_comp`` /
     ``comp_count``, and over all targets as ``sum_nll`` / ``count``. Parameters are laid out as
-    ``state_shardings.params`` (training) or ``param_shardings`` (a restored run).
+    ``state_shardings.params`` (training) or ``param_shardings`` (a restored run). ``vocab_size``: the
+    logical vocabulary (default ``model.args.vocab_size``); the padded rows above it are never scored.
     """
     vocab_size = int(vocab_size or model.args.vocab_size)
     rules = sharding_lib.logical_rules(config)

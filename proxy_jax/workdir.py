@@ -44,6 +44,7 @@ from proxy_jax import checkpoint as ckpt_lib
 from proxy_jax import config as config_lib
 from proxy_jax import storage
 from proxy_jax.model import ModelArgs
+from proxy_jax.model.args import dtype_name
 
 CONFIG = "config.json"
 MODEL = "model.json"
@@ -213,6 +214,20 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _upgraded(saved: dict) -> dict:
+    """A saved config in today's names: ``model.vocab_size`` (the embedding rows, before the key was renamed)
+    is ``model.padded_vocab_size``, and a dtype alias (``fp16``) its canonical name (``float16``)."""
+    model = dict(saved.get("model") or {})
+    if "vocab_size" in model:
+        model.setdefault("padded_vocab_size", model.pop("vocab_size"))
+    for key in ("dtype", "param_dtype"):
+        try:
+            model[key] = dtype_name(model[key], f"model.{key}")
+        except (KeyError, ValueError):
+            pass  # absent, or refused where the config is validated
+    return {**saved, "model": model} if "model" in saved else saved
+
+
 def _resumable(key: str) -> bool:
     return any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE)
 
@@ -227,11 +242,11 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
     has_steps = storage.isdir(ckpt_dir) and any(n.isdigit() for n in storage.listdir(ckpt_dir))
     if not (storage.exists(path) and has_steps):
         return {}
-    saved = _flat(json.loads(storage.read_text(path)))
+    saved = _flat(_upgraded(json.loads(storage.read_text(path))))
     _match_virtual_shards(config, saved)
     _match_index(config, saved)
     _match_scan_layers(config, saved)
-    now = _flat(json.loads(config.to_json_best_effort()))
+    now = _flat(_upgraded(json.loads(config.to_json_best_effort())))
     changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
     # A lazily indexed corpus meets malformed lines as it reads them: skipping them from here on moves no
     # other document, so a run stopped by one resumes with --config.data.skip_malformed=True.
@@ -277,7 +292,7 @@ def _match_scan_layers(config: ml_collections.ConfigDict, saved: dict[str, Any])
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The saved config, on top of today's defaults (keys added since the run was made keep their defaults)."""
-    saved = json.loads(storage.read_text(_require(workdir, CONFIG)))
+    saved = _upgraded(json.loads(storage.read_text(_require(workdir, CONFIG))))
     config = config_lib.base_config()
     _merge(config, saved)
     return config
@@ -295,9 +310,10 @@ def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
 
 
 def load_model(workdir: str) -> tuple[ModelArgs, int]:
-    """``(ModelArgs, logical vocabulary size)`` of an older workdir's ``model.json``."""
+    """``(ModelArgs, logical vocabulary size)`` of an older workdir's ``model.json`` (whose ``args`` kept the
+    padded size as ``vocab_size``)."""
     saved = json.loads(storage.read_text(_require(workdir, MODEL)))
-    return ModelArgs(**saved["args"]), int(saved["vocab_size"])
+    return ModelArgs(**{**saved["args"], "vocab_size": int(saved["vocab_size"])}), int(saved["vocab_size"])
 
 
 def checkpointer(workdir: str, config: ml_collections.ConfigDict) -> ckpt_lib.Checkpointer:

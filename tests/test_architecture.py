@@ -23,6 +23,7 @@ LAYERS = {
     "proxy_jax.recipes": 0,
     "proxy_jax.storage": 0,
     "proxy_jax.interrupts": 0,
+    "proxy_jax.progress": 0,  # bars and plain progress lines: the standard library and tqdm only
     "proxy_jax.model": 1,  # a leaf network library: M1 of the neural proxy runs it
     "proxy_jax.proxies": 2,
     "proxy_jax.data": 3,
@@ -33,7 +34,6 @@ LAYERS = {
     "proxy_jax.preemption": 4,
     "proxy_jax.health": 4,
     "proxy_jax.metrics": 4,
-    "proxy_jax.progress": 4,
     "proxy_jax.generate": 4,
     "proxy_jax.evaluation": 4,  # the package and its maths: they never see the training loop
     "proxy_jax.codeeval": 4,  # sandboxed execution, pass@k, problem sets: leaves

@@ -98,7 +98,7 @@ def test_bpb_matches_an_independent_per_document_computation(fmt):
     window, batch_size = 64, 8
     symbols = 64 if fmt == "compressed" else 0
     encode = _toy_encode if fmt == "compressed" else None
-    args = model_lib.ModelArgs.from_config(config.model, vocab.padded_vocab_size(symbols))
+    args = model_lib.ModelArgs.from_config(config.model, vocab.vocab_size(symbols))
     model = model_lib.Transformer(args)
     mesh = sharding.make_mesh(config)
     tx, _ = optimizer.make_optimizer(config.opt, 10)

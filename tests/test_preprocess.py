@@ -131,7 +131,7 @@ def test_two_processes_cover_every_document_once(reference, tmp_path):
 
 def test_tokenizer_shards_carry_their_tokenizer(tmp_path):
     c = _config("tokens_as_bytes", vocab_size=600, train_max_bytes=1_000_000, gray_code=True)
-    m = _run(tmp_path / "out", config=c, num_shards=2, workdir=str(tmp_path / "work"))
+    m = _run(tmp_path / "out", config=c, num_shards=2, cache_dir=str(tmp_path / "work"))
     assert m["tokenizer_model"] == "tokenizer.model" and os.listdir(tmp_path / "work" / "proxy")
     assert m["proxy"]["gray_code"] and m["proxy"]["tokenizer_vocab_size"] == 600
     tr = c.copy_and_resolve_references()
@@ -153,7 +153,7 @@ def test_tokenizer_shards_carry_their_tokenizer(tmp_path):
 def test_output_made_with_other_settings_is_refused_unless_overwrite(reference, tmp_path):
     out = tmp_path / "out"
     tok = _config("tokens_as_bytes", vocab_size=600, train_max_bytes=1_000_000)
-    _run(out, config=tok, num_shards=2, workdir=str(tmp_path / "work"))
+    _run(out, config=tok, num_shards=2, cache_dir=str(tmp_path / "work"))
     before = _files(out)
     with pytest.raises(ValueError, match=r"already holds shards made with other settings: proxy .*'gzip'.*"
                                          r"--overwrite") as e:

@@ -82,7 +82,7 @@ def test_one_restore_serves_consumers_and_old_workdirs(tmp_path, caplog):
     summary = train.train(config, wd, progress=False)
     run = restore.restore(wd)
     assert run.step == 4 and run.text_format == "sentinel" and run.vocab_size == 576
-    assert run.padded_vocab_size == run.args.vocab_size == 640
+    assert run.padded_vocab_size == run.args.padded_vocab_size == 640 and run.args.vocab_size == 576
     assert isinstance(run.proxy, proxies.GzipProxy) and run.proxy.level == config.proxy.gzip_level
     trained = summary["run"].state.params
     for a, b in zip(jax_leaves(run.params), jax_leaves(trained)):

@@ -44,7 +44,7 @@ def _select(scan, split: str, data_config, counts) -> tuple[list[str], np.ndarra
     want_val = split == "validation"
     keys, locs = [], []
     stats = dict(documents=0, bytes=0, source_documents=0, cut_documents=0, skipped_empty=0, other_split=0)
-    for key, size, f, pos, line_size in scan:  # size -1: not known (a lazy index)
+    for key, size, f, pos, locator in scan:  # size -1: not known (a lazy index)
         if size == 0:
             stats["skipped_empty"] += 1
             continue
@@ -60,10 +60,10 @@ def _select(scan, split: str, data_config, counts) -> tuple[list[str], np.ndarra
             stats["cut_documents"] += 1
             for k, start in enumerate(range(0, size, max_bytes)):
                 keys.append(f"{key}#{k}")
-                locs.append((f, pos, line_size, start, min(max_bytes, size - start)))
+                locs.append((f, pos, locator, start, min(max_bytes, size - start)))
         else:
             keys.append(key)
-            locs.append((f, pos, line_size, 0, size))
+            locs.append((f, pos, locator, 0, size))
     stats["documents"] = len(keys)
     stats.update({k: v for k, v in counts.items() if isinstance(v, int)})
     arr = np.asarray(locs, dtype=np.int64).reshape(-1, 5)

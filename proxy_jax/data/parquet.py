@@ -105,7 +105,7 @@ def _read_group(pf, g: int, name: str, path: str):
 
 
 def scan_parquet(files, base, fields, counts) -> Iterator[tuple]:
-    """(key, size, file, row in file, row group) per row; nulls are counted and skipped."""
+    """(key, size, file, row in file, row group as the locator) per row; nulls are counted and skipped."""
     for f, p in enumerate(files):
         pf = open_parquet(p)
         name = _column_name(pf.schema_arrow, fields, p)
@@ -155,7 +155,7 @@ def _rows(label, f, row0, group, lengths, valid, counts):
 
 
 class ParquetSource(sources.DocumentSource):
-    """Rows of Parquet files; ``position`` is the row in its file, ``size`` its row group."""
+    """Rows of Parquet files; ``position`` is the row in its file, the locator its row group."""
 
     def __init__(self, files: list[str], fields: tuple[str, ...], **kw):
         super().__init__(**kw)
@@ -197,8 +197,8 @@ class ParquetSource(sources.DocumentSource):
                 groups.popitem(last=False)
         return got
 
-    def _read(self, f, pos, size, start, length):
-        first, column = self._group(f, size)
+    def _read(self, f, pos, group, start, length):
+        first, column = self._group(f, group)
         return sources.cut(_as_bytes(column[pos - first]), start, length)
 
 
@@ -213,7 +213,7 @@ class ArrowSource(sources.DocumentSource):
     def _unpicklable(self):
         return ("_columns",)
 
-    def _read(self, f, pos, size, start, length):
+    def _read(self, f, pos, locator, start, length):
         with self._lock:  # the map of open files is shared by Grain's reader threads
             if self._columns is None:
                 self._columns = {}

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from typing import Any, Sequence
 
@@ -25,6 +24,7 @@ from proxy_jax.data.shards import MANIFEST, TOKENIZER, shard_name
 
 FORMAT_VERSION = 1
 STATS_DIR = "shard_stats"
+CACHE_DIR = "work"  # preprocess's default tokenizer cache inside --output (--cache_dir moves it)
 _WRITER_OPTIONS = "group_size:1"  # random access: one record per chunk
 _CHUNK_DOCS = 64
 _CHUNK_BYTES = 8 << 20
@@ -131,9 +131,9 @@ def _made_with(output: str) -> dict[str, Any] | None:
 
 def prepare_output(config, output: str, *, overwrite: bool = False) -> None:
     """Stops (one sentence) when ``output`` holds shards made with other proxy or corpus settings, unless
-    ``overwrite``: then that output (shards, their statistics, manifest.json, tokenizer.model) is removed
-    first, so no file of the old one (a stale tokenizer.model) is left beside the new manifest. Output made
-    with the same settings is kept: a rerun resumes it."""
+    ``overwrite``: then that output (shards, their statistics, manifest.json, tokenizer.model and the
+    default tokenizer cache ``work/``) is removed first, so no file of the old one (a stale tokenizer) is
+    left beside the new manifest. Output made with the same settings is kept: a rerun resumes it."""
     made = _made_with(output)
     now = {"proxy_settings": proxies.proxy_settings(config.proxy), "data": _data_settings(config.data)}
     now = json.loads(json.dumps(now))  # as the files hold it (tuples become lists)
@@ -151,6 +151,7 @@ def prepare_output(config, output: str, *, overwrite: bool = False) -> None:
     for path in glob.glob(os.path.join(glob.escape(output), "*.array_record*")):
         os.remove(path)
     shutil.rmtree(os.path.join(output, STATS_DIR), ignore_errors=True)
+    shutil.rmtree(os.path.join(output, CACHE_DIR), ignore_errors=True)
 
 
 def write(config, output: str, proxy: proxies.Proxy, *, num_shards: int = 8, process_index: int = 0,
@@ -165,7 +166,8 @@ def write(config, output: str, proxy: proxies.Proxy, *, num_shards: int = 8, pro
     skips shards whose statistics match, so an interrupted run resumes. An output made with other settings
     is refused unless ``overwrite`` (:func:`prepare_output`).
     """
-    from tqdm import tqdm
+    from proxy_jax import progress as progress_lib
+
     if config.data.source == "preprocessed":
         raise ValueError("config.data.source='preprocessed' is already preprocessed; preprocess the original "
                          "corpus source instead.")
@@ -208,16 +210,14 @@ def write(config, output: str, proxy: proxies.Proxy, *, num_shards: int = 8, pro
         todo = [s for s in mine if _shard_done(output, split, s, num_shards, identity,
                                                _shard_range(n, s, num_shards)[1] - _shard_range(n, s, num_shards)[0]) is None]
         total = sum(_shard_range(n, s, num_shards)[1] - _shard_range(n, s, num_shards)[0] for s in todo)
-        bar = tqdm(total=total, unit="doc", desc=f"{split}", disable=not progress_bar or not todo,
-                   file=sys.stderr, mininterval=1.0)
+        bar = progress_lib.bar(total, desc=split, unit="doc", disable=not progress_bar or not total)
         start, done_bytes = time.perf_counter(), 0
 
         def progress(docs, size):
             nonlocal done_bytes
             done_bytes += size
             bar.update(docs)
-            bar.set_postfix_str(f"{done_bytes / max(time.perf_counter() - start, 1e-9) / 1e6:.2f} MB/s",
-                                refresh=False)
+            bar.set_postfix(refresh=False, read=f"{done_bytes / max(time.perf_counter() - start, 1e-9) / 1e6:.2f} MB/s")
 
         for s in todo:
             lo, hi = _shard_range(n, s, num_shards)

@@ -3,8 +3,10 @@
 A :class:`DocumentSource` holds an index (key and location of every document, no contents); reading
 document ``i`` opens, seeks and reads just that document, so Grain workers can share a source by
 pickling it. Each ``scan_*`` function walks one kind of input once and yields
-``(key, size, file, position, line_size)`` per document; ``proxy_jax.data.corpus`` turns a scan into
-the documents of one split.
+``(key, size, file, position, locator)`` per document; ``proxy_jax.data.corpus`` turns a scan into
+the documents of one split. A document's *size* is always its length in bytes (``DocumentSource.size``);
+its *locator* is what its reader needs beside the position (a JSONL line's length in bytes, a Parquet
+row group; unused by the other readers).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ _SCAN_BATCH = 1024
 
 
 class DocumentSource:
-    """Documents of one split. ``locs`` rows are (file, position, size, start, length), see subclasses."""
+    """Documents of one split. ``locs`` rows are (file, position, locator, start, length): the reader's own
+    ``locator`` (see the module docstring and subclasses) and the piece ``[start, start + length)``."""
 
     def __init__(self, description: str, keys: list[str], locs: np.ndarray, stats: dict[str, int],
                  files_signature: list[tuple[str, int]] | None = None):
@@ -56,9 +59,9 @@ class DocumentSource:
 
     def __getitem__(self, i) -> bytes:
         i = self._index(i)
-        f, pos, size, start, length = (int(v) for v in self._locs[i])
+        f, pos, locator, start, length = (int(v) for v in self._locs[i])
         try:
-            doc = self._read(f, pos, size, start, length)
+            doc = self._read(f, pos, locator, start, length)
         except _Malformed as e:
             raise ValueError(f"{self.description}: document {self._keys[i]!r} is malformed: {e}; fix it, or resume "
                              "with --config.data.skip_malformed=True to skip (and count) such lines.") from None
@@ -102,7 +105,7 @@ class DocumentSource:
     def _unpicklable(self) -> tuple[str, ...]:
         return ()
 
-    def _read(self, f: int, pos: int, size: int, start: int, length: int) -> bytes:
+    def _read(self, f: int, pos: int, locator: int, start: int, length: int) -> bytes:
         raise TypeError(f"{type(self).__name__} does not read documents.")
 
     def __repr__(self):
@@ -125,14 +128,15 @@ class FileSource(DocumentSource):
         super().__init__(**kw)
         self.files = files
 
-    def _read(self, f, pos, size, start, length):
+    def _read(self, f, pos, locator, start, length):
         with open(self.files[f], "rb") as fh:
             fh.seek(start)
             return fh.read(length)
 
 
 class JsonlSource(DocumentSource):
-    """One document per JSON line; ``position``/``size`` locate the line, found by one scan at load."""
+    """One document per JSON line; ``position`` and the locator (the line's length in bytes) locate the line,
+    found by one scan at load."""
 
     def __init__(self, files: list[str], fields: tuple[str, ...], skip_malformed: bool = False, **kw):
         super().__init__(**kw)
@@ -140,10 +144,10 @@ class JsonlSource(DocumentSource):
         self.fields = fields
         self.skip_malformed = skip_malformed
 
-    def _read(self, f, pos, size, start, length):
+    def _read(self, f, pos, line_bytes, start, length):
         with open(self.files[f], "rb") as fh:
             fh.seek(pos)
-            line = fh.read(size)
+            line = fh.read(line_bytes)
         doc, reason = _jsonl_document(line, self.fields)
         if reason and self.lazy:  # a full index only holds lines that parsed
             if not line.strip() or self.skip_malformed:
@@ -163,7 +167,7 @@ class ArrayRecordSource(DocumentSource):
     def _unpicklable(self):
         return ("_ds",)
 
-    def _read(self, f, pos, size, start, length):
+    def _read(self, f, pos, locator, start, length):
         with self._lock:
             if self._ds is None:
                 self._ds = array_record_source(self.files)
@@ -181,7 +185,7 @@ class TfdsSource(DocumentSource):
     def _unpicklable(self):
         return ("_ds",)
 
-    def _read(self, f, pos, size, start, length):
+    def _read(self, f, pos, locator, start, length):
         with self._lock:
             if self._ds is None:
                 self._ds = tfds_data_source(self.name, self.tfds_split, self.data_dir)
@@ -291,8 +295,9 @@ def dir_files(path: str, pattern: str) -> tuple[list[str], str]:
     return files, path
 
 
-# Each scanner yields (key, size, file, position, line_size) for every document, in order, and may
-# count malformed entries in ``counts``.
+# Each scanner yields (key, size, file, position, locator) for every document, in order (size: the
+# document's length in bytes, -1 when not known; locator: see the module docstring), and may count
+# malformed entries in ``counts``.
 
 def scan_files(files, base, counts):
     for f, p in enumerate(files):

@@ -106,11 +106,11 @@ def raw_bpb(
     total_nll, total_count = 0.0, 0.0
     batches = batched(_rows(docs_ids, window, extra), batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from proxy_jax import progress as progress_lib
 
         tokens = sum(ids.size for ids in docs_ids)
-        batches = tqdm(batches, total=-(-max(tokens - 1, 0) // (window * batch_size)), desc="eval", unit="batch",
-                       leave=False, dynamic_ncols=True)
+        batches = progress_lib.iterate(batches, -(-max(tokens - 1, 0) // (window * batch_size)), desc="eval",
+                                       unit="batch", leave=False)
     for batch in batches:
         out = eval_step(batch)
         total_nll += float(out[nll_key])

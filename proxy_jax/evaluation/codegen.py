@@ -102,9 +102,9 @@ def cached_generate(items: Sequence[tuple[str, str]], n: int, generate_rows: Cal
     left = {i: n for i, _ in todo}
     batches = range(0, len(rows), batch_size)
     if progress and rows:
-        from tqdm.auto import tqdm
+        from proxy_jax import progress as progress_lib
 
-        batches = tqdm(batches, desc=desc, unit="batch", dynamic_ncols=True)
+        batches = progress_lib.iterate(batches, len(batches), desc=desc, unit="batch")
     out = jsonl.appender(store)
     try:
         for start in batches:

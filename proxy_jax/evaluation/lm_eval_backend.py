@@ -190,12 +190,13 @@ class ProxyJaxLM(LM):
 
     def _score_rows(self, rows: list[dict[str, np.ndarray]], masks: list[np.ndarray], disable_tqdm: bool):
         """Per row: (sum of the nll of targets under ``mask`` in float64, all of them greedy)."""
-        from tqdm.auto import tqdm
+        from proxy_jax import progress
 
         order = sorted(range(len(rows)), key=lambda i: -rows[i]["tokens"].size)
         out: list[tuple[float, bool]] = [(0.0, True)] * len(rows)
         starts = range(0, len(order), self.batch_size)
-        for s in tqdm(starts, disable=disable_tqdm or jax.process_index() != 0, desc="proxy_jax", unit="batch"):
+        for s in progress.iterate(starts, len(starts), desc="proxy_jax", unit="batch",
+                                  disable=disable_tqdm or jax.process_index() != 0):
             chunk = order[s : s + self.batch_size]
             length = _bucket(max(rows[i]["tokens"].size for i in chunk), max(self.window, self.max_length) + 1)
             nll, greedy = self._score(

@@ -63,8 +63,8 @@ def dtype_name(value, key: str) -> str:
 class ModelArgs:
     """Static model hyper-parameters (hashable, so they can key jit caches)."""
 
-    vocab_size: int  # logical size: 320 + compressed symbols
-    padded_vocab_size: int  # embedding rows: vocab_size rounded up to a multiple of 128
+    vocab_size: int  # logical vocabulary: 320 + compressed symbols, the ids the model may score or emit
+    padded_vocab_size: int  # embedding and head rows (>= vocab_size; the rows above it are never targets)
     num_layers: int
     d_model: int
     num_heads: int
@@ -85,18 +85,25 @@ class ModelArgs:
 
     @classmethod
     def from_config(cls, model_config: ml_collections.ConfigDict, vocab_size: int,
-                    platform: str | None = None) -> "ModelArgs":
-        """Build from ``config.model``; ``vocab_size`` is used unless ``config.model.vocab_size`` is set.
+                    platform: str | None = None, *, padded_vocab_size: int | None = None) -> "ModelArgs":
+        """Build from ``config.model`` for a logical vocabulary of ``vocab_size`` ids (320 + the proxy's
+        symbols: the ids the model may score or emit). The embedding and head rows are
+        ``padded_vocab_size``, else ``config.model.padded_vocab_size``, else ``vocab_size`` rounded up to a
+        multiple of 128.
 
         ``scan_layers = "auto"`` is resolved for ``platform`` (default: this process's backend); a run
         resolves it once, when first built, and keeps the result (``assemble.build``)."""
-        size = int(model_config.get("vocab_size", 0) or vocab_size)
+        size = int(vocab_size)
         if size < vocab.RAW_VOCAB_SIZE:
             raise ValueError(
                 f"vocab_size {size} is smaller than the {vocab.RAW_VOCAB_SIZE} ids of specials and bytes; "
                 "pass 320 + the proxy's symbol count."
             )
-        padded = -(-size // vocab.PAD_MULTIPLE) * vocab.PAD_MULTIPLE
+        key = "padded_vocab_size" if padded_vocab_size else "--config.model.padded_vocab_size"
+        padded = int(padded_vocab_size or model_config.get("padded_vocab_size", 0) or 0)
+        padded = padded or -(-size // vocab.PAD_MULTIPLE) * vocab.PAD_MULTIPLE
+        if padded < size:
+            raise ValueError(f"{key}={padded} is smaller than the vocabulary of {size} ids; set it to 0 to derive it.")
         args = cls(
             vocab_size=size,
             padded_vocab_size=padded,

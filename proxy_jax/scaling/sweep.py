@@ -142,7 +142,8 @@ def shard(specs: list[RunSpec], shard_spec: str) -> list[RunSpec]:
 
 def model_args(config: ml_collections.ConfigDict) -> ModelArgs:
     """The model a run of ``config`` will have (its vocabulary from the proxy registry, nothing built)."""
-    return ModelArgs.from_config(config.model, assemble.vocab_sizes(config)[1])
+    logical, padded = assemble.vocab_sizes(config)
+    return ModelArgs.from_config(config.model, logical, padded_vocab_size=padded)
 
 
 def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
