@@ -70,7 +70,9 @@ def offline(tmp_path, monkeypatch):
     return str(wandb_dir)
 
 
-def test_wandb_history_holds_every_row_and_a_resume_continues_the_run(tmp_path, corpus, offline):
+def test_wandb_history_holds_every_row_and_a_resume_continues_the_run(tmp_path, corpus, offline, monkeypatch):
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "group-from-env")
     workdir = str(tmp_path / "run")
     config = helpers.tiny_run_config("configs/bytes.py:tiny", **CORPUS_RUN, **{
         "data.path": corpus, "train.steps": 6, "train.checkpoint_every": 2, "train.eval_every": 3,
@@ -83,12 +85,17 @@ def test_wandb_history_holds_every_row_and_a_resume_continues_the_run(tmp_path, 
     assert first[0].endswith(f"run-{run_id}.wandb")
     records = read_wandb(first[0])
     run_info = [r.run for r in records if r.WhichOneof("record_type") == "run"][0]
-    assert run_info.run_id == run_id and list(run_info.tags) == ["tiny", "ci"]
+    assert run_info.run_id == run_id and list(run_info.tags) == ["tiny", "ci"]  # tags from the config
+    assert run_info.project == "from-env" and run_info.run_group == "group-from-env"  # WANDB_* where it is empty
     logged = {item.key: json.loads(item.value_json) for item in run_info.config.update}
     assert logged["train"]["steps"] == 6 and logged["run"]["text_format"] == "plain"
     before = history(records)
     assert sorted(before) == [0, 1, 2, 3, 4]
 
+    saved = json.load(open(os.path.join(workdir, "config.json")))  # as a workdir from before these keys existed
+    for key in [k for k in saved["train"] if k == "trackers" or k.startswith("wandb_")]:
+        del saved["train"][key]
+    json.dump(saved, open(os.path.join(workdir, "config.json"), "w"))
     train.train(config, workdir, progress=False)  # resumes from step 4: re-trains step 4, then 5, final eval at 6
     runs = offline_runs(offline)
     assert len(runs) == 2 and all(p.endswith(f"run-{run_id}.wandb") for p in runs)  # the same W&B run
@@ -135,3 +142,17 @@ def test_the_tensorboard_switch_still_turns_tensorboard_off():
     assert tracking.names(config.train) == ("wandb",)
     config.train.tensorboard, config.train.trackers = True, ""
     assert tracking.names(config.train) == ()
+
+
+def test_a_sweep_groups_its_runs_by_name_and_method(tmp_path):
+    from proxy_jax.scaling import sweep as sweep_lib
+
+    sweep = {"preset": "tiny", "overrides": {"data.seq_len": 64, "data.batch_size": 4},
+             "sizes": {"a": {"d_model": 32, "d_ff": 64, "num_layers": 1, "num_heads": 1, "num_kv_heads": 1,
+                             "head_dim": 32}},
+             "methods": {"bytes": {"config": os.path.join(helpers.ROOT, "configs/bytes.py")}},
+             "grids": [{"methods": ["bytes"], "sizes": ["a"], "budgets": [1e10], "seeds": [0, 1]}]}
+    root = str(tmp_path / "sweep-2026")
+    configs = [sweep_lib.run_config(sweep, spec, root) for spec in sweep_lib.runs(sweep)]
+    assert len(configs) == 2
+    assert {(c.train.wandb_group, c.train.wandb_job_type) for c in configs} == {("sweep-2026", "bytes")}
