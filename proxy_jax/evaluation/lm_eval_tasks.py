@@ -65,7 +65,9 @@ class Tasks:
         lm.run.params = run.state.params
         out = evaluate(lm, self._loaded, limit=self.limit, bootstrap_iters=0, log_samples=False,
                        verbosity="WARNING")
-        return _metrics(out["results"]) if out else {}
+        scores = _metrics(out["results"]) if out else {}
+        log.info("step %d: %s", int(run.state.step), ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        return scores
 
     def _model(self, run):
         if self._lm is None:
