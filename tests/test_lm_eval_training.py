@@ -3,8 +3,8 @@
 A tiny byte run evaluates a local ``loglikelihood_rolling`` task (a YAML file in a temporary include path over
 a local JSON-lines file; every socket connection is refused) at steps 3 and 6. Each logged bits per byte equals
 lm-eval's own evaluation (``simple_evaluate`` with ``--model proxy_jax``, what ``python -m proxy_jax.lm_eval``
-runs) on the checkpoint of that step, within 1e-4; a task that does not load stops the run before the
-workdir exists.
+runs) on the checkpoint of that step, within 1e-4, and the run's losses equal those of the same run without
+tasks; a task that does not load (or tasks without evaluations) stops the run before the workdir exists.
 """
 
 import json
@@ -64,6 +64,11 @@ def test_tasks_are_scored_at_every_evaluation_as_lm_eval_scores_the_checkpoint(t
     logged = {r["step"]: r[KEY] for r in metrics.read_metrics(workdir) if KEY in r}
     assert sorted(logged) == [3, 6]
     assert logged[3] != logged[6]  # the parameters moved between the evaluations
+    plain = str(tmp_path / "plain")  # scoring reads the parameters and changes nothing of the run
+    train.train(helpers.tiny_run_config("configs/bytes.py:tiny", **RUN, **{"data.path": corpus}), plain,
+                progress=False)
+    losses = [(r["step"], r["train/loss"]) for r in metrics.read_metrics(workdir) if "train/loss" in r]
+    assert losses == [(r["step"], r["train/loss"]) for r in metrics.read_metrics(plain) if "train/loss" in r]
     manager = TaskManager(include_path=include)
     for step in (3, 6):
         out = lm_eval.simple_evaluate(model="proxy_jax", model_args=f"workdir={workdir},step={step}",
@@ -80,4 +85,7 @@ def test_a_task_that_does_not_load_stops_the_run_before_the_workdir_exists(tmp_p
             "data.path": corpus, "train.lm_eval_tasks": tasks, "train.lm_eval_include_path": include})
         with pytest.raises(ValueError, match=f"train.lm_eval_tasks='{tasks}' {expected}"):
             train.train(config, workdir, progress=False)
+    config.train.eval_every = 0
+    with pytest.raises(ValueError, match="set --config.train.eval_every > 0"):
+        train.train(config, workdir, progress=False)
     assert not os.path.exists(workdir)
