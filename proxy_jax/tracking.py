@@ -114,11 +114,16 @@ class WandB:
         directory = None
         if not os.environ.get("WANDB_DIR") and not storage.is_remote(workdir):
             directory = storage.local(workdir)
-        self._run = wandb.init(
-            id=run_id, resume="allow", dir=directory, config=s.run_config, reinit="finish_previous",
-            project=s.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT, entity=s.entity or None,
-            tags=list(s.tags) or None, group=s.group or None, job_type=s.job_type or None,
-            name=os.path.basename(storage.local(workdir).rstrip("/")) or None)
+        try:
+            self._run = wandb.init(
+                id=run_id, resume="allow", dir=directory, config=s.run_config, reinit="finish_previous",
+                project=s.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT, entity=s.entity or None,
+                tags=list(s.tags) or None, group=s.group or None, job_type=s.job_type or None,
+                name=os.path.basename(storage.local(workdir).rstrip("/")) or None)
+        except Exception as e:  # wandb's own errors: no login, no network, a refused project or entity
+            raise ValueError(f"W&B could not start run {run_id} ({type(e).__name__}: {e}); run `wandb login` or set "
+                             "WANDB_API_KEY, WANDB_MODE=offline to log without a network, or drop 'wandb' from "
+                             "--config.train.trackers.") from None
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         if int(step) <= self._last:  # W&B holds this step from before the resume

@@ -4,9 +4,10 @@ W&B runs offline (``WANDB_MODE=offline``, files under a temporary ``WANDB_DIR``)
 back with W&B's own record type (``wandb.proto.wandb_internal_pb2.Record``) from the framing its writer uses
 (a 7-byte file header, 32 KiB blocks of records each with a 7-byte header: CRC, length, type; a record cut at
 a block's end continues as FIRST/MIDDLE/LAST pieces). Checked: the history holds every row of metrics.jsonl
-(train/loss among them) at its step, the config and run record are the run's config, a run resumed from an
-earlier checkpoint (re-training logged steps) continues the same W&B run id with no step sent twice, and a tracker that is unknown
-or not installed stops the run before the workdir exists.
+(train/loss among them) at its step, the config and run record are the run's config, WANDB_* variables fill
+empty settings, a run resumed from an earlier checkpoint (re-training logged steps, from a config.json older
+than the tracker keys) continues the same W&B run id with no step sent twice, a tracker that is unknown or
+not installed stops the run before the workdir exists, and a sweep groups its runs.
 """
 
 import glob
