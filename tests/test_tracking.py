@@ -157,3 +157,17 @@ def test_a_sweep_groups_its_runs_by_name_and_method(tmp_path):
     configs = [sweep_lib.run_config(sweep, spec, root) for spec in sweep_lib.runs(sweep)]
     assert len(configs) == 2
     assert {(c.train.wandb_group, c.train.wandb_job_type) for c in configs} == {("sweep-2026", "bytes")}
+
+
+def test_the_command_refuses_an_unknown_tracker_in_one_sentence(tmp_path):
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "never"
+    out = subprocess.run([sys.executable, "-m", "proxy_jax.main", "--config=configs/bytes.py:tiny",
+                          f"--workdir={workdir}", "--config.train.trackers=tensorboard,wandbb"], cwd=helpers.ROOT,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1] == ("error: --config.train.trackers names 'wandbb', which is not a tracker; pick from "
+                         "tensorboard, wandb (comma-separated), or '' for metrics.jsonl only.")
+    assert not workdir.exists()
