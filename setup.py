@@ -37,7 +37,7 @@ setup(
     extras_require={
         # gcsfs + gcp-storage-emulator: the gs:// workdir tests run against a local Cloud Storage server.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.8",
-                 "gcsfs>=2024.2", "gcp-storage-emulator>=2024.8"],
+                 "gcsfs>=2024.2", "gcp-storage-emulator>=2024.8", "wandb>=0.31,<0.32"],
         "notebook": ["matplotlib>=3.8"],
         # Workdirs on Google Cloud Storage (--workdir=gs://bucket/run): gcsfs for the run's own files; Orbax
         # writes checkpoints there through TensorStore.
@@ -50,5 +50,7 @@ setup(
         "export": ["safetensors>=0.4", "tokenizers>=0.22", "transformers>=4.57", "torch", "accelerate>=0.26"],
         # proxy_jax.evaluation.lm_eval_backend: lm-evaluation-harness's core (no torch); `python -m proxy_jax.lm_eval`.
         "lmeval": ["lm-eval==0.4.13"],  # pinned: the backend uses its model registry and request types
+        # train.trackers=wandb (proxy_jax.tracking): Weights & Biases; tested with 0.31.0 in offline mode.
+        "wandb": ["wandb>=0.31,<0.32"],
     },
 )

@@ -235,7 +235,34 @@ def base_config() -> ml_collections.ConfigDict:
     # sets every checkpoint aside and starts over. Applied once: a rerun whose newest checkpoint descends
     # from this rollback (and is not marked unhealthy) resumes from the newest as usual. -1 = newest.
     t.resume_step = -1
-    t.tensorboard = True
+    # Trackers (proxy_jax.tracking), comma-separated: "tensorboard" (event files in {workdir}/tensorboard),
+    # "wandb" (Weights & Biases, pip install 'proxy_jax[wandb]'); '' = metrics.jsonl only. Each gets every row
+    # metrics.jsonl gets, at the same step, from process 0. An unknown or uninstalled tracker stops the run
+    # before it touches the workdir.
+    t.trackers = "tensorboard"
+    t.tensorboard = True  # False drops "tensorboard" from train.trackers (the older switch, still honoured)
+    # W&B (train.trackers includes "wandb"); '' = W&B's own WANDB_PROJECT / WANDB_ENTITY / WANDB_TAGS /
+    # WANDB_RUN_GROUP / WANDB_JOB_TYPE environment variables (project default "proxy_jax"). The W&B run id is
+    # kept in {workdir}/wandb_run_id: a resumed run continues the same W&B run. A sweep sets the group to the
+    # sweep's name and the job type to the run's method.
+    t.wandb_project = ""
+    t.wandb_entity = ""
+    t.wandb_tags = ""  # comma-separated
+    t.wandb_group = ""
+    t.wandb_job_type = ""
+    # A jax.profiler trace of steps profile_start_step .. + profile_num_steps - 1 in {workdir}/profile/
+    # (TensorBoard's profile plugin, Perfetto; README "Tracking, profiles and benchmark tasks while training").
+    # -1 = no trace. Tracing changes no number of the run.
+    t.profile_start_step = -1
+    t.profile_num_steps = 5
+    t.profile_process = 0  # the process that traces (-1 = every process, one file per host)
+    # lm-evaluation-harness tasks (comma-separated) scored with the training parameters at every eval_every
+    # and at the end, in the same process (the native backend, proxy_jax.evaluation.lm_eval_backend), logged
+    # as eval/lm_eval/<task>/<metric>. Needs pip install 'proxy_jax[lmeval]'; a task that does not load
+    # stops the run before it touches the workdir. '' = none.
+    t.lm_eval_tasks = ""
+    t.lm_eval_include_path = ""  # a folder of extra task YAML files (lm-eval's --include_path)
+    t.lm_eval_limit = 0  # documents per task (lm-eval's --limit); 0 = all
     t.sample_prompt = "def fibonacci(n):\n"  # printed sample at the end of training ('' = none)
     t.sample_bytes = 200
     t.sample_temperature = 1.0  # 0 = greedy (small models then tend to repeat one byte, often a space)
@@ -318,6 +345,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if not config.train[key] > 1.0:
             raise ValueError(f"--config.train.{key}={config.train[key]} must be > 1: the multiple of the recent "
                              "median above which a step is out of its normal range.")
+    for key in ("profile_start_step", "profile_process"):
+        if config.train[key] < -1:
+            raise ValueError(f"--config.train.{key}={config.train[key]} must be >= 0, or -1 ("
+                             f"{'no trace' if key == 'profile_start_step' else 'every process'}).")
+    _positive(config.train.profile_num_steps, "train.profile_num_steps")
+    _positive(config.train.lm_eval_limit, "train.lm_eval_limit", zero_ok=True)
     if config.train.resume_step < -1:
         raise ValueError(f"--config.train.resume_step={config.train.resume_step} must be a checkpoint step, 0 (start "
                          "over) or -1 (the newest checkpoint).")

@@ -1,4 +1,5 @@
-"""Metrics at the edge: ``metrics.jsonl`` + TensorBoard event files, written by process 0 only.
+"""Metrics at the edge: ``metrics.jsonl`` and the run's trackers (``proxy_jax.tracking``: TensorBoard, W&B),
+written by process 0 only.
 
 MFU = achieved model FLOP/s / (peak FLOP/s per chip x chips). Model FLOPs per step come from
 ``proxy_jax.model.flops_per_token`` (its docstring states the formula) times the symbols in the step.
@@ -10,6 +11,7 @@ so :class:`MetricsWriter` first moves the rows it will write again (train rows o
 steps > s) from ``metrics.jsonl`` to ``metrics.superseded.jsonl`` (kept, not deleted) and tells TensorBoard
 to drop its events from step s on (``purge_step``; the kept evaluation of step s is written back); a key
 already written for a step is not written again (a finished run rerun does not add a second evaluation).
+W&B cannot drop steps: it is sent only the steps after the newest one ``metrics.jsonl`` held (``tracking``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import jax
 import numpy as np
 
 from proxy_jax import storage
+from proxy_jax import tracking as tracking_lib
 
 # Dense bf16 peak FLOP/s per chip, keyed by a substring of ``jax.devices()[0].device_kind`` (lower case).
 PEAK_FLOPS = {
@@ -65,14 +68,15 @@ def _is_eval(row: dict) -> bool:
     return any(k.startswith("eval/") for k in row)
 
 
-def _supersede(workdir: str, start_step: int) -> list[dict]:
-    """Moves the rows a run resumed at ``start_step`` writes again to ``SUPERSEDED``; returns the rows kept at
-    ``start_step`` (the evaluation of the restored state, which the run does not repeat)."""
+def _supersede(workdir: str, start_step: int | None) -> tuple[list[dict], int]:
+    """Moves the rows a run resumed at ``start_step`` writes again to ``SUPERSEDED`` (None: none); returns the
+    rows kept at ``start_step`` (the evaluation of the restored state, which the run does not repeat) and the
+    newest step ``metrics.jsonl`` held (-1: none)."""
     path = storage.join(workdir, METRICS)
     if not storage.exists(path):
-        return []
+        return [], -1
     lines = [line for line in storage.read_text(path).splitlines(keepends=True) if line.strip()]
-    keep, drop = [], []
+    keep, drop, at_start, newest = [], [], [], -1
     for line in lines:
         try:
             row = json.loads(line)
@@ -80,29 +84,36 @@ def _supersede(workdir: str, start_step: int) -> list[dict]:
         except (ValueError, KeyError, TypeError):
             keep.append(line)  # not ours to judge: left where it is
             continue
+        newest = max(newest, step)
+        if start_step is None:
+            continue
         kept = step < start_step or (step == start_step and _is_eval(row))
         (keep if kept else drop).append(line)
+        if kept and step == start_step:
+            at_start.append(row)
     if drop:
         storage.append_text(storage.join(workdir, SUPERSEDED), "".join(drop))
         storage.write_text(path, "".join(keep))
-    return [row for line in keep if (row := json.loads(line)).get("step") == start_step]
+    return at_start, newest
 
 
 class MetricsWriter:
-    """Appends one JSON object per call to ``workdir/metrics.jsonl`` and mirrors scalars to TensorBoard.
+    """Appends one JSON object per call to ``workdir/metrics.jsonl`` and hands the row to the run's trackers.
 
     ``start_step``: the step the run starts from (0 for a new run); rows the run will write again are
-    superseded first (module docstring). ``None`` appends to what is there.
+    superseded first (module docstring). ``None`` appends to what is there. ``tracking``: the trackers
+    (``tracking.setup`` of the run's config); without it, TensorBoard alone when ``tensorboard``.
     """
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True, start_step: int | None = None):
+    def __init__(self, workdir: str, *, tensorboard: bool = True, start_step: int | None = None,
+                 tracking: tracking_lib.Setup | None = None):
         self.enabled = jax.process_index() == 0
-        self._tb = None
+        self._trackers: list = []
         self._written: set[tuple[int, str]] = set()  # (step, key) kept at start_step: not written again
         if not self.enabled:
             return
         storage.makedirs(workdir)
-        kept = _supersede(workdir, start_step) if start_step is not None else []
+        kept, newest = _supersede(workdir, start_step)
         self._written = {(int(row["step"]), k) for row in kept for k in row if k not in ("step", "time")}
         self._path = storage.join(workdir, METRICS)
         # Object storage has no appends: rows are kept and the object rewritten at most every
@@ -115,20 +126,10 @@ class MetricsWriter:
             self._file = None
         else:
             self._file = open(self._path, "a", encoding="utf-8")
-        if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            # The suffix keeps two runs started in the same second from writing one file name (the second
-            # would truncate the first); TensorBoard reads the files in name order, i.e. in time order.
-            self._tb = SummaryWriter(storage.join(workdir, "tensorboard"), purge_step=start_step,
-                                     filename_suffix=f".{time.time_ns()}")
-            for row in kept:  # purged with the rest of step start_step: written back
-                self._tb_write(int(row["step"]), {k: v for k, v in row.items() if k not in ("step", "time")})
-
-    def _tb_write(self, step: int, scalars: dict[str, Any]) -> None:
-        for k, v in scalars.items():
-            if isinstance(v, (int, float)) and math.isfinite(float(v)):
-                self._tb.add_scalar(k, float(v), int(step))
+        if tracking is None:
+            tracking = tracking_lib.Setup(("tensorboard",) if tensorboard else ())
+        self._trackers = tracking_lib.open_trackers(workdir, tracking, start_step=start_step, kept=kept,
+                                                    last_step=newest)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -145,8 +146,8 @@ class MetricsWriter:
         else:
             self._file.write(line)
             self._file.flush()
-        if self._tb is not None:
-            self._tb_write(step, {k: float(v) for k, v in scalars.items()})
+        for tracker in self._trackers:
+            tracker.write(step, {k: float(v) for k, v in scalars.items()})
 
     def _flush_remote(self) -> None:
         storage.write_text(self._path, "".join(self._rows))
@@ -159,8 +160,8 @@ class MetricsWriter:
             self._flush_remote()
         else:
             self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self._trackers:
+            tracker.close()
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -36,10 +36,11 @@ import numpy as np
 
 from proxy_jax import assemble
 from proxy_jax import checkpoint as ckpt_lib
-from proxy_jax import health, interrupts, storage
+from proxy_jax import health, interrupts, profiling, storage, tracking
 from proxy_jax import metrics as metrics_lib
 from proxy_jax import progress as progress_lib
 from proxy_jax import workdir as workdir_lib
+from proxy_jax.evaluation import lm_eval_tasks
 from proxy_jax.model import flops_per_token
 
 log = logging.getLogger(__name__)
@@ -116,10 +117,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     _keep_saved_phases(config, workdir)
     changed = workdir_lib.check_resume(config, workdir)
     assemble.validate_training(config)
+    tracking.names(config.train)  # an unknown or uninstalled tracker: one sentence before the workdir is touched
+    tasks = lm_eval_tasks.Tasks(config.train)  # loaded once; a task that does not load stops the run here
     corpus = assemble.Corpus(config)
     corpus.split("train")  # indexed once here: a corpus the source cannot read stops the run now
     with workdir_lib.lock(workdir):
-        return _train(config, workdir, progress, stop_after, restart_if_unreadable, changed, corpus)
+        return _train(config, workdir, progress, stop_after, restart_if_unreadable, changed, corpus, tasks)
 
 
 def _roll_back(checkpointer: ckpt_lib.Checkpointer, target: int) -> int | None:
@@ -192,7 +195,7 @@ def _keep_saved_phases(config: ml_collections.ConfigDict, workdir: str) -> None:
                     ", ".join(f"{k}={saved_v}, not {now}" for k, (now, saved_v) in kept.items()))
 
 
-def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed, corpus) -> dict[str, Any]:
+def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed, corpus, tasks) -> dict[str, Any]:
     from proxy_jax import sharding
 
     run = assemble.build(config, workdir, corpus=corpus)  # writes the run record (run.json) on the first build
@@ -220,7 +223,8 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
                                  recent=(record or {}).get("recent"))
         to_mark = record if record is not None and record.get("after") is None else None
         data_iter.start_prefetch()  # data.host_prefetch: the first batches are packed while the rest is set up
-        writer = metrics_lib.MetricsWriter(workdir, tensorboard=c.train.tensorboard, start_step=start_step)
+        writer = metrics_lib.MetricsWriter(workdir, start_step=start_step, tracking=tracking.setup(c, run.record))
+        profiler = profiling.Profiler(c.train, workdir)
         eval_docs = run.corpus.heldout(c.train.eval_docs) if c.train.eval_every > 0 else []
         flops_per_step = flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
         peak = metrics_lib.peak_flops_per_device()
@@ -282,6 +286,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
         t_prev = time.perf_counter()
         try:
             for step in range(start_step, end_step):
+                profiler.step(step, run.state)  # train.profile_start_step: starts or stops a trace
                 # Checkpoint "state after `step` steps" before the batch for `step` is drawn, so the
                 # saved iterator position matches. Its metrics must be known finite first.
                 if step != start_step and step % c.train.checkpoint_every == 0:
@@ -312,6 +317,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
                     finish_pending()
                     ev = _bpb(run, eval_docs)
                     writer.write(step + 1, {"eval/raw_bpb": ev["raw_bpb"]})
+                    writer.write(step + 1, tasks.score(run))  # train.lm_eval_tasks
                     log.info("step %d: eval raw bpb %.4f", step + 1, ev["raw_bpb"])
             else:
                 step = end_step
@@ -321,6 +327,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
                 save(final_step, final=True)
             checkpointer.wait()
         finally:
+            profiler.close()
             data_iter.close()  # stops the packing thread (data.host_prefetch) on every way out, SIGTERM included
             checkpointer.close()
             if bar is not None:
@@ -339,6 +346,8 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
     elif final_step >= c.train.steps and c.train.eval_every > 0:
         summary["eval_skipped"] = (f"the held-out split is empty (data.val_fraction={c.data.val_fraction}); raise "
                                    "--config.data.val_fraction or score other documents with proxy_jax.evaluate --data")
+    if final_step >= c.train.steps and c.train.eval_every > 0:
+        writer.write(final_step, tasks.score(run))  # train.lm_eval_tasks
     writer.close()
     summary["run"] = run
     return summary

@@ -34,6 +34,8 @@ LAYERS = {
     "proxy_jax.preemption": 4,
     "proxy_jax.health": 4,
     "proxy_jax.metrics": 4,
+    "proxy_jax.tracking": 4,  # TensorBoard and W&B: where metrics.MetricsWriter sends its rows
+    "proxy_jax.profiling": 4,
     "proxy_jax.generate": 4,
     "proxy_jax.evaluation": 4,  # the package and its maths: they never see the training loop
     "proxy_jax.codeeval": 4,  # sandboxed execution, pass@k, problem sets: leaves
@@ -51,6 +53,7 @@ LAYERS = {
     "proxy_jax.evaluation.sampler": 7,  # restores a run (assemble) and generates in its layout
     "proxy_jax.evaluation.codegen": 7,  # code tasks and probes of a run: sampler + codeeval
     "proxy_jax.evaluation.lm_eval_backend": 7,  # a run as an lm-evaluation-harness model: sampler + bpb
+    "proxy_jax.evaluation.lm_eval_tasks": 7,  # lm-eval tasks scored by the training loop: the backend
     "proxy_jax.cli": 8,
     "proxy_jax.main": 8,
     "proxy_jax.evaluate": 8,

@@ -123,12 +123,26 @@ class ProxyJaxLM(LM):
             if not isinstance(value, int) or value < 0 or (key == "batch_size" and value < 1):
                 raise ValueError(f"--model_args {key}={value} must be a whole number >= 1"
                                  f"{' (or auto)' if key == 'batch_size' else ' (0: the default)'}.")
-        self.run = _restore(workdir, None if step in (None, "") else int(step))
+        self._bind(_restore(workdir, None if step in (None, "") else int(step)), 0 if auto else batch_size, window,
+                   max_length, seed)
+
+    @classmethod
+    def from_run(cls, run: restore_lib.RestoredRun) -> "ProxyJaxLM":
+        """The model over ``run`` as it is (e.g. a training run's live parameters, which the caller may swap
+        in ``run.params`` between evaluations: the scoring function is compiled once), with the run's defaults."""
+        self = cls.__new__(cls)
+        LM.__init__(self)
+        self._bind(run, 0, 0, 0, 0)
+        return self
+
+    def _bind(self, run: restore_lib.RestoredRun, batch_size: int, window: int, max_length: int, seed) -> None:
+        """``batch_size`` 0: the run's ``train.eval_batch_size``; ``window``/``max_length`` 0: the run's own."""
+        self.run = run
         self.fmt = _Format(self.run)
         config = self.run.config
         self.window = window or int(config.train.eval_window)
         self.max_length = max_length or int(config.data.seq_len)
-        rows = int(config.train.eval_batch_size) if auto else batch_size
+        rows = batch_size or int(config.train.eval_batch_size)
         split = int(np.prod([self.run.mesh.shape[a] for a in sharding.BATCH_AXES]))
         self.batch_size = -(-rows // split) * split  # whole rows per device of the batch axes
         self.seed = int(seed)

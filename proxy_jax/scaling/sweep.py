@@ -235,6 +235,10 @@ def run_config(sweep: dict[str, Any], spec: RunSpec, root: str, tokenizer_path: 
         config.train.steps = own
         config.opt.warmup_steps = max(1, min(int(round(config.opt.warmup_steps * own / steps)), own - 1))
     _evals(config, int(sweep.get("evals", 1)))
+    # A tracker (train.trackers=wandb) groups the sweep's runs: the group is the sweep's name (its root folder,
+    # as the report titles it), the job type the run's method.
+    config.train.wandb_group = config.train.wandb_group or os.path.basename(os.path.abspath(root))
+    config.train.wandb_job_type = config.train.wandb_job_type or spec.method
     return config
 
 
