@@ -32,6 +32,7 @@ from proxy_jax import restore as restore_lib
 from proxy_jax import text_format as text_format_lib
 from proxy_jax import train_step as step_lib
 from proxy_jax.data import corpus as corpus_lib
+from proxy_jax.data import mixture as mixture_lib
 from proxy_jax.data import schedule, shards
 from proxy_jax.model import ModelArgs, Transformer
 from proxy_jax.model.args import resolve_scan_layers
@@ -46,6 +47,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     schedule.validate_mix(config.mix)
     proxies.check_name(config.proxy.name)
     corpus_lib.check_source(config.data)
+    mixture_lib.check(config)
     ModelArgs.from_config(config.model, vocab.RAW_VOCAB_SIZE)  # the model's own constraints
     optimizer_lib.validate(config.opt, config.train.steps)
     sharding.validate(config, jax.device_count() if num_devices is None else num_devices, process_count)
@@ -77,6 +79,9 @@ class Corpus:
     def train_documents(self) -> Callable[[], Iterable[bytes]]:
         """The training split in a fixed shuffled order (so a byte cap samples the whole corpus)."""
         src = self.split("train")
+        if hasattr(src, "mix"):  # a mixture: its components at their weights from step 0
+            cum = mixture_lib.weight_plan(src.mix)[0][1]
+            return lambda: mixture_lib.cycle_at_weights(src.components, cum)
         order = np.random.default_rng(0).permutation(len(src))
         return lambda: (src[int(i)] for i in order)
 
@@ -92,7 +97,13 @@ class Corpus:
         return [bytes(source[i])[:share] for i in picks]
 
     def heldout(self, max_docs: int = 0, split: str = "validation") -> list[bytes]:
-        """Whole documents of ``split`` (the first ``max_docs`` if > 0): what evaluation scores."""
+        """Whole documents of ``split`` (the first ``max_docs`` if > 0): what evaluation scores. A mixture's are
+        its components' (:meth:`heldout_parts`) drawn at the weights from step 0, each document once, up to the
+        first component with weight > 0 that has none left."""
+        parts = self.heldout_parts(max_docs, split)
+        if parts:
+            cum = mixture_lib.weight_plan(self.split(split, whole=True).mix)[0][1]
+            return mixture_lib.interleave(list(parts.values()), cum, limit=max_docs)
         source = self.split(split, whole=True)
         docs = []  # a lazy index may hold empty documents (null rows, empty texts): they are not scored
         for i in range(len(source)):
@@ -101,6 +112,23 @@ class Corpus:
             if doc := source[i]:
                 docs.append(doc)
         return docs
+
+    def heldout_parts(self, max_docs: int = 0, split: str = "validation") -> dict[str, list[bytes]]:
+        """A mixture's held-out documents per component name (each as :meth:`heldout` of that source alone);
+        {} without a mixture."""
+        source = self.split(split, whole=True)
+        if not hasattr(source, "mix"):
+            return {}
+        out = {}
+        for name, comp in zip(source.names, source.components):
+            docs = []
+            for i in range(len(comp)):
+                if max_docs > 0 and len(docs) == max_docs:
+                    break
+                if doc := comp[i]:
+                    docs.append(doc)
+            out[name] = docs
+        return out
 
 
 def heldout_docs(config: ml_collections.ConfigDict, max_docs: int = 0, *, split: str = "validation") -> list[bytes]:
@@ -122,9 +150,11 @@ def make_proxy(config: ml_collections.ConfigDict, workdir: str | None = None,
     proxies.check_name(config.proxy.name)
     corpus = corpus or Corpus(config)
     inputs = proxies.Inputs(workdir=workdir, load_m1=restore_lib.load_m1, sample_docs=corpus.sample)
-    if config.data.source == "preprocessed":
-        shards.check_proxy_settings(shards.read_manifest(config.data.path), config.proxy, config.data.path)
-        inputs.tokenizer_file = os.path.join(config.data.path, shards.TOKENIZER)
+    preprocessed = mixture_lib.preprocessed_paths(config.data)
+    if preprocessed:  # the shards' own tokenizer (a mixture's first preprocessed component's)
+        for path in preprocessed:
+            shards.check_proxy_settings(shards.read_manifest(path), config.proxy, path)
+        inputs.tokenizer_file = os.path.join(preprocessed[0], shards.TOKENIZER)
     else:
         inputs.train_docs = corpus.train_documents()
         inputs.corpus_fingerprint = corpus.split("train").fingerprint()

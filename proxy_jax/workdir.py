@@ -205,16 +205,24 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
     has_steps = storage.isdir(ckpt_dir) and any(n.isdigit() for n in storage.listdir(ckpt_dir))
     if not (storage.exists(path) and has_steps):
         return {}
-    saved = _flat(json.loads(storage.read_text(path)))
+    saved_tree = json.loads(storage.read_text(path))
+    saved = _flat(saved_tree)
+    # A mixture is compared as a whole (proxy_jax.data.mixture.resume_changes): its weights may change.
+    from proxy_jax.data import mixture as mixture_lib
+
+    mix_changed, mix_frozen = mixture_lib.resume_changes(saved_tree.get("data", {}).get("mixture", ""), config)
     _match_virtual_shards(config, saved)
     _match_index(config, saved)
     _match_scan_layers(config, saved)
     now = _flat(json.loads(config.to_json_best_effort()))
-    changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
+    changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k] and
+               not k.startswith("data.mixture")}
+    changed.update({**mix_changed, **mix_frozen})
     # A lazily indexed corpus meets malformed lines as it reads them: skipping them from here on moves no
     # other document, so a run stopped by one resumes with --config.data.skip_malformed=True.
     lazy = saved.get("data.index") == "lazy"
-    frozen = sorted(k for k in changed if not _resumable(k) and not (lazy and k == "data.skip_malformed"))
+    frozen = sorted(k for k in changed if not _resumable(k) and not (lazy and k == "data.skip_malformed")
+                    and k not in mix_changed)
     if frozen:
         shown = "; ".join(f"{k} (saved {changed[k][0]!r}, now {changed[k][1]!r})" for k in frozen)
         raise ConfigMismatchError(

@@ -145,6 +145,10 @@ def load_split(data_config, split: str, *, proxy_config=None):
     were made with the same proxy settings. With ``data.index`` resolving to "lazy" the index holds no
     sizes (``size(i)`` is -1) and may hold empty documents: readers skip them (the packer, ``heldout``).
     """
+    if data_config.get("mixture"):  # several sources at weights (proxy_jax.data.mixture_stream)
+        from proxy_jax.data import mixture_stream
+
+        return mixture_stream.load(data_config, split, proxy_config=proxy_config)
     check_source(data_config, split)
     source = data_config.source
     counts = {"skipped_malformed": 0, "skipped_blank_lines": 0} if source == "jsonl" else {"skipped_null": 0}
