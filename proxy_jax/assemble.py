@@ -33,6 +33,7 @@ from proxy_jax import text_format as text_format_lib
 from proxy_jax import train_step as step_lib
 from proxy_jax.data import corpus as corpus_lib
 from proxy_jax.data import mixture as mixture_lib
+from proxy_jax.data import mixture_stream
 from proxy_jax.data import schedule, shards
 from proxy_jax.model import ModelArgs, Transformer
 from proxy_jax.model.args import resolve_scan_layers
@@ -73,7 +74,7 @@ class Corpus:
             if cut != int(data.max_doc_bytes):
                 data = ml_collections.ConfigDict(data.to_dict())
                 data.max_doc_bytes = cut
-            self._splits[key] = corpus_lib.load_split(data, name, proxy_config=self.config.proxy)
+            self._splits[key] = mixture_stream.load_split(data, name, proxy_config=self.config.proxy)
         return self._splits[key]
 
     def train_documents(self) -> Callable[[], Iterable[bytes]]:

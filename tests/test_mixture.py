@@ -14,7 +14,7 @@ import yaml
 import helpers
 from proxy_jax import assemble, checkpoint, metrics, train
 from proxy_jax import workdir as workdir_lib
-from proxy_jax.data import corpus, elastic, mixing, mixture, pipeline
+from proxy_jax.data import elastic, mixing, mixture, mixture_stream, pipeline
 from proxy_jax.proxies.simple import GzipProxy
 
 
@@ -57,7 +57,7 @@ def run_pipeline(c, n, count=1, proxy=GzipProxy()):
     """``n`` global batches of ``count`` processes and the draws (index, epoch, step, arrangement, component)."""
     draws = []
     hook = lambda **d: draws.append((d["index"], d["epoch"], d["step"], d["arrangement"], d["component"]))  # noqa: E731
-    source = corpus.load_split(c.data, "train")
+    source = mixture_stream.load_split(c.data, "train")
     its = [iter(pipeline.make_pipeline(c, proxy=proxy, source=source, process_index=p, process_count=count,
                                        on_document=hook)) for p in range(count)]
     out = []
@@ -201,7 +201,7 @@ def test_resume_on_one_process_after_two_gives_the_same_batches(data, tmp_path):
     directory = epath.Path(tmp_path)
     for it in its:
         elastic.write_states(directory, it)
-    source = corpus.load_split(c.data, "train")
+    source = mixture_stream.load_split(c.data, "train")
     one = iter(pipeline.make_pipeline(c, proxy=GzipProxy(), source=source, process_index=0, process_count=1))
     elastic.read_states(directory, one, 0, 1)
     for k in range(4, 10):
@@ -297,3 +297,14 @@ def test_a_tiny_run_resumes_exactly_after_sigterm(data, full_run, tmp_path, monk
         for key in ("train/loss", "data/code/docs", "data/prose/docs"):
             assert got[step][key] == ref[step][key], (step, key)
     assert got[8]["eval/prose/raw_bpb"] == pytest.approx(ref[8]["eval/prose/raw_bpb"], rel=1e-6)
+
+
+def test_a_single_source_reader_refuses_a_mixture(data, tmp_path):
+    from proxy_jax import assemble as assemble_lib
+    from proxy_jax.data import corpus
+
+    c = config(data)
+    with pytest.raises(ValueError, match="--config.data.mixture is set"):
+        corpus.load_split(c.data, "train")
+    with pytest.raises(ValueError, match="--config.data.mixture is set"):  # preprocessing reads one source
+        assemble_lib.preprocess(config(data, **{"proxy.name": "gzip"}), str(tmp_path / "shards"))

@@ -188,10 +188,26 @@ def check(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
         if config.data.path:
             raise MixtureError(f"--config.data.path={config.data.path!r} is set beside data.mixture, which names its "
                                "own paths; drop data.path (or the mixture).")
-        from proxy_jax.data import mixture_stream
-
-        mixture_stream.rate_scales(mix, config.mix)
+        rate_scales(mix, config.mix)
     return mix
+
+
+def rate_scales(mix: dict[str, Any], run_mix: ml_collections.ConfigDict) -> list[float]:
+    """Per component, the factor on the run's rate schedule (1 unless it sets ``rate_peak``)."""
+    peak = float(run_mix.rate_peak)
+    scales = []
+    for c in mix["components"]:
+        if "rate_peak" not in c:
+            scales.append(1.0)
+        elif peak > 0:
+            scales.append(c["rate_peak"] / peak)
+        elif c["rate_peak"] > 0:
+            raise MixtureError(
+                f"data.mixture component {c['name']!r} sets rate_peak={c['rate_peak']} but --config.mix.rate_peak=0, "
+                "so there is no schedule to scale; set mix.rate_peak > 0 or drop the component's rate_peak.")
+        else:
+            scales.append(0.0)
+    return scales
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> dict[str, Any] | None:

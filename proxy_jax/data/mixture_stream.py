@@ -27,6 +27,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from proxy_jax.data import corpus
 from proxy_jax.data import mixture as mixture_lib
 from proxy_jax.data import packing
 
@@ -83,51 +84,35 @@ class MixtureSource:
         return f"MixtureSource({self.description!r}, documents={len(self)})"
 
 
-def load(data: ml_collections.ConfigDict, split: str, *, proxy_config=None) -> MixtureSource:
-    """The ``split`` of every component of ``data.mixture``."""
-    from proxy_jax.data import corpus
-
+def load_split(data: ml_collections.ConfigDict, split: str, *, proxy_config=None):
+    """``corpus.load_split``, and for a mixture the ``split`` of every component of ``data.mixture``."""
+    if not data.get("mixture"):
+        return corpus.load_split(data, split, proxy_config=proxy_config)
     mix = mixture_lib.resolve(data.mixture)
     configs = [mixture_lib.data_config(data, c) for c in mix["components"]]
     sources = [corpus.load_split(d, split, proxy_config=proxy_config) for d in configs]
     return MixtureSource(mix, sources, configs)
 
 
-def rate_scales(mix: dict[str, Any], run_mix: ml_collections.ConfigDict) -> list[float]:
-    """Per component, the factor on the run's rate schedule (1 unless it sets ``rate_peak``)."""
-    peak = float(run_mix.rate_peak)
-    scales = []
-    for c in mix["components"]:
-        if "rate_peak" not in c:
-            scales.append(1.0)
-        elif peak > 0:
-            scales.append(c["rate_peak"] / peak)
-        elif c["rate_peak"] > 0:
-            raise mixture_lib.MixtureError(
-                f"data.mixture component {c['name']!r} sets rate_peak={c['rate_peak']} but --config.mix.rate_peak=0, "
-                "so there is no schedule to scale; set mix.rate_peak > 0 or drop the component's rate_peak.")
-        else:
-            scales.append(0.0)
-    return scales
-
-
-def shard_dataset(config: ml_collections.ConfigDict, source: MixtureSource, proxy, *, shard: int, num_shards: int,
-                  compress: bool, **packing_kwargs) -> "MixturePackedBatchDataset":
-    """Virtual shard ``shard`` of ``num_shards`` of the mixture: each component's document stage, packed."""
-    from proxy_jax.data import pipeline
-
-    stages, offset = [], 0
+def component_configs(config: ml_collections.ConfigDict, source: MixtureSource) -> list[tuple[Any, int]]:
+    """The run config of each component read alone (its ``data``), and where its documents start among the
+    mixture's: ``[(config, offset)]``, for the pipeline's document stages."""
+    out, offset = [], 0
     for data, comp in zip(source.configs, source.components):
-        cfg = ml_collections.ConfigDict(config.to_dict())
-        cfg.data = data
-        stages.append(pipeline.document_stage(cfg, comp, proxy, process_index=shard, process_count=num_shards,
-                                              compress=compress, index_offset=offset))
+        cfg = ml_collections.ConfigDict({**config.to_dict(), "data": data.to_dict()})
+        out.append((cfg, offset))
         offset += len(comp)
+    return out
+
+
+def shard_dataset(config: ml_collections.ConfigDict, source: MixtureSource, stages: list[grain.MapDataset], *,
+                  shard: int, **packing_kwargs) -> "MixturePackedBatchDataset":
+    """Virtual shard ``shard`` of the mixture: its components' document ``stages``, packed."""
     workers = int(packing_kwargs.pop("num_workers"))
     per_component = -(-workers // len(stages)) if workers > 0 else 0
     return MixturePackedBatchDataset(
         stages, names=source.names, plan=mixture_lib.weight_plan(source.mix), shard=shard,
-        scales=rate_scales(source.mix, config.mix), num_workers=per_component, **packing_kwargs)
+        scales=mixture_lib.rate_scales(source.mix, config.mix), num_workers=per_component, **packing_kwargs)
 
 
 class MixturePackedBatchDataset(packing.PackedBatchDataset):

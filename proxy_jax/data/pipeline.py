@@ -37,6 +37,7 @@ from absl import flags
 from proxy_jax import config as config_lib
 from proxy_jax import proxies, vocab
 from proxy_jax.data import elastic
+from proxy_jax.data import mixture_stream
 from proxy_jax.data import packing
 from proxy_jax.data import schedule
 
@@ -113,7 +114,8 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
       proxy: the compressor (``proxy_jax.assemble.make_proxy(config, workdir)``); not needed for the byte
         baseline or preprocessed shards, which carry their compressed views.
       process_index, process_count: this host and the number of hosts (default: from JAX).
-      source: a document source to use instead of ``corpus.load_split(config.data, split)``.
+      source: a document source to use instead of ``mixture_stream.load_split(config.data, split)`` (a
+        ``corpus.load_split``, or a mixture's ``MixtureSource``).
       start_step: the first batch is this step's (re-reads earlier documents; prefer restoring state).
       on_document: debug hook, called once per document with its draw (see ``PackedBatchDataset``); with
         ``host_prefetch`` it is called from the packing thread, ahead of the batches returned.
@@ -126,9 +128,7 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count}).")
     if source is None:
-        from proxy_jax.data import corpus
-
-        source = corpus.load_split(config.data, split, proxy_config=config.proxy)  # a mixture's too
+        source = mixture_stream.load_split(config.data, split, proxy_config=config.proxy)
     compress = needs_compression(config)
     if int(config.data.num_workers) > 0 and not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
@@ -145,11 +145,11 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
                   on_document=on_document)
     shards = {}
     for v in owned:
-        if hasattr(source, "mix"):  # a mixture of sources (proxy_jax.data.mixture_stream)
-            from proxy_jax.data import mixture_stream
-
-            shards[v] = mixture_stream.shard_dataset(config, source, proxy, shard=v, num_shards=num_shards,
-                                                     compress=compress, **kwargs)
+        if hasattr(source, "mix"):  # a mixture of sources: one document stage per component
+            stages = [document_stage(cfg, comp, proxy, process_index=v, process_count=num_shards, compress=compress,
+                                     index_offset=offset)
+                      for (cfg, offset), comp in zip(mixture_stream.component_configs(config, source), source.components)]
+            shards[v] = mixture_stream.shard_dataset(config, source, stages, shard=v, **kwargs)
             continue
         docs = document_stage(config, source, proxy, process_index=v, process_count=num_shards, compress=compress)
         shards[v] = packing.PackedBatchDataset(docs, **kwargs)
