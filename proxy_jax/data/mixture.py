@@ -324,8 +324,9 @@ def cycle_at_weights(sources: list, cum_weights: np.ndarray, seed: int = 0) -> I
 
 
 def fingerprint(mix: dict[str, Any], sources: Iterable) -> str:
-    """Identifies the mixture's data and weights (the tokenizer's cache key)."""
-    h = hashlib.sha256(json.dumps(mix, sort_keys=True).encode())
+    """Identifies the mixture's documents (its sources' fingerprints) and weights (the tokenizer's cache key)."""
+    weights = [[c["name"], c["weight"]] for c in mix["components"]]
+    h = hashlib.sha256(json.dumps([weights, mix["stages"]], sort_keys=True).encode())
     for s in sources:
         h.update(s.fingerprint().encode())
     return h.hexdigest()

@@ -133,8 +133,10 @@ class MixturePackedBatchIterator(packing.PackedBatchIterator):
 
     def __init__(self, components: list[grain.MapDataset], *, names: list[str], plan, shard: int,
                  scales: list[float], **kwargs):
-        super().__init__(components[0], **kwargs)
+        workers = kwargs.pop("num_workers")
+        super().__init__(components[0], num_workers=0, **kwargs)  # its one in-process reader is replaced below
         self._parent.close()
+        self._num_workers = workers
         self._components = components
         self._names, self._plan, self._shard, self._scales = names, plan, shard, scales
         self._open([0] * len(components))
