@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from absl import flags
 
 from proxy_jax import config as config_lib
-from proxy_jax.data import corpus, pipeline, sources
+from proxy_jax.data import mixture_stream, pipeline, sources
 from proxy_jax.proxies.simple import GzipProxy
 
 
@@ -62,7 +62,7 @@ def _cpu_seconds() -> float:
 
 def time_run(c, batches: int, proxy, warmup: int = 5) -> tuple[float, float, float]:
     """(symbols per second, documents per second, CPU cores busy) of ``batches`` batches."""
-    source = corpus.load_split(c.data, "train")
+    source = mixture_stream.load_split(c.data, "train")
     it = iter(pipeline.make_pipeline(c, "train", proxy=proxy, source=source, process_index=0, process_count=1))
     for _ in range(warmup):
         next(it)
