@@ -99,11 +99,15 @@ class Corpus:
 
     def heldout(self, max_docs: int = 0, split: str = "validation") -> list[bytes]:
         """Whole documents of ``split`` (the first ``max_docs`` if > 0): what evaluation scores. A mixture's are
-        its components' (:meth:`heldout_parts`) drawn at the weights from step 0, each document once, up to the
-        first component with weight > 0 that has none left."""
+        its components' (:meth:`heldout_parts`) drawn at the weights from step 0 (among the components that hold
+        out any), each document once, up to the first component with weight > 0 that has none left."""
         parts = self.heldout_parts(max_docs, split)
         if parts:
-            cum = mixture_lib.weight_plan(self.split(split, whole=True).mix)[0][1]
+            mix = self.split(split, whole=True).mix
+            weights = [c["weight"] if parts[c["name"]] else 0.0 for c in mix["components"]]
+            if not any(weights):
+                return []
+            cum = mixture_lib.cumulative(weights)
             return mixture_lib.interleave(list(parts.values()), cum, limit=max_docs)
         source = self.split(split, whole=True)
         docs = []  # a lazy index may hold empty documents (null rows, empty texts): they are not scored
@@ -156,6 +160,12 @@ def make_proxy(config: ml_collections.ConfigDict, workdir: str | None = None,
         for path in preprocessed:
             shards.check_proxy_settings(shards.read_manifest(path), config.proxy, path)
         inputs.tokenizer_file = os.path.join(preprocessed[0], shards.TOKENIZER)
+        other = [p for p in preprocessed[1:] if proxies.base.file_sha256(os.path.join(p, shards.TOKENIZER)) !=
+                 proxies.base.file_sha256(inputs.tokenizer_file)]
+        if other:
+            raise ValueError(f"The preprocessed shards {other[0]} were made with another tokenizer than "
+                             f"{preprocessed[0]}; a mixture's preprocessed components must share one (preprocess them with one "
+                             "--config.proxy.model_path).")
     else:
         inputs.train_docs = corpus.train_documents()
         inputs.corpus_fingerprint = corpus.split("train").fingerprint()

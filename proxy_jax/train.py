@@ -306,7 +306,8 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
                     if key in batch:
                         dev_metrics = {**dev_metrics, key: np.sum(batch[key])}
                 if "mixture_docs" in global_batch:  # documents drawn from each component by every shard
-                    dev_metrics = {**dev_metrics, **mixture_lib.doc_metrics(global_batch["mixture_docs"], c.data.mixture)}
+                    counts = mixture_lib.doc_metrics(global_batch["mixture_docs"], c.data.mixture)
+                    dev_metrics = {**dev_metrics, **counts}
                 now = time.perf_counter()
                 step_time, t_prev = now - t_prev, now
                 finish_pending()

@@ -308,3 +308,12 @@ def test_a_single_source_reader_refuses_a_mixture(data, tmp_path):
         corpus.load_split(c.data, "train")
     with pytest.raises(ValueError, match="--config.data.mixture is set"):  # preprocessing reads one source
         assemble_lib.preprocess(config(data, **{"proxy.name": "gzip"}), str(tmp_path / "shards"))
+
+
+def test_a_component_that_holds_out_nothing_leaves_the_overall_evaluation_to_the_others(data):
+    mix = components(data, extra={"code": {"val_fraction": 0.0}})
+    corp = assemble.Corpus(config(data, mix))
+    parts = corp.heldout_parts()
+    assert parts["code"] == [] and parts["prose"]
+    assert corp.heldout() == parts["prose"]
+    assert corp.heldout(5) == parts["prose"][:5]

@@ -233,13 +233,15 @@ def weight_plan(mix: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
     """[(start_step, cumulative weights float64 [C])], from step 0 on; the last entry of each is exactly 1."""
     stages = [(0, [c["weight"] for c in mix["components"]])]
     stages += [(s["start_step"], [s["weights"][n] for n in names(mix)]) for s in mix["stages"]]
-    plan = []
-    for start, ws in stages:
-        cum = np.cumsum(np.asarray(ws, np.float64))
-        cum /= cum[-1]
-        cum[-1] = 1.0
-        plan.append((int(start), cum))
-    return plan
+    return [(int(start), cumulative(ws)) for start, ws in stages]
+
+
+def cumulative(weights: list[float]) -> np.ndarray:
+    """Cumulative normalised weights (float64 [C], the last exactly 1) of weights that are not all zero."""
+    cum = np.cumsum(np.asarray(weights, np.float64))
+    cum /= cum[-1]
+    cum[-1] = 1.0
+    return cum
 
 
 def weights_at(plan: list[tuple[int, np.ndarray]], step: int) -> np.ndarray:
@@ -359,5 +361,6 @@ def fix_index(config: ml_collections.ConfigDict, sources: list) -> None:
     left to ``data.index="auto"``, so the run reads every component one way for its life."""
     mix = config.data.mixture
     for c, source in zip(mix["components"], sources):
-        if c.get("index", config.data.index) == "auto" and c["source"] in ("jsonl", "parquet", "hf_disk", "arrayrecord"):
+        lazy_capable = c["source"] in ("jsonl", "parquet", "hf_disk", "arrayrecord")
+        if c.get("index", config.data.index) == "auto" and lazy_capable:
             c["index"] = "lazy" if source.lazy else "full"

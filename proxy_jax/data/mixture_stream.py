@@ -195,9 +195,10 @@ class MixturePackedBatchIterator(packing.PackedBatchIterator):
         return {**state, "components": list(self._names), "component_flats": list(self._next_flats)}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != packing._STATE_VERSION:  # pylint: disable=protected-access
-            raise ValueError(f"Packing state version {state.get('version')!r} is not "
-                             f"{packing._STATE_VERSION}; restore with the code version that saved it.")  # pylint: disable=protected-access
+        version = packing._STATE_VERSION  # pylint: disable=protected-access
+        if state.get("version") != version:
+            raise ValueError(f"Packing state version {state.get('version')!r} is not {version}; restore with the "
+                             "code version that saved it.")
         if state.get("components") != self._names:
             raise ValueError(f"The checkpoint's data stream reads the mixture components {state.get('components')}, "
                              f"this run {self._names}; resume with the mixture that saved it.")

@@ -71,7 +71,8 @@ class LoadDocument:
             raw = vocab.encode_raw(data)
             comp = np.asarray(self.proxy.encode(data), vocab.ID_DTYPE) if self.compress else np.zeros(
                 0, vocab.ID_DTYPE)
-        return {"flat": flat_index, "index": doc_index + self.index_offset, "epoch": flat_index // self.docs_per_epoch, "raw": raw, "comp": comp}
+        return {"flat": flat_index, "index": doc_index + self.index_offset, "epoch": flat_index // self.docs_per_epoch,
+                "raw": raw, "comp": comp}
 
 
 def needs_compression(config: ml_collections.ConfigDict) -> bool:
@@ -146,9 +147,9 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
     shards = {}
     for v in owned:
         if hasattr(source, "mix"):  # a mixture of sources: one document stage per component
+            parts = zip(mixture_stream.component_configs(config, source), source.components)
             stages = [document_stage(cfg, comp, proxy, process_index=v, process_count=num_shards, compress=compress,
-                                     index_offset=offset)
-                      for (cfg, offset), comp in zip(mixture_stream.component_configs(config, source), source.components)]
+                                     index_offset=offset) for (cfg, offset), comp in parts]
             shards[v] = mixture_stream.shard_dataset(config, source, stages, shard=v, **kwargs)
             continue
         docs = document_stage(config, source, proxy, process_index=v, process_count=num_shards, compress=compress)
