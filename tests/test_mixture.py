@@ -145,9 +145,11 @@ BYTES = {"proxy.name": "bytes", "mix.rate_init": 0.0, "mix.rate_peak": 0.0, "mix
          "mix.mode_warmup": "vanilla", "mix.mode_steady": "vanilla", "mix.mode_final": "vanilla"}
 
 
-def test_pipeline_draws_at_the_weights_and_counts_them(data):
+def test_pipeline_draws_at_the_weights_and_counts_them(data, caplog):
     c = config(data, **BYTES, **{"data.seq_len": 256, "data.batch_size": 16, "data.virtual_shards": 4})
-    batches, draws, _ = run_pipeline(c, 150, proxy=None)
+    mixture_stream._EPOCHS_LOGGED.clear()  # pylint: disable=protected-access
+    with caplog.at_level("INFO", logger="proxy_jax.data.mixture_stream"):
+        batches, draws, _ = run_pipeline(c, 150, proxy=None)
     names = [d[4] for d in draws]
     assert len(names) > 2000
     ratio = names.count("code") / names.count("prose")
@@ -160,6 +162,8 @@ def test_pipeline_draws_at_the_weights_and_counts_them(data):
     for name, n in (("code", 240), ("prose", 240)):
         epochs = [d[1] for d in draws if d[4] == name]
         assert max(epochs) >= 1 and len([e for e in epochs if e == 0]) <= n
+        # A component that runs out is logged once, however many shards and epochs follow.
+        assert sum(f"component {name!r} has given every document" in r.message for r in caplog.records) == 1
 
 
 def test_stages_switch_the_weights_at_their_step(data):
@@ -317,3 +321,55 @@ def test_a_component_that_holds_out_nothing_leaves_the_overall_evaluation_to_the
     assert parts["code"] == [] and parts["prose"]
     assert corp.heldout() == parts["prose"]
     assert corp.heldout(5) == parts["prose"][:5]
+
+
+# About a minute on 2 cores: three processes each compile the model.
+@pytest.mark.slow
+def test_training_on_a_mixture_resumes_on_one_process_after_two(data, tmp_path):
+    """jax.distributed on 127.0.0.1 (tests/elastic_worker.py): 2 processes train 2 steps, 1 process resumes
+    for 2 more, and every step equals one uninterrupted 1-process run, data/NAME/docs (all processes'
+    counts) included."""
+    import subprocess
+    import sys
+
+    from test_elastic import WORKER, _metrics, _wait
+    from test_multihost import free_port
+
+    spec = tmp_path / "mix.json"
+    spec.write_text(json.dumps(components(data)))
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "PYTHONPATH": str(WORKER.parent.parent)}
+
+    def launch(name, workdir, count, stop_after, port=0):
+        procs = []
+        for p in range(count):
+            log = tmp_path / f"{name}{p}.log"
+            cmd = [sys.executable, str(WORKER), "--process_id", str(p), "--num_processes", str(count), "--port",
+                   str(port), "--workdir", str(workdir), "--stop_after", str(stop_after), "--mixture", str(spec)]
+            procs.append((subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                           cwd=WORKER.parent.parent, env=env), log))
+        return procs
+
+    ref_dir, wd = tmp_path / "reference", tmp_path / "run"
+    _wait(launch("ref", ref_dir, 1, 4) + launch("a", wd, 2, 2, free_port()))
+    _wait(launch("b", wd, 1, 2))
+    ref, got = _metrics(ref_dir), _metrics(wd)
+    assert sorted(got) == sorted(ref) == [0, 1, 2, 3]
+    for step in range(4):
+        for key in ("data/code/docs", "data/prose/docs", "train/tokens", "train/comp_targets"):
+            assert got[step][key] == ref[step][key], (step, key)
+        np.testing.assert_allclose(got[step]["train/loss"], ref[step]["train/loss"], rtol=1e-5)
+    assert ref[3]["data/code/docs"] > ref[3]["data/prose/docs"] > 0
+
+
+def test_a_mixture_file_reads_relative_paths_from_its_folder(data, tmp_path):
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    rel = os.path.relpath(data / "prose.jsonl", folder)
+    (folder / "mix.yaml").write_text(yaml.safe_dump([
+        {"name": "prose", "source": "jsonl", "path": rel, "weight": 1},
+        {"name": "ds", "source": "tfds", "path": "my_dataset", "weight": 1}]))
+    mix = mixture.resolve(str(folder / "mix.yaml"))
+    assert mix["components"][0]["path"] == str(data / "prose.jsonl")
+    assert mix["components"][1]["path"] == "my_dataset"
+    with pytest.raises(mixture.MixtureError, match="inline JSON that does not parse"):
+        mixture.resolve('[{"name": "x",')

@@ -69,6 +69,17 @@ def _read_file(path: str) -> Any:
         raise MixtureError(f"--config.data.mixture={path!r} does not parse ({e}); fix the file.") from None
 
 
+def _relative_to(spec: Any, folder: str) -> Any:
+    """A mixture file's component paths, relative ones taken from the file's folder (a TFDS name and a URL
+    stay as they are)."""
+    comps = spec.get("components") if isinstance(spec, dict) else spec
+    for c in comps if isinstance(comps, list) else ():
+        path = c.get("path") if isinstance(c, dict) else None
+        if isinstance(path, str) and path and c.get("source") != "tfds" and "://" not in path:
+            c["path"] = os.path.normpath(os.path.join(folder, os.path.expanduser(path)))
+    return spec
+
+
 def _weight(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise MixtureError(f"{where}={value!r} is not a number; give a weight >= 0.")
@@ -93,7 +104,14 @@ def resolve(value: Any) -> dict[str, Any] | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        value = json.loads(text) if text.startswith(("[", "{")) else _read_file(text)
+        if text.startswith(("[", "{")):
+            try:
+                value = json.loads(text)
+            except ValueError as e:
+                raise MixtureError(f"--config.data.mixture holds inline JSON that does not parse ({e}); fix it or "
+                                   "point it at a JSON or YAML file.") from None
+        else:
+            value = _relative_to(_read_file(text), os.path.dirname(os.path.abspath(text)))
     if isinstance(value, list):
         value = {"components": value}
     if not isinstance(value, dict) or not isinstance(value.get("components"), list) or not value["components"]:
