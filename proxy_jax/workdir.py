@@ -199,7 +199,8 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
     """Compares ``config`` with the run saved in ``workdir`` (if it has checkpoints); returns the changed
     resumable keys ``{key: (saved, now)}`` (``save_config`` records them once the resume succeeds); raises
     :class:`ConfigMismatchError` naming every other changed key. Writes nothing. Keys the saved config
-    lacks (added to the library since) are not compared."""
+    lacks (added to the library since) are not compared. A mixture (``data.mixture``) is compared whole: its
+    weights and stages may change, its components may not (``data.mixture.resume_changes``)."""
     path = storage.join(workdir, CONFIG)
     ckpt_dir = storage.join(workdir, CHECKPOINTS)
     has_steps = storage.isdir(ckpt_dir) and any(n.isdigit() for n in storage.listdir(ckpt_dir))
