@@ -244,8 +244,12 @@ def test_resume_refuses_changed_components_and_records_changed_weights(data, tmp
     assert workdir_lib.check_resume(config(data), str(wd)) == {}
     changed = workdir_lib.check_resume(config(data, components(data, 1, 1)), str(wd))
     assert list(changed) == ["data.mixture.weights"]
-    with pytest.raises(workdir_lib.ConfigMismatchError, match="data.mixture.components"):
+    with pytest.raises(workdir_lib.ConfigMismatchError, match=r"data.mixture.prose.text_field \(saved None, now 'body'\)"):
         workdir_lib.check_resume(config(data, components(data, extra={"prose": {"text_field": "body"}})), str(wd))
+    renamed = components(data)
+    renamed[1]["name"] = "novels"
+    with pytest.raises(workdir_lib.ConfigMismatchError, match=r"data.mixture components \(saved \['code', 'prose'\]"):
+        workdir_lib.check_resume(config(data, renamed), str(wd))
     plain = helpers.config_with(**{"data.seq_len": 64, "data.batch_size": 4, "data.virtual_shards": 2})
     with pytest.raises(workdir_lib.ConfigMismatchError, match="data.mixture"):
         workdir_lib.check_resume(plain, str(wd))

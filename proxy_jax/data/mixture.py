@@ -365,9 +365,15 @@ def resume_changes(saved: Any, config: ml_collections.ConfigDict) -> tuple[dict[
     for s, n in zip(saved["components"], now["components"]):
         if "index" in s and "index" not in n and s["name"] == n["name"]:
             n["index"] = s["index"]
-    strip = lambda m: [{k: v for k, v in c.items() if k != "weight"} for c in m["components"]]  # noqa: E731
-    if strip(saved) != strip(now):
-        return {}, {"data.mixture.components": (strip(saved), strip(now))}
+    if names(saved) != names(now):
+        return {}, {"data.mixture components": (names(saved), names(now))}
+    frozen = {}
+    for s, n in zip(saved["components"], now["components"]):
+        for key in sorted((set(s) | set(n)) - {"weight"}):
+            if s.get(key) != n.get(key):
+                frozen[f"data.mixture.{s['name']}.{key}"] = (s.get(key), n.get(key))
+    if frozen:
+        return {}, frozen
     weights = lambda m: {"weights": [c["weight"] for c in m["components"]], "stages": m["stages"]}  # noqa: E731
     if weights(saved) == weights(now):
         return {}, {}
