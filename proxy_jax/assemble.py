@@ -255,7 +255,7 @@ def _proxy_of_record(config, workdir: str, corpus: Corpus) -> tuple[proxies.Prox
 def _new_record(config, workdir: str, proxy: proxies.Proxy, corpus: Corpus, args: ModelArgs,
                 logical_vocab: int) -> run_record.RunRecord:
     proxy.pin(workdir)
-    corpus_info: dict[str, Any] = {"source": config.data.source}
+    corpus_info: dict[str, Any] = {"source": "mixture" if config.data.get("mixture") else config.data.source}
     keys = None
     if config.data.source != "preprocessed":
         train = corpus.split("train")
