@@ -391,3 +391,17 @@ def test_evaluate_data_scores_its_own_documents_after_a_mixture_run(data):
     docs = assemble.heldout_docs(single, split="train")
     lines = (data / "prose.jsonl").read_text().splitlines()
     assert len(docs) == len(lines) and docs[0] == json.loads((data / "prose.jsonl").read_text().splitlines()[0])["text"].encode()
+
+
+# 35-50 s on the loaded 2-core machine: each component's worker process starts its own interpreter.
+@pytest.mark.slow
+def test_batches_do_not_depend_on_the_number_of_worker_processes(data):
+    c = config(data, **BYTES, **{"data.seq_len": 128, "data.virtual_shards": 1})
+    ref, _, its = run_pipeline(c, 6, proxy=None)
+    c.data.num_workers = 2  # one Grain worker process per component
+    got, _, more = run_pipeline(c, 6, proxy=None)
+    for it in its + more:
+        it.close()
+    for k, (a, b) in enumerate(zip(got, ref)):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{key} of batch {k}")
