@@ -405,3 +405,15 @@ def test_batches_do_not_depend_on_the_number_of_worker_processes(data):
     for k, (a, b) in enumerate(zip(got, ref)):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{key} of batch {k}")
+
+
+def test_the_command_refuses_a_bad_mixture_file_in_one_sentence(data, tmp_path):
+    from test_cli import TINY, command, one_error
+
+    bad = components(data)
+    bad[1]["weight"] = -2
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    out = command("-m", "proxy_jax.main", "--config=configs/proxy_gzip.py:tiny", f"--workdir={tmp_path / 'run'}",
+                  f"--config.data.mixture={tmp_path / 'bad.yaml'}", *TINY)
+    one_error(out, "data.mixture component 'prose' weight=-2 is negative")
+    assert not (tmp_path / "run" / "checkpoints").exists()
