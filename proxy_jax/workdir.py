@@ -43,6 +43,7 @@ import ml_collections
 from proxy_jax import checkpoint as ckpt_lib
 from proxy_jax import config as config_lib
 from proxy_jax import storage
+from proxy_jax.data import mixture as mixture_lib
 from proxy_jax.model import ModelArgs
 
 CONFIG = "config.json"
@@ -209,8 +210,6 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
     saved_tree = json.loads(storage.read_text(path))
     saved = _flat(saved_tree)
     # A mixture is compared as a whole (proxy_jax.data.mixture.resume_changes): its weights may change.
-    from proxy_jax.data import mixture as mixture_lib
-
     mix_changed, mix_frozen = mixture_lib.resume_changes(saved_tree.get("data", {}).get("mixture", ""), config)
     _match_virtual_shards(config, saved)
     _match_index(config, saved)
