@@ -33,6 +33,8 @@ from proxy_jax import restore as restore_lib
 from proxy_jax import text_format as text_format_lib
 from proxy_jax import train_step as step_lib
 from proxy_jax.data import corpus as corpus_lib
+from proxy_jax.data import mixture as mixture_lib
+from proxy_jax.data import mixture_stream
 from proxy_jax.data import schedule, shards
 from proxy_jax.model import ModelArgs, Transformer
 from proxy_jax.model.args import resolve_scan_layers
@@ -48,6 +50,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     schedule.validate_mix(config.mix)
     proxies.check_name(config.proxy.name)
     corpus_lib.check_source(config.data)
+    mixture_lib.check(config)
     args = ModelArgs.from_config(config.model, vocab.RAW_VOCAB_SIZE)  # the model's own constraints
     config.model.dtype, config.model.param_dtype = args.dtype, args.param_dtype  # "fp16" is kept as "float16"
     optimizer_lib.validate(config.opt, config.train.steps)
@@ -82,12 +85,15 @@ class Corpus:
             if cut != int(data.max_doc_bytes):
                 data = ml_collections.ConfigDict(data.to_dict())
                 data.max_doc_bytes = cut
-            self._splits[key] = corpus_lib.load_split(data, name, proxy_config=self.config.proxy)
+            self._splits[key] = mixture_stream.load_split(data, name, proxy_config=self.config.proxy)
         return self._splits[key]
 
     def train_documents(self) -> Callable[[], Iterable[bytes]]:
         """The training split in a fixed shuffled order (so a byte cap samples the whole corpus)."""
         src = self.split("train")
+        if hasattr(src, "mix"):  # a mixture: its components at their weights from step 0
+            cum = mixture_lib.weight_plan(src.mix)[0][1]
+            return lambda: mixture_lib.cycle_at_weights(src.components, cum)
         order = np.random.default_rng(0).permutation(len(src))
         return lambda: (src[int(i)] for i in order)
 
@@ -103,7 +109,17 @@ class Corpus:
         return [bytes(source[i])[:share] for i in picks]
 
     def heldout(self, max_docs: int = 0, split: str = "validation") -> list[bytes]:
-        """Whole documents of ``split`` (the first ``max_docs`` if > 0): what evaluation scores."""
+        """Whole documents of ``split`` (the first ``max_docs`` if > 0): what evaluation scores. A mixture's are
+        its components' (:meth:`heldout_parts`) drawn at the weights from step 0 (among the components that hold
+        out any), each document once, up to the first component with weight > 0 that has none left."""
+        parts = self.heldout_parts(max_docs, split)
+        if parts:
+            mix = self.split(split, whole=True).mix
+            weights = [c["weight"] if parts[c["name"]] else 0.0 for c in mix["components"]]
+            if not any(weights):
+                return []
+            cum = mixture_lib.cumulative(weights)
+            return mixture_lib.interleave(list(parts.values()), cum, limit=max_docs)
         source = self.split(split, whole=True)
         docs = []  # a lazy index may hold empty documents (null rows, empty texts): they are not scored
         for i in range(len(source)):
@@ -112,6 +128,23 @@ class Corpus:
             if doc := source[i]:
                 docs.append(doc)
         return docs
+
+    def heldout_parts(self, max_docs: int = 0, split: str = "validation") -> dict[str, list[bytes]]:
+        """A mixture's held-out documents per component name (each as :meth:`heldout` of that source alone);
+        {} without a mixture."""
+        source = self.split(split, whole=True)
+        if not hasattr(source, "mix"):
+            return {}
+        out = {}
+        for name, comp in zip(source.names, source.components):
+            docs = []
+            for i in range(len(comp)):
+                if max_docs > 0 and len(docs) == max_docs:
+                    break
+                if doc := comp[i]:
+                    docs.append(doc)
+            out[name] = docs
+        return out
 
 
 def heldout_docs(config: ml_collections.ConfigDict, max_docs: int = 0, *, split: str = "validation") -> list[bytes]:
@@ -133,9 +166,17 @@ def make_proxy(config: ml_collections.ConfigDict, workdir: str | None = None,
     proxies.check_name(config.proxy.name)
     corpus = corpus or Corpus(config)
     inputs = proxies.Inputs(workdir=workdir, load_m1=restore_lib.load_m1, sample_docs=corpus.sample)
-    if config.data.source == "preprocessed":
-        shards.check_proxy_settings(shards.read_manifest(config.data.path), config.proxy, config.data.path)
-        inputs.tokenizer_file = os.path.join(config.data.path, shards.TOKENIZER)
+    preprocessed = mixture_lib.preprocessed_paths(config.data)
+    if preprocessed:  # the shards' own tokenizer (a mixture's first preprocessed component's)
+        for path in preprocessed:
+            shards.check_proxy_settings(shards.read_manifest(path), config.proxy, path)
+        inputs.tokenizer_file = os.path.join(preprocessed[0], shards.TOKENIZER)
+        other = [p for p in preprocessed[1:] if proxies.base.file_sha256(os.path.join(p, shards.TOKENIZER)) !=
+                 proxies.base.file_sha256(inputs.tokenizer_file)]
+        if other:
+            raise ValueError(f"The preprocessed shards {other[0]} were made with another tokenizer than "
+                             f"{preprocessed[0]}; a mixture's preprocessed components must share one (preprocess them with one "
+                             "--config.proxy.model_path).")
     else:
         inputs.train_docs = corpus.train_documents()
         inputs.corpus_fingerprint = corpus.split("train").fingerprint()
@@ -254,7 +295,7 @@ def _new_record(config, workdir: str, proxy: proxies.Proxy, corpus: Corpus, args
                 logical_vocab: int) -> tuple[run_record.RunRecord, list[str] | None]:
     """The record of a new run and its corpus keys (``build`` writes both once the run is built)."""
     proxy.pin(workdir)
-    corpus_info: dict[str, Any] = {"source": config.data.source}
+    corpus_info: dict[str, Any] = {"source": "mixture" if config.data.get("mixture") else config.data.source}
     keys = None
     if config.data.source != "preprocessed":
         train = corpus.split("train")

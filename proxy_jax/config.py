@@ -102,6 +102,11 @@ def base_config() -> ml_collections.ConfigDict:
     # pairs keep their raw half, raw documents stay, so the raw documents arrive in the proxy run's order.
     # The model's vocabulary is bytes only. Isolates what the compressed view adds beyond its raw bytes.
     d.raw_only_of_mix = False
+    # A weighted mixture of sources instead of data.source/data.path (proxy_jax.data.mixture; README
+    # "Mixtures of sources"): a JSON or YAML file, or inline a list of components {name, source, path, weight,
+    # rate_peak, and the source's keys: glob, text_field, ...} or {components: [...], stages: [{start_step,
+    # weights: {name: weight}}]}. Weights are normalised; config.json records the resolved mixture. '' = none.
+    d.mixture = ml_collections.FieldReference("", field_type=object)
 
     # ---- proxy (the compressor f) -------------------------------------------------------
     c.proxy = p = _section('proxy')
@@ -328,7 +333,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"--config.data.index='lazy' cannot cut documents (--config.data.max_doc_bytes="
                          f"{config.data.max_doc_bytes} needs every size before training); set max_doc_bytes=0 "
                          "or index='full'.")
-    if config.data.source != "stdlib" and not config.data.path:
+    if config.data.source != "stdlib" and not config.data.path and not config.data.get("mixture"):
         raise ValueError(f"--config.data.source={config.data.source!r} needs --config.data.path.")
     if config.data.virtual_shards and config.data.batch_size % config.data.virtual_shards:
         raise ValueError(f"--config.data.batch_size={config.data.batch_size} is not divisible by "

@@ -41,6 +41,7 @@ from proxy_jax import metrics as metrics_lib
 from proxy_jax import progress as progress_lib
 from proxy_jax import workdir as workdir_lib
 from proxy_jax.evaluation import lm_eval_tasks
+from proxy_jax.data import mixture as mixture_lib
 from proxy_jax.model import flops_per_token
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ def _step_scalars(run: assemble.Run, raw: dict[str, float], step_time: float, da
     if raw.get("num_streams", 0) > 0:  # realised fraction of compressed streams in this step's batch
         out["train/compression_rate"] = raw["num_comp_streams"] / raw["num_streams"]
     out.pop("train/num_comp_streams", None)
+    for key in [k for k in out if k.startswith("train/data/")]:  # a mixture's data/NAME/docs
+        out[key[len("train/"):]] = int(out.pop(key))
     out["perf/step_time"] = step_time
     out["perf/symbols_per_sec"] = symbols / max(step_time, 1e-9)
     out["perf/data_wait_frac"] = data_wait / max(step_time, 1e-9)
@@ -115,6 +118,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     # Every check that can refuse the run reads only: the config, the saved run it would resume, the corpus.
     # Nothing (lock, record, config, folders) is written to the workdir before they pass.
     _keep_saved_phases(config, workdir)
+    mixture_lib.resolve_config(config)  # config.json records the resolved mixture (weights normalised)
     changed = workdir_lib.check_resume(config, workdir)
     assemble.validate_training(config)
     tracking.names(config.train)  # an unknown or uninstalled tracker: one sentence before the workdir is touched
@@ -210,6 +214,8 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
         start_step = resumed if resumed is not None else 0
         if int(config.data.virtual_shards) == 0:  # fixed for the run's life: a resume takes it (workdir.check_resume)
             config.data.virtual_shards = jax.process_count()
+        if config.data.get("mixture"):  # the same for each component of a mixture
+            mixture_lib.fix_index(config, run.corpus.split("train").components)
         if config.data.index == "auto":  # the same: the corpus is indexed one way for the run's life
             config.data.index = "lazy" if run.corpus.split("train").lazy else "full"
         workdir_lib.save_config(config, workdir, changed)  # only now: a refused resume changes nothing
@@ -226,6 +232,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
         writer = metrics_lib.MetricsWriter(workdir, start_step=start_step, tracking=tracking.setup(c, run.record))
         profiler = profiling.Profiler(c.train, workdir)
         eval_docs = run.corpus.heldout(c.train.eval_docs) if c.train.eval_every > 0 else []
+        eval_parts = run.corpus.heldout_parts(c.train.eval_docs) if c.train.eval_every > 0 else {}
         flops_per_step = flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
         peak = metrics_lib.peak_flops_per_device()
         end_step = c.train.steps if stop_after is None else min(c.train.steps, start_step + stop_after)
@@ -309,6 +316,9 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
                 for key in ("num_streams", "num_comp_streams"):
                     if key in batch:
                         dev_metrics = {**dev_metrics, key: np.sum(batch[key])}
+                if "mixture_docs" in global_batch:  # documents drawn from each component by every shard
+                    counts = mixture_lib.doc_metrics(global_batch["mixture_docs"], c.data.mixture)
+                    dev_metrics = {**dev_metrics, **counts}
                 now = time.perf_counter()
                 step_time, t_prev = now - t_prev, now
                 finish_pending()
@@ -316,7 +326,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
                 if c.train.eval_every > 0 and (step + 1) % c.train.eval_every == 0 and step + 1 < end_step:
                     finish_pending()
                     ev = _bpb(run, eval_docs)
-                    writer.write(step + 1, {"eval/raw_bpb": ev["raw_bpb"]})
+                    writer.write(step + 1, {"eval/raw_bpb": ev["raw_bpb"], **_part_bpb(run, eval_parts)})
                     writer.write(step + 1, tasks.score(run))  # train.lm_eval_tasks
                     log.info("step %d: eval raw bpb %.4f", step + 1, ev["raw_bpb"])
             else:
@@ -341,7 +351,7 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
         summary["final_loss"] = last["loss"]
     if final_step >= c.train.steps and c.train.eval_every > 0 and eval_docs:
         ev = _bpb(run, eval_docs)
-        writer.write(final_step, {"eval/raw_bpb": ev["raw_bpb"]})
+        writer.write(final_step, {"eval/raw_bpb": ev["raw_bpb"], **_part_bpb(run, eval_parts)})
         summary.update({f"eval/{k}": v for k, v in ev.items()})
     elif final_step >= c.train.steps and c.train.eval_every > 0:
         summary["eval_skipped"] = (f"the held-out split is empty (data.val_fraction={c.data.val_fraction}); raise "
@@ -359,6 +369,11 @@ def _bpb(run: assemble.Run, docs: list[bytes]) -> dict[str, float]:
 
     return bpb.model_bpb(run.eval_step, run.state.params, run.mesh, docs, config=run.config,
                          fmt=run.record.text_format, proxy=run.proxy)
+
+
+def _part_bpb(run: assemble.Run, parts: dict[str, list[bytes]]) -> dict[str, float]:
+    """``eval/NAME/raw_bpb`` of each mixture component's held-out documents (none for one source)."""
+    return {f"eval/{name}/raw_bpb": _bpb(run, docs)["raw_bpb"] for name, docs in parts.items() if docs}
 
 
 def report(summary: dict[str, Any]) -> dict[str, Any]:

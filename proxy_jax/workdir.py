@@ -43,6 +43,7 @@ import ml_collections
 from proxy_jax import checkpoint as ckpt_lib
 from proxy_jax import config as config_lib
 from proxy_jax import storage
+from proxy_jax.data import mixture as mixture_lib
 from proxy_jax.model import ModelArgs
 from proxy_jax.model.args import dtype_name
 
@@ -236,22 +237,29 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
     """Compares ``config`` with the run saved in ``workdir`` (if it has checkpoints); returns the changed
     resumable keys ``{key: (saved, now)}`` (``save_config`` records them once the resume succeeds); raises
     :class:`ConfigMismatchError` naming every other changed key. Writes nothing. Keys the saved config
-    lacks (added to the library since) are not compared."""
+    lacks (added to the library since) are not compared. A mixture (``data.mixture``) is compared whole: its
+    weights and stages may change, its components may not (``data.mixture.resume_changes``)."""
     path = storage.join(workdir, CONFIG)
     ckpt_dir = storage.join(workdir, CHECKPOINTS)
     has_steps = storage.isdir(ckpt_dir) and any(n.isdigit() for n in storage.listdir(ckpt_dir))
     if not (storage.exists(path) and has_steps):
         return {}
-    saved = _flat(_upgraded(json.loads(storage.read_text(path))))
+    saved_tree = _upgraded(json.loads(storage.read_text(path)))
+    saved = _flat(saved_tree)
+    # A mixture is compared as a whole (proxy_jax.data.mixture.resume_changes): its weights may change.
+    mix_changed, mix_frozen = mixture_lib.resume_changes(saved_tree.get("data", {}).get("mixture", ""), config)
     _match_virtual_shards(config, saved)
     _match_index(config, saved)
     _match_scan_layers(config, saved)
     now = _flat(_upgraded(json.loads(config.to_json_best_effort())))
-    changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
+    changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k] and
+               not k.startswith("data.mixture")}
+    changed.update({**mix_changed, **mix_frozen})
     # A lazily indexed corpus meets malformed lines as it reads them: skipping them from here on moves no
     # other document, so a run stopped by one resumes with --config.data.skip_malformed=True.
     lazy = saved.get("data.index") == "lazy"
-    frozen = sorted(k for k in changed if not _resumable(k) and not (lazy and k == "data.skip_malformed"))
+    frozen = sorted(k for k in changed if not _resumable(k) and not (lazy and k == "data.skip_malformed")
+                    and k not in mix_changed)
     if frozen:
         shown = "; ".join(f"{k} (saved {changed[k][0]!r}, now {changed[k][1]!r})" for k in frozen)
         raise ConfigMismatchError(

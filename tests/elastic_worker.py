@@ -19,16 +19,18 @@ def parse():
     p.add_argument("--workdir", required=True)
     p.add_argument("--stop_after", type=int, required=True)
     p.add_argument("--virtual_shards", type=int, default=4)
+    p.add_argument("--mixture", default="", help="a data.mixture file to train on instead of the standard library")
     return p.parse_args()
 
 
-def config(virtual_shards):
+def config(virtual_shards, mixture=""):
     from proxy_jax import config as config_lib
 
     c = config_lib.base_config()
     c.proxy.name = "gzip"  # deterministic, no training, and it puts compressed targets in the batches
     c.data.seq_len, c.data.batch_size, c.data.max_doc_bytes = 32, 4, 600
     c.data.virtual_shards = virtual_shards
+    c.data.mixture = mixture
     c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, d_ff=64)
     c.model.dtype = "float32"
     c.mesh.shape = (2, 1, 1)
@@ -53,7 +55,7 @@ def main():
         )
     from proxy_jax import train
 
-    train.train(config(args.virtual_shards), args.workdir, progress=False, stop_after=args.stop_after)
+    train.train(config(args.virtual_shards, args.mixture), args.workdir, progress=False, stop_after=args.stop_after)
     if args.num_processes > 1:
         jax.distributed.shutdown()
     return 0

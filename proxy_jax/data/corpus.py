@@ -145,6 +145,9 @@ def load_split(data_config, split: str, *, proxy_config=None):
     were made with the same proxy settings. With ``data.index`` resolving to "lazy" the index holds no
     sizes (``size(i)`` is -1) and may hold empty documents: readers skip them (the packer, ``heldout``).
     """
+    if data_config.get("mixture"):  # several sources: proxy_jax.data.mixture_stream.load_split reads them
+        raise ValueError("This reads one source, but --config.data.mixture is set; run it on each component's own "
+                         "source (--config.data.source, --config.data.path) and mix the results as components.")
     check_source(data_config, split)
     source = data_config.source
     counts = {"skipped_malformed": 0, "skipped_blank_lines": 0} if source == "jsonl" else {"skipped_null": 0}

@@ -37,6 +37,7 @@ from absl import flags
 from proxy_jax import config as config_lib
 from proxy_jax import proxies, vocab
 from proxy_jax.data import elastic
+from proxy_jax.data import mixture_stream
 from proxy_jax.data import packing
 from proxy_jax.data import schedule
 
@@ -50,8 +51,10 @@ class LoadDocument:
     The flat index counts documents over epochs (epoch * documents per epoch + position in the epoch).
     """
 
-    def __init__(self, source: Any, proxy: Any, *, docs_per_epoch: int, compress: bool, from_records: bool):
+    def __init__(self, source: Any, proxy: Any, *, docs_per_epoch: int, compress: bool, from_records: bool,
+                 index_offset: int = 0):
         self.source = source
+        self.index_offset = index_offset  # a mixture component's first index among all the mixture's documents
         self.proxy = proxy
         self.docs_per_epoch = docs_per_epoch
         self.compress = compress
@@ -68,7 +71,8 @@ class LoadDocument:
             raw = vocab.encode_raw(data)
             comp = np.asarray(self.proxy.encode(data), vocab.ID_DTYPE) if self.compress else np.zeros(
                 0, vocab.ID_DTYPE)
-        return {"flat": flat_index, "index": doc_index, "epoch": flat_index // self.docs_per_epoch, "raw": raw, "comp": comp}
+        return {"flat": flat_index, "index": doc_index + self.index_offset, "epoch": flat_index // self.docs_per_epoch,
+                "raw": raw, "comp": comp}
 
 
 def needs_compression(config: ml_collections.ConfigDict) -> bool:
@@ -77,9 +81,10 @@ def needs_compression(config: ml_collections.ConfigDict) -> bool:
 
 
 def document_stage(config: ml_collections.ConfigDict, source: Any, proxy: Any, *, process_index: int,
-                   process_count: int, compress: bool) -> grain.MapDataset:
+                   process_count: int, compress: bool, index_offset: int = 0) -> grain.MapDataset:
     """Shard ``process_index`` of ``process_count`` (virtual shards): its documents, shuffled per epoch and
-    loaded (with their compressed view when needed)."""
+    loaded (with their compressed view when needed); ``index_offset`` is added to the documents' ``index``
+    (a mixture component's, so that its documents draw apart from the other components')."""
     d = config.data
     num_docs = len(source)
     if num_docs < process_count:
@@ -95,7 +100,7 @@ def document_stage(config: ml_collections.ConfigDict, source: Any, proxy: Any, *
         raise ValueError(f"config.proxy.name={config.proxy.name!r} compresses documents, so the pipeline needs "
                          "proxy= (proxy_jax.assemble.make_proxy(config, workdir)) or preprocessed shards.")
     return ds.map_with_index(LoadDocument(source, proxy, docs_per_epoch=docs_per_epoch, compress=compress,
-                                          from_records=from_records))
+                                          from_records=from_records, index_offset=index_offset))
 
 
 def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, proxy=None,
@@ -110,7 +115,8 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
       proxy: the compressor (``proxy_jax.assemble.make_proxy(config, workdir)``); not needed for the byte
         baseline or preprocessed shards, which carry their compressed views.
       process_index, process_count: this host and the number of hosts (default: from JAX).
-      source: a document source to use instead of ``corpus.load_split(config.data, split)``.
+      source: a document source to use instead of ``mixture_stream.load_split(config.data, split)`` (a
+        ``corpus.load_split``, or a mixture's ``MixtureSource``).
       start_step: the first batch is this step's (re-reads earlier documents; prefer restoring state).
       on_document: debug hook, called once per document with its draw (see ``PackedBatchDataset``); with
         ``host_prefetch`` it is called from the packing thread, ahead of the batches returned.
@@ -123,9 +129,7 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count}).")
     if source is None:
-        from proxy_jax.data import corpus
-
-        source = corpus.load_split(config.data, split, proxy_config=config.proxy)
+        source = mixture_stream.load_split(config.data, split, proxy_config=config.proxy)
     compress = needs_compression(config)
     if int(config.data.num_workers) > 0 and not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
@@ -135,22 +139,19 @@ def make_pipeline(config: ml_collections.ConfigDict, split: str = "train", *, pr
     workers = int(config.data.num_workers)
     # The workers are shared out over this process's shards (batches do not depend on their number).
     shard_workers = -(-workers // len(owned)) if workers > 0 else 0
+    kwargs = dict(seq_len=int(config.data.seq_len), num_targets=config_lib.num_targets(config.model), rows=rows,
+                  seed=int(config.seed), mix=config.mix, has_comp=compress, raw_only=bool(config.data.raw_only_of_mix),
+                  positions=str(config.data.get("positions", "row")), start_step=start_step,
+                  num_workers=shard_workers, worker_buffer_size=max(1, int(config.data.prefetch)) * _DOCS_PER_PREFETCH,
+                  on_document=on_document)
     shards = {}
     for v in owned:
+        if hasattr(source, "mix"):  # a mixture of sources: one document stage per component
+            parts = zip(mixture_stream.component_configs(config, source), source.components)
+            stages = [document_stage(cfg, comp, proxy, process_index=v, process_count=num_shards, compress=compress,
+                                     index_offset=offset) for (cfg, offset), comp in parts]
+            shards[v] = mixture_stream.shard_dataset(config, source, stages, shard=v, **kwargs)
+            continue
         docs = document_stage(config, source, proxy, process_index=v, process_count=num_shards, compress=compress)
-        shards[v] = packing.PackedBatchDataset(
-            docs,
-            seq_len=int(config.data.seq_len),
-            num_targets=config_lib.num_targets(config.model),
-            rows=rows,
-            seed=int(config.seed),
-            mix=config.mix,
-            has_comp=compress,
-            raw_only=bool(config.data.raw_only_of_mix),
-            positions=str(config.data.get("positions", "row")),
-            start_step=start_step,
-            num_workers=shard_workers,
-            worker_buffer_size=max(1, int(config.data.prefetch)) * _DOCS_PER_PREFETCH,
-            on_document=on_document,
-        )
+        shards[v] = packing.PackedBatchDataset(docs, **kwargs)
     return elastic.VirtualShardsDataset(shards, num_shards, host_prefetch=host_prefetch)

@@ -29,7 +29,7 @@ def documents_config(config: ml_collections.ConfigDict, data: str, data_glob: st
     """A copy of ``config`` whose corpus is every document of ``data``: a .jsonl, an .array_record, a .parquet
     file or glob, a folder of Parquet files, a ``datasets`` save_to_disk folder, or a folder of files;
     ``text_field`` and ``skip_malformed`` set how a JSONL or Parquet file is read (the run's own otherwise)."""
-    config = ml_collections.ConfigDict(config.to_dict())
+    config = ml_collections.ConfigDict({**config.to_dict(), "data": {**config.data.to_dict(), "mixture": ""}})
     config.data.path, config.data.val_fraction = data, 0.0  # with val_fraction 0 every document lands in "train"
     config.data.text_field = text_field or config.data.text_field
     config.data.skip_malformed = bool(skip_malformed)
