@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from proxy_jax import __version__, proxies, run_record, sharding, vocab
+from proxy_jax import __version__, proxies, run_record, sharding, storage, vocab
 from proxy_jax import config as config_lib
 from proxy_jax import optimizer as optimizer_lib
 from proxy_jax import restore as restore_lib
@@ -146,17 +146,23 @@ def vocab_sizes(config: ml_collections.ConfigDict, num_symbols: int | None = Non
 
 
 def preprocess(config: ml_collections.ConfigDict, output: str, workdir: str | None = None, **kwargs) -> dict:
-    """Compresses the corpus of ``config`` once into shards under ``output`` (``data.shard_writer.write``)."""
+    """Compresses the corpus of ``config`` once into shards under ``output`` (``data.shard_writer.write``). An
+    ``output`` on object storage is written in a local temporary folder and uploaded (``storage.staged``)."""
     from proxy_jax.data import shard_writer
 
+    output, workdir = storage.resolve(output), storage.resolve(workdir)
+    storage.resolve_config_paths(config)
     if config.data.source == "preprocessed":
         raise ValueError("config.data.source='preprocessed' is already preprocessed; preprocess the original "
                          "corpus source instead.")
     validate(config)
-    os.makedirs(output, exist_ok=True)
-    shard_writer.prepare_output(config, output, overwrite=kwargs.get("overwrite", False))  # before any training
-    proxy = make_proxy(config, workdir=workdir or os.path.join(output, "work"))
-    return shard_writer.write(config, output, proxy, **kwargs)
+    for flag, path in (("--output", output), ("--workdir", workdir)):
+        storage.check_usable(path, flag)
+    with storage.staged(output) as folder:  # ArrayRecord writes local files only
+        os.makedirs(folder, exist_ok=True)
+        shard_writer.prepare_output(config, folder, overwrite=kwargs.get("overwrite", False))  # before any training
+        proxy = make_proxy(config, workdir=workdir or os.path.join(folder, "work"))
+        return shard_writer.write(config, folder, proxy, **kwargs)
 
 
 # ---- training runs -------------------------------------------------------------------------------------

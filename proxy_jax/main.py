@@ -65,6 +65,10 @@ def main(argv) -> None:
     workdir = _WORKDIR.value
     if not workdir:
         raise cli.UsageError("--workdir is required: a directory for checkpoints and metrics, e.g. --workdir=/tmp/run.")
+    from proxy_jax import storage
+
+    workdir = storage.resolve(workdir)  # absolute (``~`` expanded, ``file://`` removed) from here on
+    storage.resolve_config_paths(config)
     import jax
 
     if _MULTIHOST.value:
@@ -87,6 +91,8 @@ def interrupted_sentence(workdir: str | None) -> str:
     """What Ctrl-C left in ``workdir``, read from the disk (so it is true wherever the interrupt landed)."""
     if not workdir:
         return "nothing was started."
+    workdir = os.path.abspath(os.path.expanduser(workdir[7:] if workdir.startswith("file://") else workdir)) \
+        if "://" not in workdir or workdir.startswith("file://") else workdir  # as storage.resolve (not imported here)
     if "://" in workdir:  # object storage: not listed here (that would need its client); say what is always true
         return (f"{workdir} keeps its newest complete checkpoint, if any; the same command resumes from it "
                 "(or starts from step 0).")

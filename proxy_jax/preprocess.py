@@ -21,7 +21,6 @@ status 130 (``proxy_jax.cli``).
 
 from __future__ import annotations
 
-import os
 
 USAGE = ("usage: python -m proxy_jax.preprocess --config=configs/FILE.py[:PRESET] --output=DIR [--workdir=DIR] "
          "[--num_shards=N] [--process_index=I --process_count=P] [--splits=train,validation] [--config.KEY=VALUE ...]")
@@ -65,10 +64,11 @@ def main(argv):
     config_lib.validate(config)  # what preprocessing reads of the config, before any tokenizer is trained
     proxies.check_name(config.proxy.name)
     corpus.check_source(config.data)
-    from proxy_jax import assemble
+    from proxy_jax import assemble, storage
     from proxy_jax.data import shards
 
-    m = assemble.preprocess(config, f.output, workdir=f.workdir or None, num_shards=f.num_shards,
+    output = storage.resolve(f.output)  # absolute (``~`` expanded); a gs:// URL is written through a local stage
+    m = assemble.preprocess(config, output, workdir=storage.resolve(f.workdir) or None, num_shards=f.num_shards,
                             process_index=f.process_index, process_count=f.process_count, splits=splits,
                             overwrite=f.overwrite)
     if not m["complete"]:
@@ -78,7 +78,7 @@ def main(argv):
     for split, info in m["splits"].items():
         print(f"{split}: {info['documents']} documents, {info['bytes']} bytes, {info['symbols']} symbols, "
               f"{info['ratio']:.3f} bytes/symbol")
-    print(f"wrote {os.path.join(f.output, shards.MANIFEST)}")
+    print(f"wrote {storage.join(output, shards.MANIFEST)}")
 
 
 def _define_flags():

@@ -43,7 +43,7 @@ import ml_collections
 
 from proxy_jax import assemble
 from proxy_jax import config as config_lib
-from proxy_jax import recipes
+from proxy_jax import recipes, storage
 from proxy_jax import train as train_lib
 from proxy_jax import run_record
 from proxy_jax.model import ModelArgs, count_params
@@ -319,8 +319,18 @@ def _print(text: str) -> None:
     print(text, flush=True)
 
 
+def local_root(root: str, flag: str = "--root") -> str:
+    """The sweep's folder, absolute; a URL is refused (the sweep's status, results and report are local files:
+    a bucket is reached through a mount)."""
+    if storage.is_remote(root):
+        raise ValueError(f"{flag}={root} is a URL; a sweep keeps its runs in a folder: mount the bucket (e.g. "
+                         "with gcsfuse) and pass the mounted folder.")
+    return storage.resolve(root)
+
+
 def run_sweep(sweep: dict[str, Any], root: str, *, shard_spec: str = "0/1", log=_print) -> list[dict[str, Any]]:
     """Runs this shard's runs in order, skipping finished ones; prints the status table between runs."""
+    root = local_root(root)
     os.makedirs(root, exist_ok=True)
     for method, reason in sweep.get("skip", {}).items():
         log(f"skipped method {method}: {reason}")
@@ -343,6 +353,7 @@ def report(root: str, out_dir: str | None = None, title: str = "") -> str:
     """Renders ROOT's finished runs with ``scaling.report.write_report``; returns report.md's path."""
     from proxy_jax.scaling import report as report_lib
 
+    root, out_dir = local_root(root), (local_root(out_dir, "--out") if out_dir else None)
     results = results_lib.load_results(root)
     if not results:
         raise ValueError(f"No finished runs (no */{RESULT}) under {root!r}; run the sweep first.")
