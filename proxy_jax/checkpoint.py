@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -57,7 +58,46 @@ class CheckpointWriteError(RuntimeError):
 
 
 class UnreadableCheckpointsError(RuntimeError):
-    """Every checkpoint of a directory failed to restore."""
+    """Every checkpoint of a directory is damaged (bad bytes, missing files)."""
+
+
+class CheckpointAccessError(OSError):
+    """A checkpoint could not be read for a reason other than damage (a permission, a path): nothing is set
+    aside; the message says which and what to do."""
+
+
+# Failures that say nothing about a checkpoint's bytes: a programming error is raised as it is.
+_BUGS = (TypeError, AttributeError, NameError, ImportError, AssertionError, NotImplementedError, RecursionError)
+_ACCESS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.ENOTDIR: "a path is not a folder",
+           errno.ENAMETOOLONG: "a path is too long", errno.ELOOP: "a path loops through symbolic links"}
+
+
+def _access_reason(e: BaseException) -> str | None:
+    """Why reading failed when it is not the checkpoint's damage: a permission or a path error anywhere in
+    ``e``'s chain (``OSError``, or TensorStore's and Orbax's error text), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _ACCESS:
+            return _ACCESS[e.errno]
+        text = str(e)
+        if "Permission denied" in text or "PERMISSION_DENIED" in text:
+            return "permission denied"
+        if "should be absolute" in text:
+            return "the path is not absolute"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _is_bug(e: BaseException) -> bool:
+    """True when ``e`` or an exception it was raised from (``raise ... from``) is a programming error."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, _BUGS):
+            return True
+        e = e.__cause__
+    return False
 
 
 @contextlib.contextmanager
@@ -299,6 +339,15 @@ class Checkpointer:
         return True
 
     def _skip(self, step: int, e: BaseException) -> None:
+        """Notes ``step`` as damaged, or raises when the failure is of another kind: a permission or path error
+        (:class:`CheckpointAccessError`), a bug (as it is). Only damage may lead to setting a step aside."""
+        reason = _access_reason(e)
+        if reason is not None:
+            raise CheckpointAccessError(
+                f"Could not read checkpoint step {step} in {self.directory}: {reason} ({type(e).__name__}); fix the "
+                "folder's permissions or path and run the same command again (no checkpoint was moved).") from None
+        if _is_bug(e):
+            raise e
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         log.warning("Checkpoint step %d in %s could not be restored (%s%s); trying an older one.",
                     step, self.directory, type(e).__name__, f": {first}" if first else "")
@@ -318,12 +367,14 @@ class Checkpointer:
             return got, state
         return None, None
 
-    def unreadable_error(self) -> UnreadableCheckpointsError:
+    def unreadable_error(self, advice: str = "") -> UnreadableCheckpointsError:
+        """The error for a directory whose every step is damaged; ``advice`` (what the calling command offers)
+        defaults to what every reader can do."""
         steps = ", ".join(str(s) for s in sorted(self.unreadable))
+        advice = advice or "restore the folder from a copy, or train the run again"
         return UnreadableCheckpointsError(
-            f"No checkpoint in {self.directory} could be restored (steps {steps}); they do not match this "
-            "run or are damaged: use a new --workdir, or pass --restart_if_unreadable to set them aside "
-            "and train from step 0.")
+            f"No checkpoint in {self.directory} could be restored (steps {steps}): their files are damaged or do "
+            f"not match this run; {advice}.")
 
     def wait(self) -> None:
         try:

@@ -146,7 +146,8 @@ def _resume(checkpointer: ckpt_lib.Checkpointer, run: assemble.Run, data_iter, r
     start_step, restored = checkpointer.restore(run.state, data_iter)
     if restored is None and checkpointer.unreadable:
         if not restart_if_unreadable:
-            raise checkpointer.unreadable_error()
+            raise checkpointer.unreadable_error("use a new --workdir, or pass --restart_if_unreadable to set them "
+                                                "aside and train from step 0")
         moved = checkpointer.set_aside(list(checkpointer.unreadable))
         log.warning("Set aside %d unreadable checkpoints (%s); training starts from step 0.", len(moved),
                     ", ".join(moved))
