@@ -20,11 +20,8 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
-import os
-import re
 import sys
 from typing import Any
 
@@ -33,6 +30,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from proxy_jax import storage
+from proxy_jax.checkpoint_failures import (_DropLibraryErrors, _access_reason, _drop_closed_loop_callbacks,  # noqa: F401
+                                           _io_reason, _is_bug, _report_once, quiet_libraries)
 from proxy_jax.preemption import PreemptionGuard  # noqa: F401 - the loop's signal guard, named here too
 from proxy_jax.data import elastic
 
@@ -64,96 +63,6 @@ class UnreadableCheckpointsError(RuntimeError):
 class CheckpointAccessError(OSError):
     """A checkpoint could not be read for a reason other than damage (a permission, a path): nothing is set
     aside; the message says which and what to do."""
-
-
-# Failures that say nothing about a checkpoint's bytes: a programming error is raised as it is.
-_BUGS = (TypeError, AttributeError, NameError, ImportError, AssertionError, NotImplementedError, RecursionError)
-_ACCESS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.ENOTDIR: "a path is not a folder",
-           errno.ENAMETOOLONG: "a path is too long", errno.ELOOP: "a path loops through symbolic links"}
-
-
-def _access_reason(e: BaseException) -> str | None:
-    """Why reading failed when it is not the checkpoint's damage: a permission or a path error anywhere in
-    ``e``'s chain (``OSError``, or TensorStore's and Orbax's error text), else None."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _ACCESS:
-            return _ACCESS[e.errno]
-        text = str(e)
-        if "Permission denied" in text or "PERMISSION_DENIED" in text:
-            return "permission denied"
-        if "should be absolute" in text:
-            return "the path is not absolute"
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def _is_bug(e: BaseException) -> bool:
-    """True when ``e`` or an exception it was raised from (``raise ... from``) is a programming error."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, _BUGS):
-            return True
-        e = e.__cause__
-    return False
-
-
-@contextlib.contextmanager
-def quiet_libraries():
-    """Silences absl/Orbax log records (tracebacks of a failed restore) below CRITICAL for the block."""
-    loggers = [logging.getLogger(name) for name in ("absl", "orbax", "jax._src.distributed")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-_IO_WORDS = ("No space left on device", "Permission denied", "Read-only file system", "Disk quota exceeded")
-
-
-def _io_reason(e: BaseException) -> str | None:
-    """Why a write failed, when an exception in ``e``'s cause/context chain is an I/O failure: an
-    ``OSError``, or TensorStore's error text (``... [os_error_code='28']``, raised as ``ValueError``)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno:
-            return e.strerror or os.strerror(e.errno)
-        text = str(e)
-        code = re.search(r"os_error_code='(\d+)'", text)
-        if code:
-            return os.strerror(int(code[1]))
-        for words in _IO_WORDS:
-            if words in text:
-                return words
-        e = e.__cause__ or e.__context__
-    return None
-
-
-class _DropLibraryErrors(logging.Filter):
-    """Drops Orbax's own error records (tracebacks from its background save threads): a failed save is
-    raised by the next save, ``wait`` or ``close`` as one sentence."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
-
-
-def _drop_closed_loop_callbacks(previous):
-    """An unraisable-exception hook that drops TensorStore's late callbacks into the event loop of a save
-    Orbax already abandoned (``RuntimeError: Event loop is closed`` after a failed write)."""
-
-    def hook(unraisable):
-        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
-            return
-        previous(unraisable)
-
-    return hook
 
 
 class Checkpointer:
@@ -240,6 +149,7 @@ class Checkpointer:
         if reason is None:
             raise e
         self.remove_temporary()
+        _report_once(self.directory)
         when = f" (by step {step})" if step is not None else ""  # async: the failed save may be an earlier one
         raise CheckpointWriteError(
             f"Could not write a checkpoint under {self.directory}{when}: {reason}; free disk space or fix the "
@@ -348,6 +258,7 @@ class Checkpointer:
                 "folder's permissions or path and run the same command again (no checkpoint was moved).") from None
         if _is_bug(e):
             raise e
+        _report_once(self.directory)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         log.warning("Checkpoint step %d in %s could not be restored (%s%s); trying an older one.",
                     step, self.directory, type(e).__name__, f": {first}" if first else "")

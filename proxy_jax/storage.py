@@ -17,9 +17,12 @@ What object storage cannot do, and how this module copes:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from typing import Iterator
 
 from etils import epath
@@ -79,6 +82,12 @@ def check_usable(path, flag: str = "--workdir") -> None:
         except ImportError:
             raise ValueError(f"{flag}={path} is on Google Cloud Storage, which needs gcsfs: install "
                              "proxy_jax with the gcs extra (pip install 'proxy_jax[gcs]').") from None
+        endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or GCS_ENDPOINT
+        reason = _unreachable(endpoint)
+        if reason:  # gcsfs would retry with back-off for about a minute, logging each attempt
+            raise ValueError(f"{flag}={path}: cannot reach Google Cloud Storage at {endpoint} ({reason}); check the "
+                             "network and the endpoint (STORAGE_EMULATOR_HOST), and the credentials (gcloud auth "
+                             "application-default login, or GOOGLE_APPLICATION_CREDENTIALS).")
         return
     try:
         import fsspec
@@ -87,6 +96,25 @@ def check_usable(path, flag: str = "--workdir") -> None:
     except (ImportError, ValueError) as e:
         raise ValueError(f"{flag}={path}: cannot open {scheme}:// URLs here ({e}); use a local folder or gs://.") \
             from None
+
+
+GCS_ENDPOINT = "https://storage.googleapis.com"
+PROBE_TIMEOUT_S = 5.0
+
+
+@functools.lru_cache(maxsize=None)
+def _unreachable(endpoint: str) -> str | None:
+    """Why a TCP connection to ``endpoint`` fails within :data:`PROBE_TIMEOUT_S` (a name that does not resolve,
+    a refused or timed-out connection), or None when it opens. Behind an HTTP(S) proxy nothing is probed."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return None
+    parts = urllib.parse.urlsplit(endpoint if "://" in endpoint else "http://" + endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+    return None
 
 
 def join(base, *parts: str) -> str:

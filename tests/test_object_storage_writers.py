@@ -7,6 +7,9 @@ to the divergence; a URL ``evaluate --out`` is refused in one sentence."""
 import json
 import os
 import re
+import socket
+import sys
+import time
 
 import pytest
 
@@ -101,3 +104,43 @@ def test_evaluate_refuses_a_url_out_in_one_sentence(bytes_run, tmp_path):
     with pytest.raises(ValueError, match=r"--out=gs://runs/x.jsonl is a URL; write the results to a local file"):
         codegen.evaluate_task("humaneval", solutions="canonical", out="gs://runs/x.jsonl")
     assert os.listdir(tmp_path) == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once it is closed
+
+
+def test_an_unreachable_bucket_fails_fast_naming_the_endpoint_and_credentials(tmp_path, monkeypatch):
+    from proxy_jax import storage
+
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+    for key in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    storage._unreachable.cache_clear()
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"--workdir=gs://bucket/runs/x: cannot reach Google Cloud Storage at "
+                                         rf"{re.escape(endpoint)} .*STORAGE_EMULATOR_HOST.*credentials"):
+        storage.check_usable("gs://bucket/runs/x")
+    assert time.perf_counter() - start < storage.PROBE_TIMEOUT_S + 1  # gcsfs alone retries for about a minute
+    storage._unreachable.cache_clear()
+
+    done = _cli("proxy_jax.main", ["--config=" + str(helpers.ROOT / "configs/bytes.py:tiny"),
+                                   "--workdir=gs://bucket/runs/x"], {**os.environ, "STORAGE_EMULATOR_HOST": endpoint},
+                tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --workdir=gs://bucket/runs/x: cannot reach")
+    assert os.listdir(tmp_path) == []
+
+
+def test_evaluate_without_gcsfs_names_the_gcs_extra(monkeypatch, capsys):
+    from proxy_jax import evaluate
+
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if the [gcs] extra were not installed
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--workdir=gs://bucket/runs/x"])
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: --workdir=gs://bucket/runs/x is on Google Cloud Storage") and "[gcs]" in last

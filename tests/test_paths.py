@@ -5,6 +5,7 @@ absolute path, and are read back by ``evaluate``, ``export`` and the lm-eval bac
 only when it is damaged: a permission failure or a bug stops and moves nothing."""
 
 import builtins
+import logging
 import json
 import os
 import shutil
@@ -287,3 +288,36 @@ def test_a_reader_of_damaged_checkpoints_names_only_its_own_flags(runs, tmp_path
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: No checkpoint in") and "damaged" in err
     assert "--restart_if_unreadable" not in err
+
+
+def test_late_library_echoes_of_a_reported_failure_are_not_printed(caplog):
+    import asyncio
+    import errno
+    import types
+
+    from proxy_jax import checkpoint_failures
+
+    directory = "/nowhere/reported/checkpoints"
+    checkpoint_failures._report_once(directory)
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for exc in (full, RuntimeError("an unrelated failure")):  # asyncio's own report of an abandoned task
+                loop.call_exception_handler({"message": "Task exception was never retrieved", "exception": exc})
+    finally:
+        loop.close()
+    reported = [r.exc_info[1] for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert len(reported) == 1 and str(reported[0]) == "an unrelated failure"
+
+    async def reading():
+        pass
+
+    printed = []
+    hook = checkpoint_failures._drop_reported_coroutines(printed.append)
+    for text in (f'Error reading {{"kvstore": {{"path": "{directory}/4/state/"}}}}', "another coroutine's error"):
+        coro = reading()
+        hook(types.SimpleNamespace(exc_type=ValueError, exc_value=ValueError(text), exc_traceback=None, err_msg=None,
+                                   object=coro))
+        coro.close()
+    assert [str(u.exc_value) for u in printed] == ["another coroutine's error"]
