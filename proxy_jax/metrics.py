@@ -114,7 +114,7 @@ class MetricsWriter:
             self._rows = storage.read_text(self._path).splitlines(keepends=True) if storage.exists(self._path) else []
             self._file = None
         else:
-            self._file = open(self._path, "a", encoding="utf-8")
+            self._file = storage.open_append(self._path)
         if tensorboard:
             from tensorboardX import SummaryWriter
 

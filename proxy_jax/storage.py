@@ -190,6 +190,14 @@ def append_text(path, text: str) -> None:
         f.write(text)
 
 
+def open_append(path):
+    """A local text file opened for appending row by row (object storage has no appends: a writer there keeps
+    its rows and rewrites the object, see :func:`append_text`)."""
+    if is_remote(path):
+        raise ValueError(f"{path}: object storage cannot append; keep the rows and write the object whole.")
+    return open(local(path), "a", encoding="utf-8")
+
+
 def copy(src, dst) -> None:
     if is_remote(src) or is_remote(dst):
         write_bytes(dst, read_bytes(src))
