@@ -321,3 +321,17 @@ def test_late_library_echoes_of_a_reported_failure_are_not_printed(caplog):
                                    object=coro))
         coro.close()
     assert [str(u.exc_value) for u in printed] == ["another coroutine's error"]
+
+
+def test_a_run_recorded_with_a_relative_data_path_resumes_with_the_absolute_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    saved = helpers.config_with(**{"data.source": "jsonl", "data.path": "docs.jsonl"})
+    wd = tmp_path / "run"
+    (wd / workdir_lib.CHECKPOINTS / "4").mkdir(parents=True)
+    (wd / workdir_lib.CONFIG).write_text(saved.to_json_best_effort())
+    now = helpers.config_with(**{"data.source": "jsonl", "data.path": "./docs.jsonl"})
+    storage.resolve_config_paths(now)
+    assert workdir_lib.check_resume(now, str(wd)) == {}
+    other = helpers.config_with(**{"data.source": "jsonl", "data.path": str(tmp_path / "other.jsonl")})
+    with pytest.raises(workdir_lib.ConfigMismatchError, match="data.path"):
+        workdir_lib.check_resume(other, str(wd))
