@@ -56,7 +56,8 @@ def _main(argv=None) -> None:
     rep.add_argument("--out", default="", help="output folder (default: ROOT)")
     rep.add_argument("--title", default="")
     args = p.parse_args(argv)
-    args.root = sweep_lib.local_root(args.root)  # absolute from here on (every run's workdir lies under it)
+    # Absolute from here on (every run's workdir lies under it); ``report`` takes the folder as its argument.
+    args.root = sweep_lib.local_root(args.root, "--root" if args.command != "report" else "ROOT")
     if args.command == "run":
         sweep_lib.run_sweep(sweep_lib.load_sweep(args.sweep), args.root, shard_spec=args.shard)
     elif args.command == "status":

@@ -335,3 +335,23 @@ def test_a_run_recorded_with_a_relative_data_path_resumes_with_the_absolute_one(
     other = helpers.config_with(**{"data.source": "jsonl", "data.path": str(tmp_path / "other.jsonl")})
     with pytest.raises(workdir_lib.ConfigMismatchError, match="data.path"):
         workdir_lib.check_resume(other, str(wd))
+
+
+def test_a_sweep_root_is_a_folder_named_any_way_and_a_url_is_refused(tmp_path):
+    from proxy_jax.scaling import sweep as sweep_lib
+
+    script = str(helpers.ROOT / "launch" / "sweep.py")
+    env = {**os.environ, "PYTHONPATH": str(helpers.ROOT), "JAX_PLATFORMS": "cpu"}
+    refused = subprocess.run([sys.executable, script, "status", "--root=gs://bucket/sweep"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
+        "error: --root=gs://bucket/sweep is a URL; a sweep keeps its runs in a folder: mount the bucket")
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "sweep ü" / "run_a").mkdir(parents=True)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "sweeps").symlink_to(tmp_path / "sweep ü")
+    env["HOME"] = str(tmp_path / "home")
+    status = subprocess.run([sys.executable, script, "status", "--root=~/sweeps"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0 and "run_a" in status.stdout, status.stderr[-2000:]
+    assert sweep_lib.local_root("./sweep ü/../sweep ü") == os.path.abspath("sweep ü")

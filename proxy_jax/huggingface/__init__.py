@@ -81,6 +81,8 @@ def export_workdir(workdir: str, out: str, step: int | None = None,
     from proxy_jax import restore
 
     workdir, out = storage.resolve(workdir), storage.resolve(out)
+    storage.check_usable(workdir)
+    storage.check_usable(out, "--out")  # before the run is restored
     if not storage.isdir(workdir):
         raise ValueError(f"--workdir={workdir} is not a directory; pass a training workdir (config.json + "
                          "checkpoints/).")

@@ -317,7 +317,7 @@ def _print(text: str) -> None:
     print(text, flush=True)
 
 
-def local_root(root: str, flag: str = "--root") -> str:
+def local_root(root: str, flag: str = "root") -> str:
     """The sweep's folder, absolute; a URL is refused (the sweep's status, results and report are local files:
     a bucket is reached through a mount)."""
     if storage.is_remote(root):
