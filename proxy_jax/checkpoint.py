@@ -30,8 +30,9 @@ import jax
 import orbax.checkpoint as ocp
 
 from proxy_jax import storage
-from proxy_jax.checkpoint_failures import (_DropLibraryErrors, _access_reason, _drop_closed_loop_callbacks,  # noqa: F401
-                                           _io_reason, _is_bug, _report_once, quiet_libraries)
+from proxy_jax.checkpoint_failures import (  # noqa: F401 - _io_reason is named here too
+    _DropLibraryErrors, _access_reason, _drop_closed_loop_callbacks, _io_reason, _is_bug, _report_once,
+    quiet_libraries)
 from proxy_jax.preemption import PreemptionGuard  # noqa: F401 - the loop's signal guard, named here too
 from proxy_jax.data import elastic
 

@@ -8,8 +8,9 @@ and xz's, and a sample generated from a raw prompt.
 Accidents a user can cause end with one ``error:`` sentence and exit status 2 (no traceback): a config
 file that does not load, a workdir in use by another process or resumed with changed settings, a full
 disk or an unwritable workdir, damaged checkpoints (``--restart_if_unreadable`` sets them aside and
-starts over; a permission or path error is its own sentence and moves nothing), a non-finite loss; a command line without --config or --workdir gets the one-line usage
-and the sentence. ``--print_config`` prints the resolved config (preset and overrides applied) and exits.
+starts over; a permission or path error is its own sentence and moves nothing), a non-finite loss; a
+command line without --config or --workdir gets the one-line usage and the sentence. ``--print_config``
+prints the resolved config (preset and overrides applied) and exits.
 SIGTERM saves and exits 0; Ctrl-C saves at the next step (a second Ctrl-C stops at once) and exits 130
 with a sentence naming the checkpoint the workdir really keeps; run the same command to resume.
 """
@@ -36,8 +37,8 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
                                "multi-node GPU): coordinator and process ids come from the environment "
                                "(TPU metadata, SLURM, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
 _RESTART = flags.DEFINE_bool("restart_if_unreadable", False, "When the workdir has checkpoints but every one is "
-                             "damaged (bad bytes, missing files), set them aside (under checkpoints.unreadable/) and train from step 0 "
-                             "instead of stopping.")
+                             "damaged (bad bytes, missing files), set them aside (under checkpoints.unreadable/) "
+                             "and train from step 0 instead of stopping.")
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config (the preset with every "
                                   "--config.KEY override applied) as --config.KEY=VALUE lines and exit.")
 

@@ -245,12 +245,13 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable) -> dict
                 checkpointer.write_health(step, health.mark(to_mark, seen))
                 to_mark = None
             if not (math.isfinite(raw["loss"]) and math.isfinite(raw["grad_norm"])):
-                raise NonFiniteLossError(f"Loss became {raw['loss']} (gradient norm {raw['grad_norm']}) at step {step}; "
-                                         f"stopping. {_advice(checkpointer)}")
+                raise NonFiniteLossError(f"Loss became {raw['loss']} (gradient norm {raw['grad_norm']}) at step "
+                                         f"{step}; stopping. {_advice(checkpointer)}")
             if c.train.spike_patience and watch.abnormal_run >= c.train.spike_patience:
-                raise LossSpikeError(f"The loss or gradient norm left its normal range for {watch.abnormal_run} steps "
-                                     f"up to step {step} (loss {raw['loss']:.4g}, gradient norm {raw['grad_norm']:.4g}; "
-                                     f"train.spike_patience={c.train.spike_patience}); stopping. {_advice(checkpointer)}")
+                raise LossSpikeError(f"The loss or gradient norm left its normal range for {watch.abnormal_run} "
+                                     f"steps up to step {step} (loss {raw['loss']:.4g}, gradient norm "
+                                     f"{raw['grad_norm']:.4g}; train.spike_patience={c.train.spike_patience}); "
+                                     f"stopping. {_advice(checkpointer)}")
             if bar is not None:
                 bar.set_postfix(loss=f"{raw['loss']:.3f}")
                 bar.update(1)

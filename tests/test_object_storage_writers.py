@@ -88,9 +88,9 @@ def test_a_non_finite_loss_on_a_bucket_keeps_the_metrics_rows_up_to_it(bucket, p
     cwd, tmp = places
     values = {**helpers.TINY, "train.steps": 40, "train.checkpoint_every": 40, "opt.lr": 1e12,
               "opt.warmup_steps": 0, "opt.clip_norm": 1e30}
-    stopped = _cli("proxy_jax.main", ["--config=" + str(helpers.ROOT / "configs/bytes.py:tiny"),
-                                      "--workdir=gs://runs/diverged", *[f"--config.{k}={v}" for k, v in values.items()]],
-                   {**env, "TMPDIR": str(tmp)}, cwd)
+    args = ["--config=" + str(helpers.ROOT / "configs/bytes.py:tiny"), "--workdir=gs://runs/diverged",
+            *[f"--config.{k}={v}" for k, v in values.items()]]
+    stopped = _cli("proxy_jax.main", args, {**env, "TMPDIR": str(tmp)}, cwd)
     assert stopped.returncode == 2 and "Loss became" in stopped.stderr, stopped.stderr[-3000:]
     at = int(re.search(r"at step (\d+)", stopped.stderr)[1])
     rows = [json.loads(line) for line in fs.cat("runs/diverged/metrics.jsonl").decode().splitlines()]
