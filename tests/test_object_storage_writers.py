@@ -80,7 +80,19 @@ def test_export_writes_the_checkpoint_into_the_bucket_and_nothing_local(bucket, 
     assert "to gs://runs/hf" in done.stdout
     _nothing_local(cwd, tmp)
     huggingface.export_workdir(bytes_run, str(tmp_path / "local"))
-    assert _bucket_files(fs, "runs/hf") == _local_files(tmp_path / "local")
+    remote, local = _bucket_files(fs, "runs/hf"), _local_files(tmp_path / "local")
+    assert sorted(remote) == sorted(local) and "model.safetensors" in remote
+    for name in remote:  # safetensors' header lists its metadata in no fixed order: compare what it holds
+        assert _tensors(remote[name]) == _tensors(local[name]) if name.endswith(".safetensors") else \
+            remote[name] == local[name], name
+
+
+def _tensors(data: bytes):
+    from safetensors.numpy import load
+
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    return header.get("__metadata__"), {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in load(data).items()}
 
 
 def test_a_non_finite_loss_on_a_bucket_keeps_the_metrics_rows_up_to_it(bucket, places):  # noqa: F811
