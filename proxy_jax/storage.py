@@ -1,6 +1,10 @@
 """Files of a workdir wherever it lives: a local folder, or object storage (``gs://``, or any URL that
 ``etils.epath`` / fsspec opens), so a TPU pod can keep its runs in a bucket.
 
+Every path a user types enters through :func:`resolve` (commands and library entry points call it once):
+a local path is made absolute (``~`` expanded, ``file://`` removed), a URL is kept; :func:`check_usable`
+then refuses, in one sentence, a URL this installation cannot open or whose endpoint cannot be reached.
+
 Local paths go through ``os`` exactly as before; URLs through ``etils.epath`` (``gs://`` needs the
 ``[gcs]`` extra: ``gcsfs``). Orbax reads and writes checkpoints at such URLs itself.
 
