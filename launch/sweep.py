@@ -10,8 +10,8 @@ interrupted ones; ``--shard=i/n`` runs every n-th run from i, so n hosts can sha
     # SLURM job array, one shard per task (same --root on a shared filesystem):
     sbatch --array=0-7 --wrap 'python launch/sweep.py run --sweep=configs/sweeps/gpu.py \
         --root=/shared/sweep_gpu --shard=$SLURM_ARRAY_TASK_ID/8'
-    # TPU VMs (a queue of single-host slices): one shard per VM
-    python launch/sweep.py run --sweep=configs/sweeps/gpu.py --root=gs-fuse/sweep --shard=$I/$N
+    # TPU VMs (a queue of single-host slices): one shard per VM, the bucket mounted with gcsfuse
+    python launch/sweep.py run --sweep=configs/sweeps/gpu.py --root=/mnt/gcs/sweep --shard=$I/$N
 
 ``status`` prints a table of the runs (done / started / pending, step, raw bpb, wall time); ``report``
 writes DIR/report.md and its PNGs from the finished runs' results.
@@ -56,6 +56,8 @@ def _main(argv=None) -> None:
     rep.add_argument("--out", default="", help="output folder (default: ROOT)")
     rep.add_argument("--title", default="")
     args = p.parse_args(argv)
+    # Absolute from here on (every run's workdir lies under it); ``report`` takes the folder as its argument.
+    args.root = sweep_lib.local_root(args.root, "--root" if args.command != "report" else "ROOT")
     if args.command == "run":
         sweep_lib.run_sweep(sweep_lib.load_sweep(args.sweep), args.root, shard_spec=args.shard)
     elif args.command == "status":

@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from proxy_jax import __version__, proxies, recipes, run_record, sharding, vocab
+from proxy_jax import __version__, proxies, recipes, run_record, sharding, storage, vocab
 from proxy_jax import config as config_lib
 from proxy_jax import optimizer as optimizer_lib
 from proxy_jax import restore as restore_lib
@@ -211,22 +211,28 @@ def preprocess(config: ml_collections.ConfigDict, output: str, cache_dir: str | 
                       "cache_dir=...", DeprecationWarning, stacklevel=2)
         cache_dir = cache_dir or workdir
 
+    output, cache_dir = storage.resolve(output), storage.resolve(cache_dir)
+    storage.resolve_config_paths(config)
     if config.data.source == "preprocessed":
         raise ValueError("config.data.source='preprocessed' is already preprocessed; preprocess the original "
                          "corpus source instead.")
     validate(config)
+    for flag, path in (("--output", output), ("--cache_dir", cache_dir)):
+        storage.check_usable(path, flag)
     corpus = Corpus(config)
     corpus.split("train")  # a corpus the source cannot read stops here, before anything is written
-    created = not os.path.isdir(output)
-    os.makedirs(output, exist_ok=True)
-    try:
-        shard_writer.prepare_output(config, output, overwrite=kwargs.get("overwrite", False))  # before any training
-        proxy = make_proxy(config, workdir=cache_dir or os.path.join(output, shard_writer.CACHE_DIR), corpus=corpus)
-        return shard_writer.write(config, output, proxy, **kwargs)
-    except BaseException:
-        if created:  # a refused or interrupted first start leaves no empty folders behind
-            _remove_empty_tree(output)
-        raise
+    with storage.staged(output) as folder:  # ArrayRecord writes local files only
+        created = not os.path.isdir(folder)
+        os.makedirs(folder, exist_ok=True)
+        try:
+            shard_writer.prepare_output(config, folder, overwrite=kwargs.get("overwrite", False))  # before training
+            proxy = make_proxy(config, workdir=cache_dir or os.path.join(folder, shard_writer.CACHE_DIR),
+                               corpus=corpus)
+            return shard_writer.write(config, folder, proxy, **kwargs)
+        except BaseException:
+            if created:  # a refused or interrupted first start leaves no empty folders behind
+                _remove_empty_tree(folder)
+            raise
 
 
 def _remove_empty_tree(root: str) -> None:

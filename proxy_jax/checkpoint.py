@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import re
 import sys
 from typing import Any
 
@@ -32,6 +30,9 @@ import jax
 import orbax.checkpoint as ocp
 
 from proxy_jax import storage
+from proxy_jax.checkpoint_failures import (  # noqa: F401 - _io_reason is named here too
+    _DropLibraryErrors, _access_reason, _drop_closed_loop_callbacks, _io_reason, _is_bug, _report_once,
+    quiet_libraries)
 from proxy_jax.preemption import PreemptionGuard  # noqa: F401 - the loop's signal guard, named here too
 from proxy_jax.data import elastic
 
@@ -57,63 +58,12 @@ class CheckpointWriteError(RuntimeError):
 
 
 class UnreadableCheckpointsError(RuntimeError):
-    """Every checkpoint of a directory failed to restore."""
+    """Every checkpoint of a directory is damaged (bad bytes, missing files)."""
 
 
-@contextlib.contextmanager
-def quiet_libraries():
-    """Silences absl/Orbax log records (tracebacks of a failed restore) below CRITICAL for the block."""
-    loggers = [logging.getLogger(name) for name in ("absl", "orbax", "jax._src.distributed")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-_IO_WORDS = ("No space left on device", "Permission denied", "Read-only file system", "Disk quota exceeded")
-
-
-def _io_reason(e: BaseException) -> str | None:
-    """Why a write failed, when an exception in ``e``'s cause/context chain is an I/O failure: an
-    ``OSError``, or TensorStore's error text (``... [os_error_code='28']``, raised as ``ValueError``)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno:
-            return e.strerror or os.strerror(e.errno)
-        text = str(e)
-        code = re.search(r"os_error_code='(\d+)'", text)
-        if code:
-            return os.strerror(int(code[1]))
-        for words in _IO_WORDS:
-            if words in text:
-                return words
-        e = e.__cause__ or e.__context__
-    return None
-
-
-class _DropLibraryErrors(logging.Filter):
-    """Drops Orbax's own error records (tracebacks from its background save threads): a failed save is
-    raised by the next save, ``wait`` or ``close`` as one sentence."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
-
-
-def _drop_closed_loop_callbacks(previous):
-    """An unraisable-exception hook that drops TensorStore's late callbacks into the event loop of a save
-    Orbax already abandoned (``RuntimeError: Event loop is closed`` after a failed write)."""
-
-    def hook(unraisable):
-        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
-            return
-        previous(unraisable)
-
-    return hook
+class CheckpointAccessError(OSError):
+    """A checkpoint could not be read for a reason other than damage (a permission, a path): nothing is set
+    aside; the message says which and what to do."""
 
 
 class Checkpointer:
@@ -200,6 +150,7 @@ class Checkpointer:
         if reason is None:
             raise e
         self.remove_temporary()
+        _report_once(self.directory)
         when = f" (by step {step})" if step is not None else ""  # async: the failed save may be an earlier one
         raise CheckpointWriteError(
             f"Could not write a checkpoint under {self.directory}{when}: {reason}; free disk space or fix the "
@@ -299,6 +250,16 @@ class Checkpointer:
         return True
 
     def _skip(self, step: int, e: BaseException) -> None:
+        """Notes ``step`` as damaged, or raises when the failure is of another kind: a permission or path error
+        (:class:`CheckpointAccessError`), a bug (as it is). Only damage may lead to setting a step aside."""
+        reason = _access_reason(e)
+        if reason is not None:
+            raise CheckpointAccessError(
+                f"Could not read checkpoint step {step} in {self.directory}: {reason} ({type(e).__name__}); fix the "
+                "folder's permissions or path and run the same command again (no checkpoint was moved).") from None
+        if _is_bug(e):
+            raise e
+        _report_once(self.directory)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         log.warning("Checkpoint step %d in %s could not be restored (%s%s); trying an older one.",
                     step, self.directory, type(e).__name__, f": {first}" if first else "")
@@ -318,12 +279,14 @@ class Checkpointer:
             return got, state
         return None, None
 
-    def unreadable_error(self) -> UnreadableCheckpointsError:
+    def unreadable_error(self, advice: str = "") -> UnreadableCheckpointsError:
+        """The error for a directory whose every step is damaged; ``advice`` (what the calling command offers)
+        defaults to what every reader can do."""
         steps = ", ".join(str(s) for s in sorted(self.unreadable))
+        advice = advice or "restore the folder from a copy, or train the run again"
         return UnreadableCheckpointsError(
-            f"No checkpoint in {self.directory} could be restored (steps {steps}); they do not match this "
-            "run or are damaged: use a new --workdir, or pass --restart_if_unreadable to set them aside "
-            "and train from step 0.")
+            f"No checkpoint in {self.directory} could be restored (steps {steps}): their files are damaged or do "
+            f"not match this run; {advice}.")
 
     def wait(self) -> None:
         try:

@@ -17,7 +17,9 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="folder to write the Hugging Face checkpoint into")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     a = p.parse_args(argv)
-    from proxy_jax import checkpoint, huggingface
+    from proxy_jax import checkpoint, huggingface, storage
+
+    a.workdir, a.out = storage.resolve(a.workdir), storage.resolve(a.out)  # absolute from here on
 
     try:
         step = huggingface.export_workdir(a.workdir, a.out, step=a.step)

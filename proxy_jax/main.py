@@ -7,9 +7,10 @@ and xz's, and a sample generated from a raw prompt.
 
 Accidents a user can cause end with one ``error:`` sentence and exit status 2 (no traceback): a config
 file that does not load, a workdir in use by another process or resumed with changed settings, a full
-disk or an unwritable workdir, unreadable checkpoints (``--restart_if_unreadable`` sets them aside and
-starts over), a non-finite loss; a command line without --config or --workdir gets the one-line usage
-and the sentence. ``--print_config`` prints the resolved config (preset and overrides applied) and exits.
+disk or an unwritable workdir, damaged checkpoints (``--restart_if_unreadable`` sets them aside and
+starts over; a permission or path error is its own sentence and moves nothing), a non-finite loss; a
+command line without --config or --workdir gets the one-line usage and the sentence. ``--print_config``
+prints the resolved config (preset and overrides applied) and exits.
 SIGTERM saves and exits 0; Ctrl-C saves at the next step (a second Ctrl-C stops at once) and exits 130
 with a sentence naming the checkpoint the workdir really keeps; run the same command to resume.
 """
@@ -34,9 +35,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, "
                                "multi-node GPU): coordinator and process ids come from the environment "
                                "(TPU metadata, SLURM, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
-_RESTART = flags.DEFINE_bool("restart_if_unreadable", False, "When the workdir has checkpoints but none of them "
-                             "restores, set them aside (under checkpoints.unreadable/) and train from step 0 "
-                             "instead of stopping.")
+_RESTART = flags.DEFINE_bool("restart_if_unreadable", False, "When the workdir has checkpoints but every one is "
+                             "damaged (bad bytes, missing files), set them aside (under checkpoints.unreadable/) "
+                             "and train from step 0 instead of stopping.")
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config (the preset with every "
                                   "--config.KEY override applied) as --config.KEY=VALUE lines and exit.")
 
@@ -64,6 +65,10 @@ def main(argv) -> None:
     workdir = _WORKDIR.value
     if not workdir:
         raise cli.UsageError("--workdir is required: a directory for checkpoints and metrics, e.g. --workdir=/tmp/run.")
+    from proxy_jax import storage
+
+    workdir = storage.resolve(workdir)  # absolute (``~`` expanded, ``file://`` removed) from here on
+    storage.resolve_config_paths(config)
     import jax
 
     if _MULTIHOST.value:
@@ -82,6 +87,8 @@ def interrupted_sentence(workdir: str | None) -> str:
     """What Ctrl-C left in ``workdir``, read from the disk (so it is true wherever the interrupt landed)."""
     if not workdir:
         return "nothing was started."
+    workdir = os.path.abspath(os.path.expanduser(workdir[7:] if workdir.startswith("file://") else workdir)) \
+        if "://" not in workdir or workdir.startswith("file://") else workdir  # as storage.resolve (not imported here)
     if "://" in workdir:  # object storage: not listed here (that would need its client); say what is always true
         return (f"{workdir} keeps its newest complete checkpoint, if any; the same command resumes from it "
                 "(or starts from step 0).")

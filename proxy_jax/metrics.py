@@ -125,7 +125,7 @@ class MetricsWriter:
             self._rows = storage.read_text(self._path).splitlines(keepends=True) if storage.exists(self._path) else []
             self._file = None
         else:
-            self._file = open(self._path, "a", encoding="utf-8")
+            self._file = storage.open_append(self._path)
         if tracking is None:
             tracking = tracking_lib.Setup(("tensorboard",) if tensorboard else ())
         self._trackers = tracking_lib.open_trackers(workdir, tracking, start_step=start_step, kept=kept,

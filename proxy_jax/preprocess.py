@@ -81,10 +81,11 @@ def main(argv):
     config_lib.validate(config)  # what preprocessing reads of the config, before any tokenizer is trained
     proxies.check_name(config.proxy.name)
     corpus.check_source(config.data)
-    from proxy_jax import assemble
+    from proxy_jax import assemble, storage
     from proxy_jax.data import shards
 
-    m = assemble.preprocess(config, f.output, cache_dir=cache_dir, num_shards=f.num_shards,
+    output = storage.resolve(f.output)  # absolute (``~`` expanded); a gs:// URL is written through a local stage
+    m = assemble.preprocess(config, output, cache_dir=storage.resolve(cache_dir) or None, num_shards=f.num_shards,
                             process_index=f.process_index, process_count=f.process_count, splits=splits,
                             overwrite=f.overwrite)
     if not m["complete"]:
@@ -94,7 +95,7 @@ def main(argv):
     for split, info in m["splits"].items():
         print(f"{split}: {info['documents']} documents, {info['bytes']} bytes, {info['symbols']} symbols, "
               f"{info['ratio']:.3f} bytes/symbol")
-    print(f"wrote {os.path.join(f.output, shards.MANIFEST)}")
+    print(f"wrote {storage.join(output, shards.MANIFEST)}")
 
 
 def _define_flags():

@@ -91,6 +91,8 @@ class RestoredRun:
 def read_record(workdir: str, config: ml_collections.ConfigDict | None = None) -> run_record.RunRecord:
     """``run.json`` of ``workdir``; for an older workdir, the record derived from its config and
     ``model.json`` (written back when possible)."""
+    workdir = storage.resolve(workdir)
+    storage.check_usable(workdir)
     if run_record.exists(workdir):
         return run_record.read(workdir)
     config = config if config is not None else workdir_lib.load_config(workdir)
@@ -118,6 +120,8 @@ def read_record(workdir: str, config: ml_collections.ConfigDict | None = None) -
 def restore(workdir: str, step: int | None = None, *, mesh=None) -> RestoredRun:
     """The newest checkpoint of ``workdir`` that loads (or ``step``), parameters only, on ``mesh`` (default:
     the run's mesh shape over this host's devices)."""
+    workdir = storage.resolve(workdir)
+    storage.check_usable(workdir)
     config = workdir_lib.load_config(workdir)
     record = read_record(workdir, config)
     args = _runs_here(workdir, config, record.args)
@@ -159,6 +163,7 @@ def load_m1(m1_workdir: str, step: int | None = None):
     """The neural proxy's M1: a byte-only run (``configs/m1.py``) restored from ``m1_workdir``."""
     from proxy_jax.proxies.neural import m1 as m1_lib
 
+    m1_workdir = storage.resolve(m1_workdir)
     if not m1_workdir or not storage.isdir(m1_workdir):
         raise FileNotFoundError(
             f"proxy.m1_workdir={m1_workdir!r} is not a directory; train M1 first with "

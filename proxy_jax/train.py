@@ -23,6 +23,7 @@ tests import).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -114,6 +115,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = T
     run stops (``checkpoint.UnreadableCheckpointsError``) unless ``restart_if_unreadable``: then they
     are set aside and training starts from step 0.
     """
+    workdir = storage.resolve(workdir)  # the one place a library caller's path is made absolute
+    storage.resolve_config_paths(config)
     storage.check_usable(workdir)
     # Every check that can refuse the run reads only: the config, the saved run it would resume, the corpus.
     # Nothing (lock, record, config, folders) is written to the workdir before they pass.
@@ -157,7 +160,8 @@ def _resume(checkpointer: ckpt_lib.Checkpointer, run: assemble.Run, data_iter, r
     start_step, restored = checkpointer.restore(run.state, data_iter)
     if restored is None and checkpointer.unreadable:
         if not restart_if_unreadable:
-            raise checkpointer.unreadable_error()
+            raise checkpointer.unreadable_error("use a new --workdir, or pass --restart_if_unreadable to set them "
+                                                "aside and train from step 0")
         moved = checkpointer.set_aside(list(checkpointer.unreadable))
         log.warning("Set aside %d unreadable checkpoints (%s); training starts from step 0.", len(moved),
                     ", ".join(moved))
@@ -204,11 +208,12 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
 
     run = assemble.build(config, workdir, corpus=corpus)  # writes the run record (run.json) on the first build
     c = run.config
-    data_iter = iter(run.pipeline)
-    checkpointer = workdir_lib.checkpointer(workdir, c)
-    checkpointer.remove_temporary()  # half-written steps of a killed run
-    bar = None
-    try:  # the loop's own try closes the checkpointer and the data iterator (its packing thread) from there on
+    with contextlib.ExitStack() as stack:  # every way out closes what the run opened, the newest first
+        loop = stack.enter_context(contextlib.ExitStack())  # the loop's own: closed before the final evaluation
+        checkpointer = loop.enter_context(contextlib.closing(workdir_lib.checkpointer(workdir, c)))
+        data_iter = loop.enter_context(contextlib.closing(iter(run.pipeline)))  # stops its packing thread first
+        checkpointer.remove_temporary()  # half-written steps of a killed run
+        bar = None
         rollback = _roll_back(checkpointer, int(c.train.resume_step))
         resumed = _resume(checkpointer, run, data_iter, restart_if_unreadable)
         start_step = resumed if resumed is not None else 0
@@ -229,69 +234,66 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
                                  recent=(record or {}).get("recent"))
         to_mark = record if record is not None and record.get("after") is None else None
         data_iter.start_prefetch()  # data.host_prefetch: the first batches are packed while the rest is set up
-        writer = metrics_lib.MetricsWriter(workdir, start_step=start_step, tracking=tracking.setup(c, run.record))
-        profiler = profiling.Profiler(c.train, workdir)
+        writer = stack.enter_context(contextlib.closing(metrics_lib.MetricsWriter(
+            workdir, start_step=start_step, tracking=tracking.setup(c, run.record))))
+        profiler = loop.enter_context(contextlib.closing(profiling.Profiler(c.train, workdir)))
         eval_docs = run.corpus.heldout(c.train.eval_docs) if c.train.eval_every > 0 else []
         eval_parts = run.corpus.heldout_parts(c.train.eval_docs) if c.train.eval_every > 0 else {}
         flops_per_step = flops_per_token(run.model.args, c.data.seq_len) * c.data.batch_size * c.data.seq_len
         peak = metrics_lib.peak_flops_per_device()
         end_step = c.train.steps if stop_after is None else min(c.train.steps, start_step + stop_after)
         if progress and jax.process_index() == 0:  # a bar in a terminal or notebook, plain lines in a log file
-            bar = progress_lib.bar(c.train.steps, initial=start_step, every_s=c.train.progress_every_s)
-    except BaseException:
-        data_iter.close()
-        checkpointer.close()
-        raise
+            bar = loop.enter_context(contextlib.closing(progress_lib.bar(
+                c.train.steps, initial=start_step, every_s=c.train.progress_every_s)))
+        pending = None  # (step, device metrics, step_time, data_wait) of the step dispatched last
+        last_saved = resumed  # the newest checkpoint on disk, always a finite state
+        summary: dict[str, Any] = {"start_step": start_step}
 
-    pending = None  # (step, device metrics, step_time, data_wait) of the step dispatched last
-    last_saved = resumed  # the newest checkpoint on disk, always a finite state
-    summary: dict[str, Any] = {"start_step": start_step}
-
-    def finish_pending():
-        """Reads the previous step's metrics (the device has moved on to the next step by now)."""
-        nonlocal pending, to_mark
-        if pending is None:
-            return None
-        step, dev_metrics, step_time, data_wait = pending
-        pending = None
-        raw = metrics_lib.to_python(dev_metrics)
-        seen = watch.observe(step, raw["loss"], raw["grad_norm"])
-        if to_mark is not None and to_mark["step"] == step:  # the first loss of a saved state: its verdict
-            checkpointer.write_health(step, health.mark(to_mark, seen))
-            to_mark = None
-        if not (math.isfinite(raw["loss"]) and math.isfinite(raw["grad_norm"])):
-            raise NonFiniteLossError(f"Loss became {raw['loss']} (gradient norm {raw['grad_norm']}) at step {step}; "
+        def finish_pending():
+            """Reads the previous step's metrics (the device has moved on to the next step by now)."""
+            nonlocal pending, to_mark
+            if pending is None:
+                return None
+            step, dev_metrics, step_time, data_wait = pending
+            pending = None
+            raw = metrics_lib.to_python(dev_metrics)
+            seen = watch.observe(step, raw["loss"], raw["grad_norm"])
+            if to_mark is not None and to_mark["step"] == step:  # the first loss of a saved state: its verdict
+                checkpointer.write_health(step, health.mark(to_mark, seen))
+                to_mark = None
+            if not (math.isfinite(raw["loss"]) and math.isfinite(raw["grad_norm"])):
+                raise NonFiniteLossError(f"Loss became {raw['loss']} (gradient norm {raw['grad_norm']}) at step "
+                                         f"{step}; stopping. {_advice(checkpointer)}")
+            if c.train.spike_patience and watch.abnormal_run >= c.train.spike_patience:
+                raise LossSpikeError(f"The loss or gradient norm left its normal range for {watch.abnormal_run} "
+                                     f"steps up to step {step} (loss {raw['loss']:.4g}, gradient norm "
+                                     f"{raw['grad_norm']:.4g}; train.spike_patience={c.train.spike_patience}); "
                                      f"stopping. {_advice(checkpointer)}")
-        if c.train.spike_patience and watch.abnormal_run >= c.train.spike_patience:
-            raise LossSpikeError(f"The loss or gradient norm left its normal range for {watch.abnormal_run} steps "
-                                 f"up to step {step} (loss {raw['loss']:.4g}, gradient norm {raw['grad_norm']:.4g}; "
-                                 f"train.spike_patience={c.train.spike_patience}); stopping. {_advice(checkpointer)}")
-        if bar is not None:
-            bar.set_postfix(loss=f"{raw['loss']:.3f}")
-            bar.update(1)
-        if step % c.train.log_every == 0 or step == end_step - 1:
-            scalars = _step_scalars(run, raw, step_time, data_wait, flops_per_step, peak)
-            writer.write(step, scalars)
-        return raw
+            if bar is not None:
+                bar.set_postfix(loss=f"{raw['loss']:.3f}")
+                bar.update(1)
+            if step % c.train.log_every == 0 or step == end_step - 1:
+                scalars = _step_scalars(run, raw, step_time, data_wait, flops_per_step, peak)
+                writer.write(step, scalars)
+            return raw
 
-    def save(step: int, final: bool = False) -> None:
-        """Saves the state after ``step`` steps once it is known finite (a step on disk is kept as it is), with
-        its health record: pending until step ``step`` is read, or judged now when none will be (``final``)."""
-        nonlocal last_saved, to_mark
-        finish_pending()  # the loss of step - 1 must be finite
-        if not state_is_finite(run.state):
-            raise NonFiniteLossError(f"The train state became non-finite by step {step}; stopping without "
-                                     f"saving it. {_advice(checkpointer)}")
-        written = checkpointer.save(step, run.state, data_iter, force=True)
-        if written or (final and to_mark is not None and to_mark["step"] == step):  # SIGTERM at a checkpoint step
-            record = health.save_record(step, watch, rollback, final=final)
-            checkpointer.write_health(step, record)
-            to_mark = record
-        last_saved = step
+        def save(step: int, final: bool = False) -> None:
+            """Saves the state after ``step`` steps once it is known finite (a step on disk is kept as it is), with
+            its health record: pending until step ``step`` is read, or judged now when none will be (``final``)."""
+            nonlocal last_saved, to_mark
+            finish_pending()  # the loss of step - 1 must be finite
+            if not state_is_finite(run.state):
+                raise NonFiniteLossError(f"The train state became non-finite by step {step}; stopping without "
+                                         f"saving it. {_advice(checkpointer)}")
+            written = checkpointer.save(step, run.state, data_iter, force=True)
+            if written or (final and to_mark is not None and to_mark["step"] == step):  # SIGTERM at a checkpoint step
+                record = health.save_record(step, watch, rollback, final=final)
+                checkpointer.write_health(step, record)
+                to_mark = record
+            last_saved = step
 
-    with ckpt_lib.PreemptionGuard() as guard:
-        t_prev = time.perf_counter()
-        try:
+        with ckpt_lib.PreemptionGuard() as guard, loop:  # the loop's resources close before the guard lets go
+            t_prev = time.perf_counter()
             for step in range(start_step, end_step):
                 profiler.step(step, run.state)  # train.profile_start_step: starts or stops a trace
                 # Checkpoint "state after `step` steps" before the batch for `step` is drawn, so the
@@ -336,31 +338,23 @@ def _train(config, workdir, progress, stop_after, restart_if_unreadable, changed
             if last_saved != final_step:
                 save(final_step, final=True)
             checkpointer.wait()
-        finally:
-            profiler.close()
-            data_iter.close()  # stops the packing thread (data.host_prefetch) on every way out, SIGTERM included
-            checkpointer.close()
-            if bar is not None:
-                bar.close()
-    summary["final_step"] = final_step
-    if "interrupted_at" in summary:  # Ctrl-C: saved above; the caller sees the interrupt, as without a save
-        writer.close()
-        interrupts.clear()
-        raise KeyboardInterrupt(f"saved step {summary['interrupted_at']}")
-    if last is not None:
-        summary["final_loss"] = last["loss"]
-    if final_step >= c.train.steps and c.train.eval_every > 0 and eval_docs:
-        ev = _bpb(run, eval_docs)
-        writer.write(final_step, {"eval/raw_bpb": ev["raw_bpb"], **_part_bpb(run, eval_parts)})
-        summary.update({f"eval/{k}": v for k, v in ev.items()})
-    elif final_step >= c.train.steps and c.train.eval_every > 0:
-        summary["eval_skipped"] = (f"the held-out split is empty (data.val_fraction={c.data.val_fraction}); raise "
-                                   "--config.data.val_fraction or score other documents with proxy_jax.evaluate --data")
-    if final_step >= c.train.steps and c.train.eval_every > 0:
-        writer.write(final_step, tasks.score(run))  # train.lm_eval_tasks
-    writer.close()
-    summary["run"] = run
-    return summary
+        summary["final_step"] = final_step
+        if "interrupted_at" in summary:  # Ctrl-C: saved above; the caller sees the interrupt, as without a save
+            interrupts.clear()
+            raise KeyboardInterrupt(f"saved step {summary['interrupted_at']}")
+        if last is not None:
+            summary["final_loss"] = last["loss"]
+        if final_step >= c.train.steps and c.train.eval_every > 0 and eval_docs:
+            ev = _bpb(run, eval_docs)
+            writer.write(final_step, {"eval/raw_bpb": ev["raw_bpb"], **_part_bpb(run, eval_parts)})
+            summary.update({f"eval/{k}": v for k, v in ev.items()})
+        elif final_step >= c.train.steps and c.train.eval_every > 0:
+            summary["eval_skipped"] = (f"the held-out split is empty (data.val_fraction={c.data.val_fraction}); raise "
+                                       "--config.data.val_fraction or score other documents with proxy_jax.evaluate --data")
+        if final_step >= c.train.steps and c.train.eval_every > 0:
+            writer.write(final_step, tasks.score(run))  # train.lm_eval_tasks
+        summary["run"] = run
+        return summary
 
 
 def _bpb(run: assemble.Run, docs: list[bytes]) -> dict[str, float]:

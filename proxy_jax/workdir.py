@@ -251,6 +251,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, t
     _match_virtual_shards(config, saved)
     _match_index(config, saved)
     _match_scan_layers(config, saved)
+    _match_paths(config, saved)
     now = _flat(_upgraded(json.loads(config.to_json_best_effort())))
     changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k] and
                not k.startswith("data.mixture")}
@@ -278,6 +279,16 @@ def _match_virtual_shards(config: ml_collections.ConfigDict, saved: dict[str, An
         config.data.virtual_shards = int(saved[key])
     elif int(saved.get(key, 0) or 0) == 0:
         saved[key] = int(config.data.virtual_shards)
+
+
+def _match_paths(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:
+    """Paths are recorded absolute (``storage.resolve_config_paths``); a run saved with a relative one resumes
+    when that path, taken from the current folder, is the one given now."""
+    for section, key in storage.PATH_KEYS:
+        dotted, was = f"{section}.{key}", saved.get(f"{section}.{key}")
+        if isinstance(was, str) and was and section in config and key in config[section] and \
+                storage.resolve(was) == config[section][key]:
+            saved[dotted] = config[section][key]
 
 
 def _match_index(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ LAYERS = {
     "proxy_jax.optimizer": 4,
     "proxy_jax.train_step": 4,
     "proxy_jax.checkpoint": 4,
+    "proxy_jax.checkpoint_failures": 4,
     "proxy_jax.preemption": 4,
     "proxy_jax.health": 4,
     "proxy_jax.metrics": 4,

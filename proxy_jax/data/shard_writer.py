@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from proxy_jax import proxies
+from proxy_jax import proxies, storage
 from proxy_jax.data import corpus, records
 from proxy_jax.data.corpus import SPLITS
 from proxy_jax.data.shards import MANIFEST, TOKENIZER, shard_name
@@ -137,6 +137,9 @@ def prepare_output(config, output: str, *, overwrite: bool = False) -> None:
     made = _made_with(output)
     now = {"proxy_settings": proxies.proxy_settings(config.proxy), "data": _data_settings(config.data)}
     now = json.loads(json.dumps(now))  # as the files hold it (tuples become lists)
+    was = ((made or {}).get("data") or {}).get("path")
+    if isinstance(was, str) and was and storage.resolve(was) == now["data"]["path"]:
+        made["data"]["path"] = now["data"]["path"]  # recorded relative before paths were made absolute
     if made is None or made == now:
         return
     if not overwrite:

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 
-from proxy_jax import assemble, text_format
+from proxy_jax import assemble, storage, text_format
 from proxy_jax.codeeval import harness, jsonl, perturb, problems as problems_lib
 from proxy_jax.evaluation import sampler as sampler_lib
 from proxy_jax.evaluation import score, translation
@@ -212,6 +212,10 @@ def evaluate_task(task: str = "bpb", *, workdir: str = "", solutions: str = "mod
                   workers: int | None = None, progress: bool = True, **bpb_kwargs) -> dict[str, Any]:
     """Runs one evaluation task (see the module docstring) and returns its JSON-able result."""
     check_task(task, solutions)
+    workdir, data, out = storage.resolve(workdir), storage.resolve(data), storage.resolve(out)
+    if storage.is_remote(out):  # appended to row by row and resumed from: a local file
+        raise ValueError(f"--out={out} is a URL; write the results to a local file (--out=results.jsonl) and copy "
+                         "it and its sibling files to the bucket afterwards.")
     if task == "bpb":
         if not workdir:
             raise ValueError("--task=bpb needs --workdir=DIR (a training workdir).")

@@ -51,7 +51,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from proxy_jax import restore as restore_lib
-from proxy_jax import sharding, text_format, vocab
+from proxy_jax import sharding, storage, text_format, vocab
 from proxy_jax.evaluation import bpb
 from proxy_jax.evaluation import sampler as sampler_lib
 
@@ -61,7 +61,7 @@ GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_p"}
 
 def _restore(workdir: str, step: int | None) -> restore_lib.RestoredRun:
     """The one call that reads a run back (``proxy_jax.restore``: parameters, model, mesh, record)."""
-    return restore_lib.restore(workdir, step)
+    return restore_lib.restore(storage.resolve(workdir), step)
 
 
 class _Format:

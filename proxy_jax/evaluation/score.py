@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from proxy_jax import assemble
+from proxy_jax import assemble, storage
 from proxy_jax import restore as restore_lib
 from proxy_jax.evaluation import bpb
 
@@ -84,6 +84,7 @@ def evaluate_workdir(workdir: str, *, data: str = "", data_glob: str = "**/*.py"
                      skip_malformed: bool = False) -> dict[str, Any]:
     """Restores a run's parameters and scores raw bytes of its held-out split (or every document of ``data``);
     ``window`` and ``eval_batch_size`` default (0) to the run's ``train.eval_window`` and ``train.eval_batch_size``."""
+    workdir, data = storage.resolve(workdir), storage.resolve(data)
     run = restore_lib.restore(workdir, step)
     config, split = run.config, "validation"
     if data:

@@ -14,7 +14,7 @@ import importlib.util
 import os
 from typing import Any
 
-from proxy_jax import text_format
+from proxy_jax import storage, text_format
 from proxy_jax.huggingface import llama
 from proxy_jax.huggingface import tokenizer as tokenizer_lib
 from proxy_jax.model import ModelArgs
@@ -39,7 +39,8 @@ def export_params(args: ModelArgs, params, out_dir: str, *, vocab_size: int | No
 
     ``vocab_size``: the logical vocabulary (default ``args.vocab_size``); ``fmt``: the run's text format
     (its tokenizer template and generation config); ``context``: the trained context (positions and
-    ``model_max_length``); ``model_proto``: the run's SentencePiece model, for ``compressed``.
+    ``model_max_length``); ``model_proto``: the run's SentencePiece model, for ``compressed``. An
+    ``out_dir`` on object storage (``gs://``) is written in a local temporary folder and uploaded.
     """
     fmt = text_format.get(fmt)
     vocab_size = int(vocab_size or args.vocab_size)
@@ -47,13 +48,19 @@ def export_params(args: ModelArgs, params, out_dir: str, *, vocab_size: int | No
     llama.check_vocab_size(args, vocab_size)
     if fmt.symbols and model_proto is None:
         raise ValueError("a compressed-format (tokenizer-baseline) export needs the run's SentencePiece model.")
-    os.makedirs(out_dir, exist_ok=True)
-    llama.write_weights(args, params, vocab_size, out_dir)
-    config = llama.llama_config(args, vocab_size, fmt, int(context), config_extra)
-    tokenizer_lib._write_json(os.path.join(out_dir, "config.json"), config)
-    gen = tokenizer_lib.generation_config(fmt, vocab_size, int(context))
-    tokenizer_lib._write_json(os.path.join(out_dir, "generation_config.json"), gen)
-    tokenizer_lib.write_tokenizer(out_dir, fmt, max_length=int(context), model_proto=model_proto)
+    out_dir = storage.resolve(out_dir)
+    storage.check_usable(out_dir, "--out")
+    with storage.staged(out_dir, download=False, keep_partial=False) as folder:  # safetensors writes local files only
+        os.makedirs(folder, exist_ok=True)
+        llama.write_weights(args, params, vocab_size, folder)
+        config = llama.llama_config(args, vocab_size, fmt, int(context), config_extra)
+        tokenizer_lib._write_json(os.path.join(folder, "config.json"), config)
+        gen = tokenizer_lib.generation_config(fmt, vocab_size, int(context))
+        tokenizer_lib._write_json(os.path.join(folder, "generation_config.json"), gen)
+        tokenizer_lib.write_tokenizer(folder, fmt, max_length=int(context), model_proto=model_proto)
+        extra_heads = os.path.exists(os.path.join(folder, EXTRA_HEADS_FILE))
+    if storage.is_remote(out_dir) and not extra_heads:  # an older export's extra heads would not match
+        storage.remove(storage.join(out_dir, EXTRA_HEADS_FILE))
 
 
 def _model_proto(run, fmt: text_format.TextFormat) -> bytes | None:
@@ -71,8 +78,11 @@ def export_workdir(workdir: str, out: str, step: int | None = None,
                    fmt: str | text_format.TextFormat | None = None) -> int:
     """Export the checkpoint ``step`` (newest when None) of a training workdir in its text format ``fmt``
     (default: the run's own); returns the step."""
-    from proxy_jax import restore, storage
+    from proxy_jax import restore
 
+    workdir, out = storage.resolve(workdir), storage.resolve(out)
+    storage.check_usable(workdir)
+    storage.check_usable(out, "--out")  # before the run is restored
     if not storage.isdir(workdir):
         raise ValueError(f"--workdir={workdir} is not a directory; pass a training workdir (config.json + "
                          "checkpoints/).")

@@ -74,11 +74,8 @@ def train_tokenizer(docs: Iterable[bytes], vocab_size: int, out_prefix: str, max
         raise ValueError(f"proxy.vocab_size={vocab_size} cannot hold the 257 byte and unknown pieces plus the "
                          f"corpus's common characters; raise it to at least {int(m.group(2)) + 64}.") from e
     path = out_prefix + ".model"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, path)
+    storage.makedirs(os.path.dirname(os.path.abspath(path)))
+    storage.write_bytes(path, model.getvalue())  # written whole, then renamed over the name
     return path
 
 

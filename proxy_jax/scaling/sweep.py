@@ -43,7 +43,7 @@ import ml_collections
 
 from proxy_jax import assemble
 from proxy_jax import config as config_lib
-from proxy_jax import recipes
+from proxy_jax import recipes, storage
 from proxy_jax import train as train_lib
 from proxy_jax import run_record
 from proxy_jax.model import ModelArgs, count_params
@@ -289,10 +289,9 @@ def collect(config: ml_collections.ConfigDict, spec: RunSpec, workdir: str, wall
 
 
 def _add_wall(workdir: str, seconds: float) -> float:
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     total = results_lib.wall(workdir) + seconds
-    with open(os.path.join(workdir, WALL), "w", encoding="utf-8") as f:
-        json.dump({"wall_s": total}, f)
+    storage.write_text(storage.join(workdir, WALL), json.dumps({"wall_s": total}))
     return total
 
 
@@ -315,8 +314,7 @@ def run_one(sweep: dict[str, Any], spec: RunSpec, root: str, tokenizer_path: str
     if summary["final_step"] < config.train.steps:
         return None
     result = collect(config, spec, workdir, wall, sweep["methods"][spec.method].get("control_of"))
-    with open(os.path.join(workdir, RESULT), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
+    storage.write_text(storage.join(workdir, RESULT), json.dumps(result, indent=1))
     return result
 
 
@@ -324,9 +322,19 @@ def _print(text: str) -> None:
     print(text, flush=True)
 
 
+def local_root(root: str, flag: str = "root") -> str:
+    """The sweep's folder, absolute; a URL is refused (the sweep's status, results and report are local files:
+    a bucket is reached through a mount)."""
+    if storage.is_remote(root):
+        raise ValueError(f"{flag}={root} is a URL; a sweep keeps its runs in a folder: mount the bucket (e.g. "
+                         "with gcsfuse) and pass the mounted folder.")
+    return storage.resolve(root)
+
+
 def run_sweep(sweep: dict[str, Any], root: str, *, shard_spec: str = "0/1", log=_print) -> list[dict[str, Any]]:
     """Runs this shard's runs in order, skipping finished ones; prints the status table between runs."""
-    os.makedirs(root, exist_ok=True)
+    root = local_root(root)
+    storage.makedirs(root)
     for method, reason in sweep.get("skip", {}).items():
         log(f"skipped method {method}: {reason}")
     specs = shard(runs(sweep), shard_spec)
@@ -339,8 +347,7 @@ def run_sweep(sweep: dict[str, Any], root: str, *, shard_spec: str = "0/1", log=
         run_one(sweep, spec, root, tokenizer_path)
     log(results_lib.format_status(results_lib.status([s.name for s in runs(sweep)], root)))
     results = results_lib.load_results(root)
-    with open(os.path.join(root, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
+    storage.write_text(storage.join(root, "results.json"), json.dumps(results, indent=1))
     return results
 
 
@@ -348,11 +355,11 @@ def report(root: str, out_dir: str | None = None, title: str = "") -> str:
     """Renders ROOT's finished runs with ``scaling.report.write_report``; returns report.md's path."""
     from proxy_jax.scaling import report as report_lib
 
+    root, out_dir = local_root(root), (local_root(out_dir, "--out") if out_dir else None)
     results = results_lib.load_results(root)
     if not results:
         raise ValueError(f"No finished runs (no */{RESULT}) under {root!r}; run the sweep first.")
     path = report_lib.write_report(copy.deepcopy(results), out_dir or root,
                                    title=title or f"Sweep {os.path.basename(os.path.abspath(root))}")
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("\n" + "\n".join(results_lib.raw_bytes_lines(results)) + "\n")
+    storage.append_text(path, "\n" + "\n".join(results_lib.raw_bytes_lines(results)) + "\n")
     return str(path)
