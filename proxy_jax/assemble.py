@@ -124,7 +124,7 @@ def make_proxy(config: ml_collections.ConfigDict, workdir: str | None = None,
     inputs = proxies.Inputs(workdir=workdir, load_m1=restore_lib.load_m1, sample_docs=corpus.sample)
     if config.data.source == "preprocessed":
         shards.check_proxy_settings(shards.read_manifest(config.data.path), config.proxy, config.data.path)
-        inputs.tokenizer_file = os.path.join(config.data.path, shards.TOKENIZER)
+        inputs.tokenizer_file = shards.tokenizer_file(config.data.path)
     else:
         inputs.train_docs = corpus.train_documents()
         inputs.corpus_fingerprint = corpus.split("train").fingerprint()

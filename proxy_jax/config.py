@@ -59,7 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
     # file, folder or glob; tfds: a name
     d.path = ""
     d.glob = "**/*.py"  # dir source: which files are documents
-    d.text_field = "text"  # jsonl, parquet, hf_disk: field/column holding the document ("content" is tried next)
+    # jsonl, parquet, hf_disk: the field/column holding the document. With the default "text", "content" is
+    # tried next; any other name is the only field read, and a file lacking it is refused.
+    d.text_field = "text"
     d.skip_malformed = False  # jsonl: skip (and count) malformed lines instead of stopping
     d.tfds_split = "train"  # tfds: split used for training (validation is held out by hash)
     d.tfds_data_dir = ""  # tfds: data_dir ('' = the TFDS default)

@@ -20,6 +20,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from proxy_jax.data import remote
+
 _SCAN_BATCH = 1024
 
 
@@ -141,9 +143,13 @@ class JsonlSource(DocumentSource):
         self.skip_malformed = skip_malformed
 
     def _read(self, f, pos, size, start, length):
-        with open(self.files[f], "rb") as fh:
-            fh.seek(pos)
-            line = fh.read(size)
+        path = self.files[f]
+        if remote.is_remote(path):
+            line = remote.read_range(path, pos, size)
+        else:
+            with open(path, "rb") as fh:
+                fh.seek(pos)
+                line = fh.read(size)
         doc, reason = _jsonl_document(line, self.fields)
         if reason and self.lazy:  # a full index only holds lines that parsed
             if not line.strip() or self.skip_malformed:
@@ -189,8 +195,9 @@ class TfdsSource(DocumentSource):
 
 
 def array_record_source(files: list[str]):
+    """Grain's reader of ArrayRecord files (a URL's shards are read from their local copies, see ``remote``)."""
     import grain
-    return grain.sources.ArrayRecordDataSource(files)
+    return grain.sources.ArrayRecordDataSource([remote.local_copy(p) for p in files])
 
 
 def tfds_data_source(name: str, split: str, data_dir: str):
@@ -225,6 +232,29 @@ def _tfds_document(example: Any, name: str, i: int) -> bytes:
                      "use a dataset with a text field.")
 
 
+DEFAULT_TEXT_FIELDS = ("text", "content")
+
+
+def text_fields(data_config) -> tuple[str, ...]:
+    """The fields (JSONL) or columns (Parquet, Arrow) a document is read from: the default ``text`` falls back to
+    ``content``; a field the user named is the only one read, and must exist."""
+    field = str(data_config.text_field)
+    return DEFAULT_TEXT_FIELDS if field == DEFAULT_TEXT_FIELDS[0] else (field,)
+
+
+def check_named_field(path: str, lineno: int, line: bytes, fields: tuple[str, ...]) -> None:
+    """Stops when the first JSON object of a file lacks a field the user named (not for the default fields)."""
+    if fields == DEFAULT_TEXT_FIELDS:
+        return
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return  # reported as a malformed line where it is read
+    if isinstance(obj, dict) and fields[0] not in obj:
+        raise ValueError(f"{path}:{lineno} has no field {fields[0]!r} (its fields are {sorted(obj)}); set "
+                         "--config.data.text_field to the field holding the text.")
+
+
 def _jsonl_document(line: bytes, fields: tuple[str, ...]) -> tuple[bytes, str]:
     """A JSONL line -> (document bytes, '') or (b'', reason it is malformed)."""
     try:
@@ -243,9 +273,12 @@ def _jsonl_document(line: bytes, fields: tuple[str, ...]) -> tuple[bytes, str]:
 
 
 def resolve_files(path: str, suffix: str, what: str) -> tuple[list[str], str]:
-    """A file, folder (searched recursively for ``suffix``) or glob -> (sorted files, base for keys)."""
+    """A file, folder (searched recursively for ``suffix``) or glob -> (sorted files, base for keys); a URL's
+    objects are listed through fsspec (``remote``)."""
     if not path:
         raise ValueError(f"config.data.path is empty; set it to a {what} file, folder or glob.")
+    if remote.is_remote(path):
+        return remote.resolve_files(path, suffix, what)
     if os.path.isfile(path):
         return [path], os.path.dirname(path)
     if os.path.isdir(path):
@@ -291,6 +324,16 @@ def dir_files(path: str, pattern: str) -> tuple[list[str], str]:
     return files, path
 
 
+def getsize(path: str) -> int:
+    """Bytes in a file or object (a listed object's size is known without a request)."""
+    return remote.getsize(path) if remote.is_remote(path) else os.path.getsize(path)
+
+
+def _open_scan(path: str):
+    """A file to read from start to end: a local file with a 1 MiB buffer, or an object in large reads."""
+    return remote.open_sequential(path) if remote.is_remote(path) else open(path, "rb", buffering=1 << 20)
+
+
 # Each scanner yields (key, size, file, position, line_size) for every document, in order, and may
 # count malformed entries in ``counts``.
 
@@ -305,14 +348,17 @@ def scan_jsonl(files, base, fields, skip_malformed, counts):
         if p.endswith(".gz"):
             raise ValueError(f"{p} is gzipped; random access needs plain JSONL: decompress it with gunzip.")
         name = label(p, base)
-        offset = 0
-        with open(p, "rb") as fh:
+        offset, first = 0, True
+        with _open_scan(p) as fh:
             for lineno, line in enumerate(fh, start=1):
                 n = len(line)
                 if not line.strip():
                     counts["skipped_blank_lines"] += 1
                     offset += n
                     continue
+                if first:
+                    check_named_field(p, lineno, line, fields)
+                    first = False
                 doc, reason = _jsonl_document(line, fields)
                 if reason:
                     if not skip_malformed:
@@ -325,20 +371,24 @@ def scan_jsonl(files, base, fields, skip_malformed, counts):
                 offset += n
 
 
-def scan_jsonl_lines(files, base, counts):
-    """The lazy JSONL index: each line's offset and length, nothing parsed. Blank lines are skipped and
-    counted here; any other line is a document of unknown size, and one that does not parse is met when read."""
+def scan_jsonl_lines(files, base, counts, fields=DEFAULT_TEXT_FIELDS):
+    """The lazy JSONL index: each line's offset and length, nothing parsed (but a file's first line, for a field
+    the user named). Blank lines are skipped and counted here; any other line is a document of unknown size,
+    and one that does not parse is met when read."""
     for f, p in enumerate(files):
         if p.endswith(".gz"):
             raise ValueError(f"{p} is gzipped; random access needs plain JSONL: decompress it with gunzip.")
         name = label(p, base)
-        offset = 0
-        with open(p, "rb", buffering=1 << 20) as fh:
+        offset, first = 0, True
+        with _open_scan(p) as fh:
             for lineno, line in enumerate(fh, start=1):
                 n = len(line)
                 if n <= 2 and not line.strip():
                     counts["skipped_blank_lines"] += 1
                 else:
+                    if first:
+                        check_named_field(p, lineno, line, fields)
+                        first = False
                     yield f"{name}:{lineno}", -1, f, offset, n
                 offset += n
 
@@ -349,7 +399,7 @@ def scan_array_record(files, base, counts, lazy: bool = False):
     position = 0
     for f, p in enumerate(files):
         # Riegeli reports a file that is not ArrayRecord lazily (as 0 records, then an error on close).
-        reader = array_record_module.ArrayRecordReader(p)
+        reader = array_record_module.ArrayRecordReader(remote.local_copy(p))
         try:
             n = reader.num_records()
             name = label(p, base)
