@@ -133,8 +133,9 @@ def test_arrayrecord_and_preprocessed_shards_are_read_from_local_copies(bucket, 
     _same_batches(on_disk, in_bucket, steps=3)
 
 
-def test_a_tiny_run_trains_from_the_bucket(bucket, tmp_path):
+def test_a_tiny_run_trains_from_the_bucket_and_evaluate_reads_it(bucket, tmp_path):
     from proxy_jax import train
+    from proxy_jax.evaluation import score
 
     config = config_with("configs/bytes.py:tiny", **{**TINY, "train.steps": 3, "data.source": "parquet",
                                                       "data.path": "gs://runs/corpus/pq", "data.val_fraction": 0.2,
@@ -143,6 +144,12 @@ def test_a_tiny_run_trains_from_the_bucket(bucket, tmp_path):
     losses = [json.loads(line)["train/loss"] for line in open(tmp_path / "run" / "metrics.jsonl")
               if "train/loss" in line]
     assert len(losses) == 3 and all(np.isfinite(losses))
+    # evaluate --data reads a bucket folder or file as it reads the local one
+    for folder, name in (("pq", ""), ("js", "y.jsonl")):
+        local = str(bucket["local"] / folder / name).rstrip("/")
+        url = f"gs://runs/corpus/{folder}/{name}".rstrip("/")
+        on_disk, in_bucket = (score.evaluate_workdir(str(tmp_path / "run"), data=d, max_docs=3) for d in (local, url))
+        assert in_bucket["raw_bpb"] == on_disk["raw_bpb"] and in_bucket["data"] == url
 
 
 def test_an_unreadable_bucket_path_is_one_sentence(bucket):
