@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
-import json
 import os
 import pathlib
 import sysconfig
@@ -21,6 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from proxy_jax.data import remote
+from proxy_jax.data.fields import DEFAULT_TEXT_FIELDS, check_named_field, jsonl_document, text_fields  # noqa: F401
 
 _SCAN_BATCH = 1024
 
@@ -150,7 +150,7 @@ class JsonlSource(DocumentSource):
             with open(path, "rb") as fh:
                 fh.seek(pos)
                 line = fh.read(size)
-        doc, reason = _jsonl_document(line, self.fields)
+        doc, reason = jsonl_document(line, self.fields)
         if reason and self.lazy:  # a full index only holds lines that parsed
             if not line.strip() or self.skip_malformed:
                 return b""  # skipped like an empty document, and counted where it is met
@@ -230,46 +230,6 @@ def _tfds_document(example: Any, name: str, i: int) -> bytes:
         fields = type(example).__name__
     raise ValueError(f"TFDS {name} example {i} has none of the fields {_TFDS_FIELDS} (it has {fields}); "
                      "use a dataset with a text field.")
-
-
-DEFAULT_TEXT_FIELDS = ("text", "content")
-
-
-def text_fields(data_config) -> tuple[str, ...]:
-    """The fields (JSONL) or columns (Parquet, Arrow) a document is read from: the default ``text`` falls back to
-    ``content``; a field the user named is the only one read, and must exist."""
-    field = str(data_config.text_field)
-    return DEFAULT_TEXT_FIELDS if field == DEFAULT_TEXT_FIELDS[0] else (field,)
-
-
-def check_named_field(path: str, lineno: int, line: bytes, fields: tuple[str, ...]) -> None:
-    """Stops when the first JSON object of a file lacks a field the user named (not for the default fields)."""
-    if fields == DEFAULT_TEXT_FIELDS:
-        return
-    try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return  # reported as a malformed line where it is read
-    if isinstance(obj, dict) and fields[0] not in obj:
-        raise ValueError(f"{path}:{lineno} has no field {fields[0]!r} (its fields are {sorted(obj)}); set "
-                         "--config.data.text_field to the field holding the text.")
-
-
-def _jsonl_document(line: bytes, fields: tuple[str, ...]) -> tuple[bytes, str]:
-    """A JSONL line -> (document bytes, '') or (b'', reason it is malformed)."""
-    try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as e:
-        return b"", f"bad JSON ({e})"
-    if not isinstance(obj, dict):
-        return b"", f"expected a JSON object, got {type(obj).__name__}"
-    for field in fields:
-        if field in obj:
-            value = obj[field]
-            if not isinstance(value, str):
-                return b"", f"field {field!r} is {type(value).__name__}, not a string"
-            return value.encode("utf-8", "surrogatepass"), ""
-    return b"", f"none of the fields {list(fields)} is present"
 
 
 def resolve_files(path: str, suffix: str, what: str) -> tuple[list[str], str]:
@@ -359,7 +319,7 @@ def scan_jsonl(files, base, fields, skip_malformed, counts):
                 if first:
                     check_named_field(p, lineno, line, fields)
                     first = False
-                doc, reason = _jsonl_document(line, fields)
+                doc, reason = jsonl_document(line, fields)
                 if reason:
                     if not skip_malformed:
                         raise ValueError(f"{p}:{lineno}: malformed JSONL line: {reason}; fix it or pass "
