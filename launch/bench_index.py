@@ -105,14 +105,18 @@ def measure(kind: str, folder: str, index: str, read_docs: int) -> dict:
         rates.update(ms_per_read=round(1000 / one, 2), requests_per_read=round(requests[0] / min(read_docs,
                                                                                                   len(source)), 2))
     # The index's memory, from a second load under tracemalloc (which slows allocation, so it is not timed).
+    # Not for a bucket: Arrow's I/O threads release the Python buffers of its reads, and CPython 3.11's
+    # tracemalloc crashes when a thread without a Python thread state makes one (the index is the same object).
     del source
-    tracemalloc.start()
+    remote = "://" in folder
+    if not remote:
+        tracemalloc.start()
     source = corpus.load_split(config.data, "train")
-    held = tracemalloc.get_traced_memory()[0]
+    held = None if remote else tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     return {"kind": kind, "index": index, "documents": len(source), "index_s": round(indexed, 2), "index_cpu_s": round(index_cpu, 2),
             "first_batch_s": round(first, 2), "first_batch_cpu_s": round(first_cpu, 2),
-            "index_mb": round(held / 2**20, 1),
+            "index_mb": None if held is None else round(held / 2**20, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **rates}
 
 

@@ -133,10 +133,16 @@ def _lengths(column) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_group(pf, g: int, name: str, path: str):
-    """The text column of row group ``g``; a damaged group stops with one sentence naming the file."""
+    """The text column of row group ``g``; a damaged group stops with one sentence naming the file.
+
+    A file in object storage is read through a Python file object: then Arrow's own thread pool is not used
+    (one column gains nothing from it, and Arrow's pool can fail at interpreter exit after reading through
+    Python file objects)."""
     try:
-        return pf.read_row_group(g, columns=[name]).column(0)
+        return pf.read_row_group(g, columns=[name], use_threads=not remote.is_remote(path)).column(0)
     except (OSError, _pa().ArrowException) as e:
+        if remote.is_remote(path) and not isinstance(e, _pa().ArrowException):  # the network, not the file
+            raise remote.failed(path, e) from e
         raise ValueError(f"{path}: row group {g} cannot be read ({_reason(e)}); the file is damaged, replace it.") from e
 
 
@@ -214,18 +220,13 @@ class ParquetSource(sources.DocumentSource):
                 groups.move_to_end((f, g))
                 return groups[(f, g)]
             mine = self._open["thread"]
-        if not hasattr(mine, "files"):
-            mine.files = collections.OrderedDict()  # this thread's open ParquetFiles, least recent first
-        files = mine.files
-        pf = files.get(f)
-        if pf is None:
-            pf = files[f] = open_parquet(self.files[f], footers.get(f))
-            if remote.is_remote(self.files[f]):  # reopening a file in object storage costs no request
-                footers[f] = pf.metadata
-            if len(files) > _OPEN_FILES:  # a shuffled corpus of thousands of files: bounded open handles
-                files.popitem(last=False)
+        if remote.is_remote(self.files[f]):
+            # Opened for this read only, from the footer read once: no request, and nothing holding a Python
+            # file object outlives the read (Arrow objects that do must not be freed as a reader thread exits).
+            pf = open_parquet(self.files[f], footers.get(f))
+            footers[f] = pf.metadata
         else:
-            files.move_to_end(f)
+            pf = self._local_file(mine, f)
         first = sum(pf.metadata.row_group(i).num_rows for i in range(g))
         name = _column_name(pf.schema_arrow, self.fields, self.files[f])
         got = first, _read_group(pf, g, name, self.files[f])
@@ -234,6 +235,20 @@ class ParquetSource(sources.DocumentSource):
             if len(groups) > _CACHED_GROUPS:
                 groups.popitem(last=False)
         return got
+
+    def _local_file(self, mine, f: int):
+        """This thread's open ``ParquetFile`` of local file ``f`` (at most ``_OPEN_FILES`` kept per thread)."""
+        if not hasattr(mine, "files"):
+            mine.files = collections.OrderedDict()  # this thread's open ParquetFiles, least recent first
+        files = mine.files
+        pf = files.get(f)
+        if pf is None:
+            pf = files[f] = open_parquet(self.files[f])
+            if len(files) > _OPEN_FILES:  # a shuffled corpus of thousands of files: bounded open handles
+                files.popitem(last=False)
+        else:
+            files.move_to_end(f)
+        return pf
 
     def _read(self, f, pos, size, start, length):
         first, column = self._group(f, size)

@@ -125,15 +125,47 @@ def read_range(url: str, start: int, size: int) -> bytes:
         raise failed(url, e) from e
 
 
-def open_random(url: str, size: int | None = None):
+class RangedFile(io.RawIOBase):
+    """A read-only, seekable file of an object: each ``read`` is one ranged read of exactly the bytes asked for,
+    nothing is buffered or kept open (so nothing is left to close when a reader drops it)."""
+
+    def __init__(self, url: str, size: int):
+        super().__init__()
+        self.url, self.size, self.pos = url, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = max(0, offset + (0, self.pos, self.size)[whence])
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
+        if end <= self.pos:
+            return b""
+        data = read_range(self.url, self.pos, end - self.pos)
+        self.pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def open_random(url: str) -> RangedFile:
     """A seekable binary file object of ``url`` that reads exactly the ranges asked for (no read-ahead)."""
-    fs, p = filesystem(url)
-    size = _SIZES.get(url) if size is None else size
-    try:
-        return fs.open(p, "rb", cache_type="none", size=size) if size is not None else fs.open(p, "rb",
-                                                                                                  cache_type="none")
-    except (OSError, RuntimeError) as e:
-        raise failed(url, e) from e
+    return RangedFile(url, getsize(url))
 
 
 def open_sequential(url: str):
