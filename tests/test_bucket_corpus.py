@@ -201,3 +201,11 @@ def test_a_named_text_field_must_exist(tmp_path, index):
         # the default "text" still falls back to "content"
         default = corpus.load_split(_config(source, tmp_path / name, **{"data.val_fraction": 0.0}).data, "train")
         assert default[0] == b"x"
+
+
+def test_a_dataset_dict_in_the_bucket(bucket, tmp_path):
+    _dataset_dict(tmp_path / "dd", {"train": DOCS[:30], "validation": DOCS[30:]})
+    bucket["fs"].put(str(tmp_path / "dd"), "runs/corpus/dd", recursive=True)
+    local, url = (_config("hf_disk", p) for p in (tmp_path / "dd", "gs://runs/corpus/dd"))
+    for split in ("train", "validation"):
+        _same_split(corpus.load_split(local.data, split), corpus.load_split(url.data, split), split)

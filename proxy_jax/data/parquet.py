@@ -8,7 +8,8 @@ on how a file is cut into row groups.
   decodes only the text column of the row group holding it; the last ``_CACHED_GROUPS`` decoded are kept
   (per source, shared by Grain's reader threads). A shuffled read decodes about one row group per
   document, so small row groups (1-10 MB, as most writers make them) keep it cheap; for huge row groups,
-  convert once with ``proxy_jax.preprocess``.
+  convert once with ``proxy_jax.preprocess``. A file in object storage (``gs://``, see ``remote``) is read in
+  ranged reads: its footer once per process, then one read per row group decoded.
 - ``hf_disk``: a folder written by ``datasets.Dataset.save_to_disk`` (its ``*.arrow`` files are Arrow
   IPC streams). They are memory-mapped: reading a row touches only its bytes.
 
@@ -136,8 +137,8 @@ def _read_group(pf, g: int, name: str, path: str):
     """The text column of row group ``g``; a damaged group stops with one sentence naming the file.
 
     A file in object storage is read through a Python file object: then Arrow's own thread pool is not used
-    (one column gains nothing from it, and Arrow's pool can fail at interpreter exit after reading through
-    Python file objects)."""
+    (one column gains nothing from it, and after reads through Python file objects Arrow's pool can hang the
+    interpreter's exit)."""
     try:
         return pf.read_row_group(g, columns=[name], use_threads=not remote.is_remote(path)).column(0)
     except (OSError, _pa().ArrowException) as e:
@@ -221,8 +222,8 @@ class ParquetSource(sources.DocumentSource):
                 return groups[(f, g)]
             mine = self._open["thread"]
         if remote.is_remote(self.files[f]):
-            # Opened for this read only, from the footer read once: no request, and nothing holding a Python
-            # file object outlives the read (Arrow objects that do must not be freed as a reader thread exits).
+            # Opened for this read only, from the footer read once: it costs no request, and no reader
+            # holding a Python file object is kept between reads.
             pf = open_parquet(self.files[f], footers.get(f))
             footers[f] = pf.metadata
         else:

@@ -6,11 +6,11 @@ that fsspec opens, read with the same random access and the same document keys a
   the held-out split, the shuffled order and the batches are those of the same files on local disk.
 - JSONL: the index scans each file once in ``SCAN_BLOCK`` reads; reading a document is one ranged read of
   exactly its line (no read-ahead: a shuffled order never reads the next line).
-- Parquet: ``pyarrow`` reads the footer and then each row group's text column chunk through an fsspec file
-  object without a read-ahead cache (Parquet readers ask for exact byte ranges). The readers keep the
-  parsed footer of every file they have opened (so reopening a file costs no request) and their cache of
-  decoded row groups (``proxy_jax.data.parquet``): a random read costs one ranged read per row group not
-  cached.
+- Parquet: ``pyarrow`` reads the footer and then each row group's text column chunk through
+  :class:`RangedFile`, a file object whose every read is one ranged read of exactly the bytes asked for
+  (Parquet readers ask for exact byte ranges; no read-ahead, no open handle). The readers keep the parsed
+  footer of every file they have opened (so reopening a file costs no request) and their cache of decoded
+  row groups (``proxy_jax.data.parquet``): a random read costs one ranged read per row group not cached.
 - ArrayRecord (shards of ``arrayrecord`` and ``preprocessed``): the ``array_record`` library reads local files
   only, so each shard is downloaded once into a local cache folder (``PROXY_JAX_DATA_CACHE``, default
   ``~/.cache/proxy_jax/data``), named by its URL, size and modification time, and read there; a changed
