@@ -55,8 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = d = _section('data')
     # stdlib | dir | jsonl | parquet | hf_disk | arrayrecord | tfds | preprocessed (proxy_jax.data.corpus)
     d.source = "stdlib"
-    # dir, hf_disk (a datasets save_to_disk folder): a folder; jsonl/parquet/arrayrecord/preprocessed: a
-    # file, folder or glob; tfds: a name
+    # dir, hf_disk (a datasets save_to_disk folder; a DatasetDict trains on "train", holds out "validation"):
+    # a folder; jsonl/parquet/arrayrecord/preprocessed: a file, folder or glob; tfds: a name. All but dir and
+    # tfds may be a gs:// (fsspec) URL (proxy_jax.data.remote; shards cached under $PROXY_JAX_DATA_CACHE)
     d.path = ""
     d.glob = "**/*.py"  # dir source: which files are documents
     # jsonl, parquet, hf_disk: the field/column holding the document. With the default "text", "content" is
