@@ -38,12 +38,15 @@ def running(data_dir):
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(port), str(data_dir)], cwd=data_dir,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
+    deadline = time.time() + 120  # a cold start on a loaded machine takes a while
+    while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"the storage emulator did not listen on port {port}") from None
             time.sleep(0.2)
     # gcsfs and google-cloud-storage (TensorBoard) read STORAGE_EMULATOR_HOST, TensorStore (Orbax's arrays)
     # TENSORSTORE_GCS_HTTP_URL; the bucket-type probe of newer gcsfs needs real gRPC endpoints. No credential
