@@ -156,6 +156,9 @@ def test_an_unreadable_bucket_path_is_one_sentence(bucket):
     with pytest.raises(ValueError, match="matches no Parquet file") as e:
         corpus.load_split(_config("parquet", "gs://runs/corpus/nothing-here").data, "train")
     assert str(e.value).count(". ") == 0
+    with pytest.raises(ValueError, match="cannot open nosuch:// URLs") as e:
+        corpus.load_split(_config("jsonl", "nosuch://b/x.jsonl").data, "train")
+    assert str(e.value).count(". ") == 0 and "config.data.path=nosuch://b/x.jsonl" in str(e.value)
 
 
 def _dataset_dict(root, splits):

@@ -46,9 +46,11 @@ def filesystem(url: str):
 
         return fsspec.core.url_to_fs(url)
     except ImportError as e:
-        extra = " (install proxy_jax with the gcs extra: pip install 'proxy_jax[gcs]')" if scheme in ("gs", "gcs") else ""
-        raise ValueError(f"config.data.path={url} needs {e.name or 'a missing package'} to read {scheme}:// "
-                         f"URLs{extra}.") from None
+        if scheme in ("gs", "gcs"):
+            raise ValueError(f"config.data.path={url} is on Google Cloud Storage, which needs gcsfs: install "
+                             "proxy_jax with the gcs extra (pip install 'proxy_jax[gcs]').") from None
+        raise ValueError(f"config.data.path={url}: reading {scheme}:// URLs needs a package this installation "
+                         f"lacks ({str(e).strip().rstrip('.')}); install it or copy the corpus to local disk.") from None
     except ValueError as e:
         raise ValueError(f"config.data.path={url}: cannot open {scheme}:// URLs here ({e}); use a local path or "
                          "gs://.") from None
