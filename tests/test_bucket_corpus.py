@@ -131,6 +131,7 @@ def test_arrayrecord_and_preprocessed_shards_are_read_from_local_copies(bucket, 
     on_disk, in_bucket = (_config("preprocessed", p, **{"proxy.name": "gzip"})
                           for p in (tmp_path / "shards", "gs://runs/corpus/shards"))
     _same_batches(on_disk, in_bucket, steps=3)
+    assert assemble.make_proxy(in_bucket, workdir=str(tmp_path / "w")).name == "gzip"  # a run's proxy from there
 
 
 def test_a_tiny_run_trains_from_the_bucket_and_evaluate_reads_it(bucket, tmp_path):

@@ -89,8 +89,10 @@ def read_manifest(path: str) -> dict[str, Any]:
 
 
 def tokenizer_file(path: str) -> str:
-    """A local path of the tokenizer stored beside the shards of ``path`` (a URL's is downloaded once)."""
-    return remote.local_copy(storage.join(path, TOKENIZER))
+    """A local path of the tokenizer stored beside the shards of ``path`` (a URL's is downloaded once); shards
+    of a proxy without a tokenizer have none, and get the path where it would be."""
+    file = storage.join(path, TOKENIZER)
+    return remote.local_copy(file) if remote.is_remote(file) and storage.isfile(file) else file
 
 
 def check_proxy_settings(manifest: dict[str, Any], proxy_config, where: str = "") -> None:
