@@ -11,7 +11,8 @@ on how a file is cut into row groups.
   convert once with ``proxy_jax.preprocess``. A file in object storage (``gs://``, see ``remote``) is read in
   ranged reads: its footer once per process, then one read per row group decoded.
 - ``hf_disk``: a folder written by ``datasets.Dataset.save_to_disk`` (its ``*.arrow`` files are Arrow
-  IPC streams). They are memory-mapped: reading a row touches only its bytes.
+  IPC streams). They are memory-mapped: reading a row touches only its bytes (a bucket's are downloaded once).
+  A ``DatasetDict`` folder brings its own splits (:func:`hf_disk_files`).
 
 A full index (``data.index``) reads only the text column, and only its offsets and validity (lengths
 and nulls are computed by Arrow, not per row in Python); null rows are skipped and counted
