@@ -108,16 +108,6 @@ def getsize(url: str) -> int:
     return _SIZES[url]
 
 
-def isfile(url: str) -> bool:
-    fs, p = filesystem(url)
-    return fs.isfile(p)
-
-
-def isdir(url: str) -> bool:
-    fs, p = filesystem(url)
-    return fs.isdir(p)
-
-
 def read_range(url: str, start: int, size: int) -> bytes:
     """Bytes ``[start, start + size)`` of ``url``: one ranged read."""
     fs, p = filesystem(url)
@@ -207,14 +197,11 @@ def local_copy(url: str) -> str:
                 fs.get_file(p, tmp)
             except (OSError, RuntimeError) as e:
                 raise failed(url, e) from e
-            if os.path.getsize(tmp) != int(info["size"]):
+            got = os.path.getsize(tmp)
+            if got != int(info["size"]):
                 os.remove(tmp)
-                raise OSError(f"{url} was downloaded to {tmp} with {os.path.getsize(tmp)} bytes, not {info['size']}; "
-                              "retry, or copy the corpus to local disk.")
+                raise OSError(f"{url} was downloaded with {got} bytes, not {info['size']}; retry, or copy the corpus "
+                              "to local disk.")
             os.replace(tmp, target)  # atomic: another process downloading the same shard is harmless
         _LOCAL[url] = target
         return target
-
-
-def join(base: str, *parts: str) -> str:
-    return storage.join(base, *parts)
