@@ -61,8 +61,10 @@ def _url(fs, path: str) -> str:
 
 
 def failed(url: str, e: BaseException) -> OSError:
-    return OSError(f"{url} cannot be read from object storage ({type(e).__name__}: {str(e).strip()[:200]}); check "
-                   "the URL, the credentials and the endpoint.")
+    """One sentence for an object storage error (its first sentence quoted) while reading ``url``."""
+    reason = str(e).strip().split(". ")[0].rstrip(".")[:200]
+    return OSError(f"{url} cannot be read from object storage ({type(e).__name__}: {reason}); check the URL, the "
+                   "credentials and the endpoint.")
 
 
 def resolve_files(path: str, suffix: str, what: str) -> tuple[list[str], str]:
