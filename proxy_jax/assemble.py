@@ -170,8 +170,8 @@ def make_proxy(config: ml_collections.ConfigDict, workdir: str | None = None,
     if preprocessed:  # the shards' own tokenizer (a mixture's first preprocessed component's)
         for path in preprocessed:
             shards.check_proxy_settings(shards.read_manifest(path), config.proxy, path)
-        inputs.tokenizer_file = os.path.join(preprocessed[0], shards.TOKENIZER)
-        other = [p for p in preprocessed[1:] if proxies.base.file_sha256(os.path.join(p, shards.TOKENIZER)) !=
+        inputs.tokenizer_file = shards.tokenizer_file(preprocessed[0])
+        other = [p for p in preprocessed[1:] if proxies.base.file_sha256(shards.tokenizer_file(p)) !=
                  proxies.base.file_sha256(inputs.tokenizer_file)]
         if other:
             raise ValueError(f"The preprocessed shards {other[0]} were made with another tokenizer than "

@@ -55,11 +55,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = d = _section('data')
     # stdlib | dir | jsonl | parquet | hf_disk | arrayrecord | tfds | preprocessed (proxy_jax.data.corpus)
     d.source = "stdlib"
-    # dir, hf_disk (a datasets save_to_disk folder): a folder; jsonl/parquet/arrayrecord/preprocessed: a
-    # file, folder or glob; tfds: a name
+    # dir, hf_disk (a datasets save_to_disk folder; a DatasetDict trains on "train", holds out "validation"):
+    # a folder; jsonl/parquet/arrayrecord/preprocessed: a file, folder or glob; tfds: a name. All but dir and
+    # tfds may be a gs:// (fsspec) URL (proxy_jax.data.remote; shards cached under $PROXY_JAX_DATA_CACHE)
     d.path = ""
     d.glob = "**/*.py"  # dir source: which files are documents
-    d.text_field = "text"  # jsonl, parquet, hf_disk: field/column holding the document ("content" is tried next)
+    # jsonl, parquet, hf_disk: the field/column holding the document. With the default "text", "content" is
+    # tried next; any other name is the only field read, and a file lacking it is refused.
+    d.text_field = "text"
     d.skip_malformed = False  # jsonl: skip (and count) malformed lines instead of stopping
     d.tfds_split = "train"  # tfds: split used for training (validation is held out by hash)
     d.tfds_data_dir = ""  # tfds: data_dir ('' = the TFDS default)

@@ -69,7 +69,7 @@ def _main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=None, help="sandbox processes (default: CPU count)")
     p.add_argument("--data_glob", default="**/*.py", help="with a folder --data: which files are documents")
     p.add_argument("--text_field", default="", help="with a .jsonl --data: the field holding each document "
-                   "(default: the run's data.text_field, 'text'; 'content' is tried next)")
+                   "(default: the run's data.text_field; for 'text', 'content' is tried next; a named field must exist)")
     p.add_argument("--skip_malformed", action="store_true", help="with a .jsonl --data: skip (and count) malformed "
                    "lines instead of stopping at the first")
     p.add_argument("--max_docs", type=int, default=0, help="bpb: score only the first N documents (as --limit)")

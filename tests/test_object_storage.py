@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -16,52 +15,13 @@ import helpers
 
 gcsfs = pytest.importorskip("gcsfs", reason="the [gcs] extra is not installed")
 pytest.importorskip("gcp_storage_emulator", reason="the test extra is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import gcs_emulator  # noqa: E402 - needs the test extra
 
 
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory):
-    port = _free_port()
-    env = dict(os.environ)
-    data = tmp_path_factory.mktemp("gcs")
-    proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "gcs_emulator.py"), str(port),
-                             str(data)], cwd=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    # gcsfs and google-cloud-storage (TensorBoard) read STORAGE_EMULATOR_HOST, TensorStore (Orbax's arrays)
-    # TENSORSTORE_GCS_HTTP_URL; the bucket-type probe of newer gcsfs needs real gRPC endpoints. No credential
-    # lookup may leave this machine: TensorStore takes a fixed test token, and google-auth's probe of the
-    # cloud metadata server is switched off and, should anything still try it, pointed at a closed local port.
-    overrides = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-                 "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
-                 "NO_GCE_CHECK": "True", "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9",
-                 "GOOGLE_CLOUD_PROJECT": "test"}
-    old = {k: os.environ.get(k) for k in overrides}
-    os.environ.update(overrides)
-    try:
-        # gcsfs read its environment when it was imported (before this fixture): the plain file system, and
-        # the server named here.
-        yield {"env": {**env, **overrides}, "fs": gcsfs.core.GCSFileSystem(token="anon", endpoint_url=url,
-                                                                            skip_instance_cache=True)}
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        proc.terminate()
-        proc.wait(timeout=30)
+    with gcs_emulator.running(tmp_path_factory.mktemp("gcs")) as served:
+        yield served
 
 
 def _cli(module, args, env, cwd):

@@ -138,9 +138,9 @@ def test_bad_parquet_is_refused_in_one_sentence(tmp_path):
     assert str(tmp_path / "bad.parquet") in _refused("parquet", tmp_path / "bad.parquet", "not a readable Parquet")
     _refused("parquet", tmp_path / "none" / "*.parquet", "matches no Parquet file")
     _refused("hf_disk", tmp_path / "missing", "is not a folder")
-    (tmp_path / "dd" / "train").mkdir(parents=True)
-    (tmp_path / "dd" / "dataset_dict.json").write_text('{"splits": ["train"]}')
-    _refused("hf_disk", tmp_path / "dd", r"DatasetDict with the splits \['train'\]")
+    (tmp_path / "dd" / "validation").mkdir(parents=True)
+    (tmp_path / "dd" / "dataset_dict.json").write_text('{"splits": ["validation"]}')
+    _refused("hf_disk", tmp_path / "dd", r"DatasetDict with the splits \['validation'\] and no 'train'")
 
 
 def test_arrayrecord_source_refuses_a_jsonl_file(tmp_path):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 
 import numpy as np
 
@@ -37,11 +36,12 @@ def is_held_out(key: str, val_fraction: float) -> bool:
     return hash_fraction(key) < val_fraction
 
 
-def _select(scan, split: str, data_config, counts) -> tuple[list[str], np.ndarray, dict[str, int]]:
-    """Keeps this split's documents of a scan, drops empty ones, cuts long ones into pieces."""
-    val_fraction = float(data_config.val_fraction)
+def _select(scan, split: str, data_config, counts, own: bool = False) -> tuple[list[str], np.ndarray, dict[str, int]]:
+    """Keeps this split's documents of a scan (all of them when the files are the split's ``own``), drops
+    empty ones, cuts long ones into pieces."""
+    val_fraction = 0.0 if own else float(data_config.val_fraction)
     max_bytes = int(data_config.max_doc_bytes)
-    want_val = split == "validation"
+    want_val = split == "validation" and not own
     keys, locs = [], []
     stats = dict(documents=0, bytes=0, source_documents=0, cut_documents=0, skipped_empty=0, other_split=0)
     for key, size, f, pos, locator in scan:  # size -1: not known (a lazy index)
@@ -108,18 +108,18 @@ LAZY_FROM_FILES = 1000
 LAZY_FROM_BYTES = 2**30
 
 
-def _files(data_config) -> tuple[list[str], str]:
-    """(sorted files, base for keys) of a file-based source."""
+def _files(data_config, split: str = "train") -> tuple[list[str], str, bool]:
+    """(sorted files, base for keys, whether they are ``split``'s own) of a file-based source."""
     source = data_config.source
     if source == "jsonl":
-        return sources.resolve_files(data_config.path, ".jsonl", "JSONL")
+        return (*sources.resolve_files(data_config.path, ".jsonl", "JSONL"), False)
     if source == "parquet":
-        return sources.resolve_files(data_config.path, ".parquet", "Parquet")
+        return (*sources.resolve_files(data_config.path, ".parquet", "Parquet"), False)
     if source == "hf_disk":
         from proxy_jax.data import parquet
-        return parquet.hf_disk_files(data_config.path)
+        return parquet.hf_disk_files(data_config.path, split)
     if source == "arrayrecord":
-        return sources.resolve_files(data_config.path, ".array_record", "ArrayRecord")
+        return (*sources.resolve_files(data_config.path, ".array_record", "ArrayRecord"), False)
     raise ValueError(f"source {source!r} has no files of its own.")
 
 
@@ -134,7 +134,7 @@ def resolve_index(data_config, files: list[str] | None = None) -> str:
     if int(data_config.max_doc_bytes) > 0:
         return "full"
     files = _files(data_config)[0] if files is None else files
-    large = len(files) >= LAZY_FROM_FILES or sum(os.path.getsize(p) for p in files) >= LAZY_FROM_BYTES
+    large = len(files) >= LAZY_FROM_FILES or sum(sources.getsize(p) for p in files) >= LAZY_FROM_BYTES
     return "lazy" if large else "full"
 
 
@@ -153,9 +153,9 @@ def load_split(data_config, split: str, *, proxy_config=None):
     counts = {"skipped_malformed": 0, "skipped_blank_lines": 0} if source == "jsonl" else {"skipped_null": 0}
     if source == "preprocessed":
         return shards.load_preprocessed(data_config.path, split, proxy_config=proxy_config)
-    lazy = False
+    lazy = own = False
     if source in LAZY_SOURCES:
-        files, base = _files(data_config)
+        files, base, own = _files(data_config, split)
         lazy = resolve_index(data_config, files) == "lazy"
     if source in ("stdlib", "dir"):
         files, base = sources.stdlib_files() if source == "stdlib" else sources.dir_files(data_config.path, data_config.glob)
@@ -163,16 +163,16 @@ def load_split(data_config, split: str, *, proxy_config=None):
         desc = f"{source}:{base}" + (f":{data_config.glob}" if source == "dir" else "")
         make = lambda **kw: sources.FileSource(files, **kw)  # noqa: E731
     elif source == "jsonl":
-        fields = tuple(dict.fromkeys((data_config.text_field, "content")))
+        fields = sources.text_fields(data_config)
         skip = bool(data_config.skip_malformed)
-        scan = (sources.scan_jsonl_lines(files, base, counts) if lazy
+        scan = (sources.scan_jsonl_lines(files, base, counts, fields) if lazy
                 else sources.scan_jsonl(files, base, fields, skip, counts))
         desc = f"jsonl:{data_config.path}:{'|'.join(fields)}"
         make = lambda **kw: sources.JsonlSource(files, fields, skip_malformed=skip, **kw)  # noqa: E731
     elif source in ("parquet", "hf_disk"):
         from proxy_jax.data import parquet
 
-        fields = tuple(dict.fromkeys((data_config.text_field, "content")))
+        fields = sources.text_fields(data_config)
         if source == "parquet":
             scan = (parquet.scan_parquet_footers if lazy else parquet.scan_parquet)(files, base, fields, counts)
             make_source = parquet.ParquetSource
@@ -193,7 +193,7 @@ def load_split(data_config, split: str, *, proxy_config=None):
         scan = sources.scan_tfds(ds, name, tsplit, counts)
         desc = f"tfds:{name}:{tsplit}"
         make = lambda **kw: sources.TfdsSource(name, tsplit, data_dir, **kw)  # noqa: E731
-    keys, locs, stats = _select(scan, split, data_config, counts)
+    keys, locs, stats = _select(scan, split, data_config, counts, own)
     _report_skips(desc, stats, str(counts.get("first_malformed", "")))
-    files_signature = [(sources.label(p, base), os.path.getsize(p)) for p in files] if lazy else None
+    files_signature = [(sources.label(p, base), sources.getsize(p)) for p in files] if lazy else None
     return make(description=f"{desc}:{split}", keys=keys, locs=locs, stats=stats, files_signature=files_signature)

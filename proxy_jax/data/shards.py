@@ -11,8 +11,8 @@ import json
 import os
 from typing import Any
 
-from proxy_jax import proxies
-from proxy_jax.data import records
+from proxy_jax import proxies, storage
+from proxy_jax.data import records, remote
 from proxy_jax.data.sources import DocumentSource, array_record_source
 
 # A preprocessed folder carries the tokenizer its shards were made with, under this name.
@@ -79,12 +79,20 @@ MANIFEST = "manifest.json"
 
 
 def read_manifest(path: str) -> dict[str, Any]:
-    mpath = os.path.join(path, MANIFEST)
-    if not os.path.isfile(mpath):
+    mpath = storage.join(path, MANIFEST)
+    if remote.is_remote(path):
+        remote.filesystem(path)  # one sentence when this installation cannot read such URLs
+    if not storage.isfile(mpath):
         raise ValueError(f"{path!r} has no {MANIFEST}: point config.data.path at a finished "
                          "`python -m proxy_jax.preprocess --output=...` folder (or finish that run).")
-    with open(mpath, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(storage.read_text(mpath))
+
+
+def tokenizer_file(path: str) -> str:
+    """A local path of the tokenizer stored beside the shards of ``path`` (a URL's is downloaded once); shards
+    of a proxy without a tokenizer have none, and get the path where it would be."""
+    file = storage.join(path, TOKENIZER)
+    return remote.local_copy(file) if remote.is_remote(file) and storage.isfile(file) else file
 
 
 def check_proxy_settings(manifest: dict[str, Any], proxy_config, where: str = "") -> None:
@@ -104,8 +112,12 @@ def load_preprocessed(path: str, split: str, *, proxy_config=None) -> Preprocess
         raise ValueError(f"{path!r} has no {split!r} split (it has {sorted(manifest['splits'])}); "
                          "preprocess it with --splits=train,validation.")
     n = int(manifest["num_shards"])
-    files = [os.path.join(path, shard_name(split, s, n)) for s in range(n)]
-    missing = [f for f in files if not os.path.isfile(f)]
+    files = [storage.join(path, shard_name(split, s, n)) for s in range(n)]
+    if remote.is_remote(path):
+        listed = set(remote.resolve_files(path, ".array_record", "ArrayRecord")[0])
+        missing = [f for f in files if f not in listed]
+    else:
+        missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise ValueError(f"{len(missing)} shard(s) of {path!r} are missing, e.g. {missing[0]}; rerun preprocess "
                          "with the same --output to finish them.")

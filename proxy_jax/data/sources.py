@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
-import json
 import os
 import pathlib
 import sysconfig
@@ -21,6 +20,9 @@ import threading
 from typing import Any, Iterator
 
 import numpy as np
+
+from proxy_jax.data import remote
+from proxy_jax.data.fields import DEFAULT_TEXT_FIELDS, check_named_field, jsonl_document, text_fields  # noqa: F401
 
 _SCAN_BATCH = 1024
 
@@ -145,10 +147,14 @@ class JsonlSource(DocumentSource):
         self.skip_malformed = skip_malformed
 
     def _read(self, f, pos, line_bytes, start, length):
-        with open(self.files[f], "rb") as fh:
-            fh.seek(pos)
-            line = fh.read(line_bytes)
-        doc, reason = _jsonl_document(line, self.fields)
+        path = self.files[f]
+        if remote.is_remote(path):
+            line = remote.read_range(path, pos, line_bytes)
+        else:
+            with open(path, "rb") as fh:
+                fh.seek(pos)
+                line = fh.read(line_bytes)
+        doc, reason = jsonl_document(line, self.fields)
         if reason and self.lazy:  # a full index only holds lines that parsed
             if not line.strip() or self.skip_malformed:
                 return b""  # skipped like an empty document, and counted where it is met
@@ -193,8 +199,9 @@ class TfdsSource(DocumentSource):
 
 
 def array_record_source(files: list[str]):
+    """Grain's reader of ArrayRecord files (a URL's shards are read from their local copies, see ``remote``)."""
     import grain
-    return grain.sources.ArrayRecordDataSource(files)
+    return grain.sources.ArrayRecordDataSource([remote.local_copy(p) for p in files])
 
 
 def tfds_data_source(name: str, split: str, data_dir: str):
@@ -229,27 +236,13 @@ def _tfds_document(example: Any, name: str, i: int) -> bytes:
                      "use a dataset with a text field.")
 
 
-def _jsonl_document(line: bytes, fields: tuple[str, ...]) -> tuple[bytes, str]:
-    """A JSONL line -> (document bytes, '') or (b'', reason it is malformed)."""
-    try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as e:
-        return b"", f"bad JSON ({e})"
-    if not isinstance(obj, dict):
-        return b"", f"expected a JSON object, got {type(obj).__name__}"
-    for field in fields:
-        if field in obj:
-            value = obj[field]
-            if not isinstance(value, str):
-                return b"", f"field {field!r} is {type(value).__name__}, not a string"
-            return value.encode("utf-8", "surrogatepass"), ""
-    return b"", f"none of the fields {list(fields)} is present"
-
-
 def resolve_files(path: str, suffix: str, what: str) -> tuple[list[str], str]:
-    """A file, folder (searched recursively for ``suffix``) or glob -> (sorted files, base for keys)."""
+    """A file, folder (searched recursively for ``suffix``) or glob -> (sorted files, base for keys); a URL's
+    objects are listed through fsspec (``remote``)."""
     if not path:
         raise ValueError(f"config.data.path is empty; set it to a {what} file, folder or glob.")
+    if remote.is_remote(path):
+        return remote.resolve_files(path, suffix, what)
     if os.path.isfile(path):
         return [path], os.path.dirname(path)
     if os.path.isdir(path):
@@ -295,6 +288,16 @@ def dir_files(path: str, pattern: str) -> tuple[list[str], str]:
     return files, path
 
 
+def getsize(path: str) -> int:
+    """Bytes in a file or object (a listed object's size is known without a request)."""
+    return remote.getsize(path) if remote.is_remote(path) else os.path.getsize(path)
+
+
+def _open_scan(path: str):
+    """A file to read from start to end: a local file with a 1 MiB buffer, or an object in large reads."""
+    return remote.open_sequential(path) if remote.is_remote(path) else open(path, "rb", buffering=1 << 20)
+
+
 # Each scanner yields (key, size, file, position, locator) for every document, in order (size: the
 # document's length in bytes, -1 when not known; locator: see the module docstring), and may count
 # malformed entries in ``counts``.
@@ -310,15 +313,18 @@ def scan_jsonl(files, base, fields, skip_malformed, counts):
         if p.endswith(".gz"):
             raise ValueError(f"{p} is gzipped; random access needs plain JSONL: decompress it with gunzip.")
         name = label(p, base)
-        offset = 0
-        with open(p, "rb") as fh:
+        offset, first = 0, True
+        with _open_scan(p) as fh:
             for lineno, line in enumerate(fh, start=1):
                 n = len(line)
                 if not line.strip():
                     counts["skipped_blank_lines"] += 1
                     offset += n
                     continue
-                doc, reason = _jsonl_document(line, fields)
+                if first:
+                    check_named_field(p, lineno, line, fields)
+                    first = False
+                doc, reason = jsonl_document(line, fields)
                 if reason:
                     if not skip_malformed:
                         raise ValueError(f"{p}:{lineno}: malformed JSONL line: {reason}; fix it or pass "
@@ -330,20 +336,24 @@ def scan_jsonl(files, base, fields, skip_malformed, counts):
                 offset += n
 
 
-def scan_jsonl_lines(files, base, counts):
-    """The lazy JSONL index: each line's offset and length, nothing parsed. Blank lines are skipped and
-    counted here; any other line is a document of unknown size, and one that does not parse is met when read."""
+def scan_jsonl_lines(files, base, counts, fields=DEFAULT_TEXT_FIELDS):
+    """The lazy JSONL index: each line's offset and length, nothing parsed (but a file's first line, for a field
+    the user named). Blank lines are skipped and counted here; any other line is a document of unknown size,
+    and one that does not parse is met when read."""
     for f, p in enumerate(files):
         if p.endswith(".gz"):
             raise ValueError(f"{p} is gzipped; random access needs plain JSONL: decompress it with gunzip.")
         name = label(p, base)
-        offset = 0
-        with open(p, "rb", buffering=1 << 20) as fh:
+        offset, first = 0, True
+        with _open_scan(p) as fh:
             for lineno, line in enumerate(fh, start=1):
                 n = len(line)
                 if n <= 2 and not line.strip():
                     counts["skipped_blank_lines"] += 1
                 else:
+                    if first:
+                        check_named_field(p, lineno, line, fields)
+                        first = False
                     yield f"{name}:{lineno}", -1, f, offset, n
                 offset += n
 
@@ -354,7 +364,7 @@ def scan_array_record(files, base, counts, lazy: bool = False):
     position = 0
     for f, p in enumerate(files):
         # Riegeli reports a file that is not ArrayRecord lazily (as 0 records, then an error on close).
-        reader = array_record_module.ArrayRecordReader(p)
+        reader = array_record_module.ArrayRecordReader(remote.local_copy(p))
         try:
             n = reader.num_records()
             name = label(p, base)

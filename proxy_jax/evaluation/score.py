@@ -21,6 +21,7 @@ import ml_collections
 
 from proxy_jax import assemble, storage
 from proxy_jax import restore as restore_lib
+from proxy_jax.data import remote
 from proxy_jax.evaluation import bpb
 
 
@@ -37,13 +38,21 @@ def documents_config(config: ml_collections.ConfigDict, data: str, data_glob: st
         config.data.source = "jsonl"
     elif data.endswith(".array_record"):
         config.data.source = "arrayrecord"
-    elif data.endswith(".parquet") or (os.path.isdir(data) and next(pathlib.Path(data).rglob("*.parquet"), None)):
+    elif data.endswith(".parquet") or _has_parquet(data):
         config.data.source = "parquet"
-    elif os.path.isfile(os.path.join(data, "state.json")):  # a datasets save_to_disk folder
+    elif storage.isfile(storage.join(data, "state.json")):  # a datasets save_to_disk folder
         config.data.source = "hf_disk"
     else:
         config.data.source, config.data.glob = "dir", data_glob
     return config
+
+
+def _has_parquet(data: str) -> bool:
+    """Whether the folder (or bucket prefix) ``data`` holds a ``.parquet`` file anywhere below it."""
+    if remote.is_remote(data):
+        fs, path = remote.filesystem(data)
+        return fs.isdir(path) and any(p.endswith(".parquet") for p in fs.find(path))
+    return os.path.isdir(data) and next(pathlib.Path(data).rglob("*.parquet"), None) is not None
 
 
 LOGITS_COPIES = 4  # logits, their log-softmax, the masked copy and XLA's temporaries, all float32
