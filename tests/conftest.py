@@ -3,7 +3,10 @@
 * Devices: tests run on ONE CPU device, so single-device tests compile for one device instead of running
   8-way SPMD on two cores. The tests that need a mesh live in ``tests/multidevice/``; they are collected
   only in the subprocess that ``test_multidevice.py`` starts with ``PROXY_JAX_TEST_DEVICES=8`` (8 fake
-  CPU devices must be set before JAX starts, so they cannot share a process with the others).
+  CPU devices must be set before JAX starts, so they cannot share a process with the others). That
+  process compiles without LLVM's expensive optimisations: its tests compare a mesh with one device (or
+  the lm-eval backend with the library) inside the process, on rows of a few dozen tokens, so compiling
+  is most of their time and both sides of each comparison are compiled alike.
 * One folder per test session (``PROXY_JAX_TEST_SHARED``, a temporary folder made by the first pytest
   process and removed when it ends): pytest-xdist's workers and every subprocess a test starts inherit
   the variable, so they all find the same folder. It holds
@@ -29,7 +32,8 @@ import tempfile
 
 DEVICES = int(os.environ.get("PROXY_JAX_TEST_DEVICES", "1"))
 if DEVICES > 1:
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
+    os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={DEVICES} "
+                               "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 SHARED_ENV = "PROXY_JAX_TEST_SHARED"
