@@ -117,7 +117,8 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     wd = tmp_path / "preempt"
     args = ["--config=configs/bytes.py:tiny", f"--workdir={wd}", "--config.train.steps=400",
             "--config.train.log_every=1", "--config.data.seq_len=64", "--config.data.batch_size=8",
-            "--config.train.eval_every=0", "--config.train.sample_prompt=", "--config.train.tensorboard=False"]
+            "--config.train.eval_every=0", "--config.train.sample_prompt=", "--config.train.tensorboard=False",
+            *(f"--config.{k}={v}" for k, v in helpers.TINY.items() if k.startswith("model."))]  # quick to compile
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.Popen([sys.executable, "-m", "proxy_jax.main", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
