@@ -90,6 +90,8 @@ def pytest_terminal_summary(terminalreporter):
         return
     rows = [json.load(open(os.path.join(folder, name))) for name in os.listdir(folder)]
     rows = [r for r in rows if r["hits"] or r["misses"]]  # not xdist's controller, which runs no test
+    if not rows:
+        return
     hits, misses = (sum(r[k] for r in rows) for k in ("hits", "misses"))
     entries = len(os.listdir(os.environ["JAX_COMPILATION_CACHE_DIR"])) \
         if os.path.isdir(os.environ["JAX_COMPILATION_CACHE_DIR"]) else 0
@@ -100,6 +102,16 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_unconfigure(config):
     if OWNS_SHARED and not hasattr(config, "workerinput"):
         shutil.rmtree(SHARED, ignore_errors=True)
+
+
+# Files holding a test of a minute or more (measured 2026-12-03): run first, so that under ``-n 2`` one of
+# them does not start last while the other worker idles.
+LONG_FIRST = ("test_multidevice.py", "test_sweep.py", "test_elastic.py", "test_notebook.py")
+
+
+def pytest_collection_modifyitems(items):
+    order = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: the rest keeps its order
 
 
 @pytest.fixture(scope="session")
