@@ -155,8 +155,9 @@ def naive_loglikelihood(lm, context: str, continuation: str) -> tuple[float, boo
     positions = np.arange(ids.size, dtype=np.int32)
     ids, positions = ids[-(lm.max_length + 1):], positions[-(lm.max_length + 1):]
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.logical_rules(run.config)):
-        logits, _ = run.model.apply({"params": run.params}, ids[None, :-1], np.ones((1, ids.size - 1), np.int32),
-                                    positions[None, :-1])
+        # Jitted: one compilation per length instead of one per operation and length.
+        logits, _ = jax.jit(run.model.apply)({"params": run.params}, ids[None, :-1],
+                                             np.ones((1, ids.size - 1), np.int32), positions[None, :-1])
     logits = np.asarray(logits[0, :, 0], np.float64)
     logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits[:, : run.vocab_size]), axis=-1))
     at = np.arange(ids.size - 1 - tail.size, ids.size - 1)
