@@ -249,7 +249,8 @@ def test_command_line(bytes_run, backend, tmp_path):
     """``python -m proxy_jax.lm_eval`` is lm-eval's command with the model registered; errors are one line."""
     texts = documents()
     perplexity_task(tmp_path, "local_ppl", texts)
-    model_args = f"workdir={bytes_run},max_length={backend.max_length}"
+    # The backend's settings, batch size included: the command then runs the executables it compiled.
+    model_args = f"workdir={bytes_run},max_length={backend.max_length},batch_size={backend.batch_size}"
     proc = run_cli("--model", "proxy_jax", "--model_args", model_args, "--tasks", "local_ppl",
                    "--include_path", str(tmp_path), "--output_path", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-3000:]
