@@ -104,3 +104,39 @@ def mix_config(warmup: int = 40, steady: int = 5, decay: int = 0, rates=(0.05, 0
     mix.rate_init, mix.rate_peak, mix.rate_final = rates
     mix.mode_warmup, mix.mode_steady, mix.mode_final = modes
     return mix
+
+
+def write_corpus(folder: str, files: int = 40, max_bytes: int = 3000) -> str:
+    """A folder of the first ``max_bytes`` of the first ``files`` standard-library files."""
+    os.makedirs(folder, exist_ok=True)
+    for path in stdlib_paths(files):
+        with open(os.path.join(folder, path.name), "wb") as f:
+            f.write(path.read_bytes()[:max_bytes])
+    return folder
+
+
+def shared_folder(name: str, build) -> str:
+    """The folder ``name`` of this test session's shared folder (``conftest.SHARED``), made by
+    ``build(folder)`` in the first process that asks for it (an xdist worker, a subprocess's pytest);
+    the others wait for it and reuse it. Read-only to its users: copy it (:func:`copy_run`) to change it."""
+    import fcntl
+    import shutil
+
+    root = os.environ["PROXY_JAX_TEST_SHARED"]
+    folder = os.path.join(root, name)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with open(folder + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if build fails
+        if not os.path.exists(folder + ".done"):
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            build(folder)
+            open(folder + ".done", "w").close()
+    return folder
+
+
+def copy_run(workdir: str, dest) -> str:
+    """A copy of the finished run ``workdir`` at ``dest`` (a test that damages, resumes or trains on a
+    shared run works on its own copy)."""
+    import shutil
+
+    return shutil.copytree(workdir, str(dest), symlinks=True)

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from proxy_jax import checkpoint, health, metrics, train, workdir as workdir_lib
 from proxy_jax import restore as restore_lib
-from test_reliability import small, steps_on_disk
+from test_reliability import diverged, small, steps_on_disk  # noqa: F401 - a fixture
 
 
 # ---- the normal range ----------------------------------------------------------------------------------
@@ -113,19 +114,18 @@ def params_equal(a, b) -> bool:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted():
     """The run that never diverged: 10 steps with the preset's learning rate."""
-    wd = str(tmp_path_factory.mktemp("clean") / "run")
-    train.train(small(**{"train.steps": 10, "train.checkpoint_every": 1}), wd, progress=False)
+    wd = helpers.shared_folder("test_health/uninterrupted", lambda wd: train.train(
+        small(**{"train.steps": 10, "train.checkpoint_every": 1}), wd, progress=False))
     return restore_lib.restore(wd)
 
 
 @pytest.mark.slow
-def test_divergence_from_scratch_names_a_step_that_trains_bitwise_to_the_end(tmp_path, uninterrupted, caplog):
-    wd = str(tmp_path / "run")
-    with pytest.raises(train.NonFiniteLossError) as e:
-        train.train(small(**{"train.steps": 10, "train.checkpoint_every": 1, "opt.lr": 1e30}), wd, progress=False)
-    step = named_step(str(e.value))
+def test_divergence_from_scratch_names_a_step_that_trains_bitwise_to_the_end(tmp_path, diverged, uninterrupted,
+                                                                            caplog):
+    wd = helpers.copy_run(diverged[0], tmp_path / "run")  # the run stopped by the non-finite loss (shared)
+    step = named_step(diverged[1])
     assert workdir_lib.checkpoint_health(wd, step)["healthy"] is True
     bad = [s for s in steps_on_disk(wd) if s > step]
     assert bad and all(workdir_lib.checkpoint_health(wd, s)["healthy"] is False for s in bad)

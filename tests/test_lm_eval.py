@@ -1,11 +1,11 @@
 """The lm-evaluation-harness backend (``--model proxy_jax``) gives the library's own numbers.
 
-A tiny byte run is trained once (40 steps, enough for its predictions to depend on context, so that
-windows matter); tasks and their data are written by the tests (no hub, no network: every lm-eval call
-runs with socket connections refused). Checked: lm-eval's ``bits_per_byte`` and every document's
-log-likelihood equal ``evaluation.score.evaluate_workdir`` of the same text with the same windows;
-``loglikelihood`` against a plain forward pass written here and the chain rule; greedy
-``generate_until`` against the library's generation, prompt by prompt; the command line. The same runs
+A tiny byte run is trained once per session (40 steps, enough for its predictions to depend on context, so
+that windows matter); the proxy and tokenizer runs are conftest's. Tasks and their data are written by the
+tests (no hub, no network: every lm-eval call runs with socket connections refused). Checked: lm-eval's
+``bits_per_byte`` and every document's log-likelihood equal ``evaluation.score.evaluate_workdir`` of the same
+text with the same windows; ``loglikelihood`` against a plain forward pass written here and the chain rule;
+greedy ``generate_until`` against the library's generation, prompt by prompt; the command line. The same runs
 exported (``proxy_jax.export``) and scored by lm-eval's own Hugging Face backend (``--model hf``): the ids
 it reads and scores, and its bits per byte beside the library's.
 """
@@ -46,31 +46,14 @@ REL_TOL = 2e-6
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    for path in helpers.stdlib_paths(40):
-        (root / path.name).write_bytes(path.read_bytes()[:3000])
-    return str(root)
+def bytes_run(corpus):
+    """This module's byte run (40 steps on conftest's corpus, trained once per session): unlike conftest's
+    3-step ``bytes_run`` its predictions depend on the context, so a change of windows shows."""
+    def build(workdir):
+        config = recipes.load_config(os.path.join(ROOT, "configs/bytes.py:tiny"), **{**TRAIN, "data.path": corpus})
+        train.train(config, workdir, progress=False)
 
-
-def _train(tmp_path_factory, corpus, spec, name, **overrides):
-    workdir = str(tmp_path_factory.mktemp(name))
-    config = recipes.load_config(os.path.join(ROOT, spec), **{**TRAIN, "data.path": corpus, **overrides})
-    train.train(config, workdir, progress=False)
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def bytes_run(tmp_path_factory, corpus):
-    return _train(tmp_path_factory, corpus, "configs/bytes.py:tiny", "bytes")
-
-
-TOKENIZER = {"proxy.vocab_size": 512, "proxy.train_max_bytes": 200_000}
-
-
-@pytest.fixture(scope="module")
-def proxy_tokens_run(tmp_path_factory, corpus):
-    return _train(tmp_path_factory, corpus, "configs/proxy_tokens.py:tiny", "proxy_tokens", **TOKENIZER)
+    return helpers.shared_folder("test_lm_eval/bytes", build)
 
 
 def documents():
@@ -172,8 +155,9 @@ def naive_loglikelihood(lm, context: str, continuation: str) -> tuple[float, boo
     positions = np.arange(ids.size, dtype=np.int32)
     ids, positions = ids[-(lm.max_length + 1):], positions[-(lm.max_length + 1):]
     with jax.set_mesh(run.mesh), nn.logical_axis_rules(sharding.logical_rules(run.config)):
-        logits, _ = run.model.apply({"params": run.params}, ids[None, :-1], np.ones((1, ids.size - 1), np.int32),
-                                    positions[None, :-1])
+        # Jitted: one compilation per length instead of one per operation and length.
+        logits, _ = jax.jit(run.model.apply)({"params": run.params}, ids[None, :-1],
+                                             np.ones((1, ids.size - 1), np.int32), positions[None, :-1])
     logits = np.asarray(logits[0, :, 0], np.float64)
     logp = np.asarray(jax.nn.log_softmax(jnp.asarray(logits[:, : run.vocab_size]), axis=-1))
     at = np.arange(ids.size - 1 - tail.size, ids.size - 1)
@@ -231,15 +215,12 @@ def test_generate_until_equals_library_generation(backend, tmp_path, no_network)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", ["configs/proxy_tokens.py:tiny", "configs/tokens.py:tiny"])
-def test_proxy_and_tokenizer_runs(spec, request, tmp_path_factory, corpus, tmp_path, no_network):
+def test_proxy_and_tokenizer_runs(spec, request, tmp_path, no_network):
     """A proxy run (``1 12 bytes 13 2``) and the tokenizer baseline (``1 tokens 2``, its symbols scored per
-    byte of text): the same agreement with evaluate and with the library's generation."""
+    byte of text): the same agreement with evaluate and with the library's generation (conftest's runs)."""
     from proxy_jax.evaluation import sampler as sampler_lib
 
-    if spec.startswith("configs/proxy_tokens"):
-        workdir = request.getfixturevalue("proxy_tokens_run")
-    else:
-        workdir = _train(tmp_path_factory, corpus, spec, spec.split("/")[1].split(".")[0], **TOKENIZER)
+    workdir = request.getfixturevalue("proxy_tokens_run" if spec.startswith("configs/proxy_tokens") else "tokens_run")
     texts, window, prompts = documents(), 16, ["def add(a, b):\n", "class A("]
     perplexity_task(tmp_path, "local_ppl", texts)
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "answer": ""} for p in prompts])
@@ -268,7 +249,8 @@ def test_command_line(bytes_run, backend, tmp_path):
     """``python -m proxy_jax.lm_eval`` is lm-eval's command with the model registered; errors are one line."""
     texts = documents()
     perplexity_task(tmp_path, "local_ppl", texts)
-    model_args = f"workdir={bytes_run},max_length={backend.max_length}"
+    # The backend's settings, batch size included: the command then runs the executables it compiled.
+    model_args = f"workdir={bytes_run},max_length={backend.max_length},batch_size={backend.batch_size}"
     proc = run_cli("--model", "proxy_jax", "--model_args", model_args, "--tasks", "local_ppl",
                    "--include_path", str(tmp_path), "--output_path", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -213,7 +214,7 @@ def test_full_disk_during_a_save_is_a_sentence_and_leaves_no_temporary_directory
     monkeypatch.setattr(elastic.ShardStateHandler, "save", no_space)
     wd = str(tmp_path / "full")
     with pytest.raises(checkpoint.CheckpointWriteError, match="No space left on device.*free disk space"):
-        train.train(small(**{"train.steps": 3}), wd, progress=False)
+        train.train(small(), wd, progress=False)  # the first save, at step 2, fails (small()'s step is compiled once)
     leftovers = [n for n in os.listdir(os.path.join(wd, "checkpoints")) if checkpoint.TMP_SUFFIX in n]
     assert leftovers == [] and steps_on_disk(wd) == []
     assert open(os.path.join(wd, workdir_lib.LOCK)).read() == ""  # the lock is released on failure
@@ -233,10 +234,22 @@ def test_io_failures_are_recognised_through_library_wrappers():
     assert checkpoint._io_reason(ValueError("shapes do not match")) is None
 
 
+@pytest.fixture(scope="module")
+def preempted():
+    """small() stopped by a preemption signal seen before step 4, a checkpoint step: checkpoints 2 and 4."""
+    def build(wd):
+        polls = iter([False] * 4 + [True])  # the poll before step 4 sees the signal
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(checkpoint.PreemptionGuard, "should_stop", lambda self: next(polls, False))
+            summary = train.train(small(), wd, progress=False)
+        assert summary["preempted_at"] == 4 and steps_on_disk(wd) == [2, 4]
+
+    return helpers.shared_folder("test_reliability/preempted", build)
+
+
 @pytest.mark.slow
-def test_damaged_checkpoints_fall_back_then_stop_then_restart_on_request(tmp_path):
-    wd = str(tmp_path / "run")
-    train.train(small(), wd, progress=False, stop_after=4)
+def test_damaged_checkpoints_fall_back_then_stop_then_restart_on_request(tmp_path, preempted):
+    wd = helpers.copy_run(preempted, tmp_path / "run")
     assert steps_on_disk(wd) == [2, 4]
     damage(wd, 4)
     summary = train.train(small(), wd, progress=False)  # falls back to 2, re-trains 4 over the damaged one
@@ -255,24 +268,41 @@ def test_damaged_checkpoints_fall_back_then_stop_then_restart_on_request(tmp_pat
 
 
 @pytest.mark.slow
-def test_preemption_at_a_checkpoint_step_stops_cleanly(tmp_path, monkeypatch):
-    polls = iter([False] * 4 + [True])  # the poll before step 4, a checkpoint step, sees the signal
-    monkeypatch.setattr(checkpoint.PreemptionGuard, "should_stop", lambda self: next(polls, False))
-    wd = str(tmp_path / "run")
-    summary = train.train(small(), wd, progress=False)
-    assert summary["preempted_at"] == 4 and steps_on_disk(wd) == [2, 4]
+def test_preemption_at_a_checkpoint_step_stops_cleanly(tmp_path, preempted):
+    wd = helpers.copy_run(preempted, tmp_path / "run")
     resumed = train.train(small(), wd, progress=False)
     assert resumed["start_step"] == 4 and resumed["final_step"] == 6
 
 
-@pytest.mark.slow
-def test_non_finite_training_saves_only_finite_states(tmp_path):
-    wd = str(tmp_path / "nan")
-    config = small(**{"opt.lr": 1e30, "opt.warmup_steps": 0, "train.steps": 8, "train.checkpoint_every": 1})
-    with pytest.raises(train.NonFiniteLossError) as e:
-        train.train(config, wd, progress=False)
-    message = str(e.value)
+# ---- a non-finite loss ----------------------------------------------------------------------------------
+
+def packing_threads():
+    """Live threads of data.host_prefetch (Grain names its prefetch threads so)."""
+    return [t for t in threading.enumerate() if t.name.startswith("grain-thread-prefetch")]
+
+
+DIVERGING = {"train.steps": 10, "train.checkpoint_every": 1, "opt.lr": 1e30}
+
+
+@pytest.fixture(scope="module")
+def diverged():
+    """small() with a learning rate of 1e30 and a checkpoint at every step, stopped by its non-finite loss:
+    the workdir and the error's message (``test_health`` resumes copies of it)."""
+    def build(folder):
+        with pytest.raises(train.NonFiniteLossError, match="Loss became") as e:
+            train.train(small(**DIVERGING), os.path.join(folder, "run"), progress=False)
+        assert not packing_threads(), "an error in the loop must stop the packing thread"
+        with open(os.path.join(folder, "message.txt"), "w") as f:
+            f.write(str(e.value))
+
+    folder = helpers.shared_folder("test_reliability/diverged", build)
+    return os.path.join(folder, "run"), open(os.path.join(folder, "message.txt")).read()
+
+
+def test_non_finite_training_saves_only_finite_states(diverged):
+    wd, message = diverged
     saved = steps_on_disk(wd)
+    assert saved, "at least one good checkpoint was expected before the blow-up"
     healthy = [s for s in saved if (workdir_lib.checkpoint_health(wd, s) or {}).get("healthy")]
     if healthy:
         assert f"step {max(healthy)}" in message

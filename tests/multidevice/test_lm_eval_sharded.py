@@ -17,12 +17,10 @@ from proxy_jax.evaluation import sampler as sampler_lib
 @pytest.mark.slow
 def test_backend_on_a_sharded_mesh(tmp_path_factory, tmp_path):
     assert len(jax.devices()) == 8
-    corpus = tmp_path_factory.mktemp("corpus")
-    for path in helpers.stdlib_paths(40):
-        (corpus / path.name).write_bytes(path.read_bytes()[:3000])
+    corpus = helpers.shared_folder("corpus", helpers.write_corpus)  # conftest's, built once per session
     workdir = str(tmp_path_factory.mktemp("bytes"))
     config = recipes.load_config(os.path.join(ROOT, "configs/bytes.py:tiny"), **{
-        **TRAIN, "train.steps": 10, "train.checkpoint_every": 10, "data.batch_size": 8, "data.path": str(corpus),
+        **TRAIN, "train.steps": 10, "train.checkpoint_every": 10, "data.batch_size": 8, "data.path": corpus,
         "mesh.shape": (2, 2, 2)})
     train.train(config, workdir, progress=False)
     lm = lm_eval_backend.ProxyJaxLM(workdir=workdir, batch_size=3, window=16)
