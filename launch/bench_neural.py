@@ -4,7 +4,10 @@
     python launch/bench_neural.py --preset 6m --device      # random-init M1 of that size, on the accelerator
 
 Codes ``--bytes`` of held-out stdlib text twice (the first run compiles and is not timed) and prints
-bytes/s for the whole ``encode_batch`` (entropy pass + coding pass + coder + host work) and for its parts.
+bytes/s for the whole ``encode_batch`` (entropy pass + coding pass + coder + host work) and for its parts,
+the XLA compilations during the timed run (0: every shape was compiled by the first run) and the
+machine's load average (other jobs on the same cores slow it down). ``--device`` runs the same code on
+the default accelerator; raise ``--tile_positions`` there (it is part of the view's definition).
 The FLOP floor is the fastest any implementation could run on this device: two M1 forward passes per
 byte (entropy and coding) of ``2 * N`` FLOPs each (N = parameters in matmuls, embedding excluded) plus
 attention (``4 * layers * heads * head_dim * L / 2`` per byte over a causal window of L), divided into
@@ -41,7 +44,8 @@ def main() -> None:
     ap.add_argument("--bytes", type=int, default=200_000)
     ap.add_argument("--chunk_bytes", type=int, default=256)
     ap.add_argument("--min_segment_bytes", type=int, default=1)
-    ap.add_argument("--batch_rows", type=int, default=64)
+    ap.add_argument("--batch_rows", type=int, default=64, help="rows of chunk_bytes per M1 call (speed only)")
+    ap.add_argument("--tile_positions", type=int, default=2048, help="bytes per M1 tile (proxy.m1_tile_positions)")
     ap.add_argument("--exact", action="store_true", help="also count exact-arithmetic windows (slow)")
     ap.add_argument("--device", action="store_true", help="run on the default accelerator (else force CPU)")
     args = ap.parse_args()
@@ -80,7 +84,7 @@ def main() -> None:
         params = nn.unbox(model_lib.Transformer(margs).init(jax.random.key(0), z, z + 1, z)["params"])
         m1 = m1_lib.M1.from_params(margs, params, context=c.data.seq_len)
     proxy = NeuralProxy(m1, chunk_bytes=args.chunk_bytes, min_segment_bytes=args.min_segment_bytes,
-                        batch_rows=args.batch_rows)
+                        batch_rows=args.batch_rows, tile_positions=args.tile_positions)
     val = corpus.load_split(config_lib.base_config().data, "validation")
     docs, total = [], 0
     for i in range(len(val)):
@@ -100,8 +104,15 @@ def main() -> None:
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1, segs, coded
 
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **kw: compiles.append(secs) if event == "/jax/core/compile/backend_compile_duration" else None)
     run()  # compile every bucket shape
+    n_compiles_first = len(compiles)
+    load_before = os.getloadavg()[0]
     t_seg, t_code, segs, coded = run()
+    load_after = os.getloadavg()[0]
+    n_compiles_timed = len(compiles) - n_compiles_first
     n_ids = sum(len(c[0]) for c in coded)
     n_windows = sum(int((c[0] >= vocab.COMP_OFFSET).sum()) for c in coded)
     n_segs = sum(len(s) for s in segs)
@@ -132,6 +143,10 @@ def main() -> None:
     peak = matmul_flops_per_s()
     result = {
         "device": str(jax.devices()[0].device_kind),
+        "load_average_1min": [round(load_before, 2), round(load_after, 2)],
+        "compiles_first_run": n_compiles_first,
+        "compiles_timed_run": n_compiles_timed,
+        "tile_positions": args.tile_positions,
         "m1_params_total": model_lib.count_params(args_m),
         "m1_params_in_matmuls": n_params,
         "bytes": total,
@@ -152,6 +167,7 @@ def main() -> None:
         "m1_flops_per_byte": flops_per_byte,
         "matmul_flops_per_s": peak,
         "flop_floor_bytes_per_s": peak / flops_per_byte,
+        "encode_fraction_of_floor": total / (t_seg + t_code) / (peak / flops_per_byte),
     }
     print(json.dumps(result, indent=2))
 

@@ -127,7 +127,8 @@ def base_config() -> ml_collections.ConfigDict:
     p.chunk_bytes = 2048  # neural: M1 entropy-pass chunk = longest segment (<= M1's context)
     p.min_segment_bytes = 1  # neural: no new segment before the current one has this many bytes
     p.quantize_bits = 16  # neural: P, M1 probabilities become integer frequencies summing to 2**P
-    p.m1_batch_rows = 64  # neural: rows per M1 call (fixed shapes keep encoder and decoder bit-identical)
+    p.m1_batch_rows = 64  # neural: rows of chunk_bytes per M1 call (speed only: a call holds whole tiles)
+    p.m1_tile_positions = 2048  # neural: bytes per M1 tile, the fixed shape every M1 call is made of (part of the view)
 
     # ---- mixing and its schedule ------------------------------------
     c.mix = m = _section('mix')

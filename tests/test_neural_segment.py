@@ -42,11 +42,11 @@ def test_entropies_do_not_depend_on_batching_and_restart_per_chunk():
     model = m1_lib.M1.from_params(args, nh.init_params(args), context=64)
     files = nh.stdlib_files()
     docs = [open(f, "rb").read()[:150] for f in files[:6]]
-    together = segment.doc_entropies(model, docs, chunk_bytes=64, batch_rows=8, precision=16)
-    alone = segment.doc_entropies(model, docs[2:3], chunk_bytes=64, batch_rows=8, precision=16)
+    together = segment.doc_entropies(model, docs, chunk_bytes=64, tile_positions=512)
+    alone = segment.doc_entropies(model, docs[2:3], chunk_bytes=64, tile_positions=512)
     np.testing.assert_array_equal(together[2], alone[0])
     # The third chunk of a document sees only its own bytes: same entropies as a document of that chunk.
-    tail = segment.doc_entropies(model, [docs[0][128:]], chunk_bytes=64, batch_rows=8, precision=16)
+    tail = segment.doc_entropies(model, [docs[0][128:]], chunk_bytes=64, tile_positions=512)
     np.testing.assert_array_equal(together[0][128:], tail[0])
     for e, d in zip(together, docs):
         assert e.shape == (len(d),) and (e >= 0).all() and (e <= 8.0 + 1e-4).all()

@@ -1,8 +1,12 @@
 """``NeuralProxy``: entropy segmentation + M1 + equal-information-window arithmetic coding.
 
-``encode_batch`` codes many documents with a handful of jitted calls: one M1 pass over all chunks for
-the entropies, then one M1 pass + one coder scan per batch of segments (segments are grouped by
-power-of-two length buckets, so padding stays under 2x). Ids: window symbol ``s`` -> ``320 + s``,
+``encode_batch`` codes many documents with a handful of jitted calls: an entropy pass (M1 over all
+chunks, entropies only), then one fused call per group of tiles that runs M1, quantises, looks up each
+byte's interval and runs the coder, returning only ids (segments are grouped by length buckets 8, 12,
+16, 24, 32, ..., so padding stays under 1.5x). Every M1 call is made of fixed tiles
+(:mod:`~proxy_jax.proxies.neural.m1`), so a document's ids depend only on its own bytes and the
+proxy's settings: not on the documents it is batched with, the batch size or the process that codes
+it. All calls are dispatched before the first result is read. Ids: window symbol ``s`` -> ``320 + s``,
 passthrough byte ``b`` -> ``64 + b``. The view is not self-delimiting; ``encode_detailed`` also returns
 how many bytes each id covers and where segments end, which is what :meth:`NeuralProxy.decode` needs.
 """
@@ -38,11 +42,20 @@ class NeuralCode:
         return [int(self.nbytes[s:e].sum()) for s, e in zip(starts, ends)]
 
 
-@functools.partial(jax.jit, static_argnames=("window_bits", "precision"))
-def _code_batch(freq_BxLx256, bytes_BxL, lengths_B, *, window_bits: int, precision: int):
-    cum_BxL, freq_BxL = quantize.byte_intervals_jnp(freq_BxLx256, bytes_BxL)
-    valid_BxL = jnp.arange(bytes_BxL.shape[1])[None, :] < lengths_B[:, None]
-    return coder.encode_lanes(bytes_BxL, cum_BxL, freq_BxL, valid_BxL, window_bits=window_bits, precision=precision)
+@functools.partial(jax.jit, static_argnames=("args", "window_bits", "precision"))
+def _code_tiles(args, params, tokens_NxBxL, bytes_NxBxL, lengths_NxB, *, window_bits: int, precision: int):
+    """M1 tables, each byte's interval and the coder for ``N`` tiles, one after another: ids stay on
+    the device until the call returns; the ``[B, L, 256]`` tables never leave it."""
+
+    def tile(x):
+        tokens_BxL, bytes_BxL, lengths_B = x
+        freq_BxLx256 = quantize.quantize_jnp(m1_lib.byte_logits(args, params, tokens_BxL), precision)
+        cum_BxL, freq_BxL = quantize.byte_intervals_jnp(freq_BxLx256, bytes_BxL)
+        valid_BxL = jnp.arange(bytes_BxL.shape[1])[None, :] < lengths_B[:, None]
+        return coder.encode_lanes(bytes_BxL, cum_BxL, freq_BxL, valid_BxL, window_bits=window_bits,
+                                  precision=precision)
+
+    return jax.lax.map(tile, (tokens_NxBxL, bytes_NxBxL, lengths_NxB))
 
 
 @register
@@ -53,12 +66,13 @@ class NeuralProxy(Proxy):
     name = "neural"
     lossless = False  # decoding needs the side information of ``encode_detailed``
     settings = ("window_bits", "entropy_quantile", "entropy_threshold", "entropy_sample_bytes", "chunk_bytes",
-                "min_segment_bytes", "quantize_bits", "m1_batch_rows")
+                "min_segment_bytes", "quantize_bits", "m1_tile_positions")
     m1_workdir = ""  # where M1 was loaded from (recorded in the manifest)
 
     def __init__(self, model: m1_lib.M1, *, window_bits: int = 16, precision: int = quantize.DEFAULT_PRECISION,
                  entropy_quantile: float = 0.9, entropy_threshold: float | None = None, chunk_bytes: int = 2048,
-                 min_segment_bytes: int = 1, batch_rows: int = 64):
+                 min_segment_bytes: int = 1, batch_rows: int = 64,
+                 tile_positions: int = m1_lib.DEFAULT_TILE_POSITIONS):
         self.model = model
         self.window_bits = coder.check_window_bits(window_bits)
         self.precision = quantize.check_precision(precision)
@@ -74,7 +88,9 @@ class NeuralProxy(Proxy):
             )
         self.chunk_bytes = int(chunk_bytes)
         self.min_segment_bytes = int(min_segment_bytes)
-        self.batch_rows = int(batch_rows)
+        self.batch_rows = int(batch_rows)  # speed only: how many tiles one call holds
+        self.tile_positions = m1_lib.check_tile_positions(tile_positions)  # part of the view's definition
+        self.tiles_per_call = max(1, self.batch_rows * self.chunk_bytes // self.tile_positions)
         self._params = jax.device_put(model.params)
 
     def __getstate__(self):  # picklable for data-loader worker processes: parameters travel as numpy
@@ -109,6 +125,7 @@ class NeuralProxy(Proxy):
             chunk_bytes=p.chunk_bytes,
             min_segment_bytes=p.min_segment_bytes,
             batch_rows=p.m1_batch_rows,
+            tile_positions=p.m1_tile_positions,
         )
         if proxy.chunk_bytes > proxy.model.context:
             raise ValueError(
@@ -144,6 +161,11 @@ class NeuralProxy(Proxy):
     def from_manifest(cls, manifest: dict[str, Any], inputs: Inputs) -> "NeuralProxy":
         """The recorded M1 (its hash checked) with the recorded threshold: no threshold pass, no corpus."""
         where = manifest.get("m1_workdir", "")
+        if manifest.get("m1_bucket_rule") != m1_lib.BUCKET_RULE or "m1_tile_positions" not in manifest:
+            raise ValueError(f"The neural proxy of this run ran M1 in another layout (bucket rule "
+                             f"{manifest.get('m1_bucket_rule', 'pow2-from-16 in batches of m1_batch_rows')!r}, now "
+                             f"{m1_lib.BUCKET_RULE!r} in tiles), so its views cannot be reproduced; preprocess "
+                             "again and train in a new --workdir.")
         if inputs.load_m1 is None:
             raise ValueError("The neural proxy's M1 cannot be loaded here (no loader was given).")
         m1 = inputs.load_m1(where)
@@ -154,25 +176,28 @@ class NeuralProxy(Proxy):
         proxy = cls(m1, window_bits=manifest["window_bits"], precision=manifest["quantize_bits"],
                     entropy_quantile=manifest["entropy_quantile"], entropy_threshold=manifest["entropy_threshold"],
                     chunk_bytes=manifest["chunk_bytes"], min_segment_bytes=manifest["min_segment_bytes"],
-                    batch_rows=manifest["m1_batch_rows"])
+                    batch_rows=manifest["m1_batch_rows"], tile_positions=manifest["m1_tile_positions"])
         proxy.m1_workdir = where
         return proxy
 
     def fit_threshold(self, docs: list[bytes]) -> float:
         """Set the segmentation threshold to the entropy quantile over ``docs``; returns it."""
-        ent = segment.doc_entropies(self.model, list(docs), chunk_bytes=self.chunk_bytes,
-                                    batch_rows=self.batch_rows, precision=self.precision, device_params=self._params)
+        ent = self._entropies(list(docs))
         self.entropy_threshold = segment.entropy_threshold(ent, self.entropy_quantile)
         return self.entropy_threshold
 
     # ---- encoding ---------------------------------------------------------------------------------------
+    def _entropies(self, docs: list[bytes]) -> list[np.ndarray]:
+        return segment.doc_entropies(self.model, docs, chunk_bytes=self.chunk_bytes,
+                                     tile_positions=self.tile_positions, tiles_per_call=self.tiles_per_call,
+                                     device_params=self._params)
+
     def segments(self, docs: list[bytes]) -> list[list[bytes]]:
         """Each document cut into its segments (one batched M1 entropy pass)."""
         if self.entropy_threshold is None:
             raise ValueError("The neural proxy has no entropy threshold yet; pass entropy_threshold= or call "
                              "fit_threshold(sample_docs) first.")
-        ent = segment.doc_entropies(self.model, docs, chunk_bytes=self.chunk_bytes, batch_rows=self.batch_rows,
-                                    precision=self.precision, device_params=self._params)
+        ent = self._entropies(docs)
         return [
             segment.split(doc, segment.segment_starts(e, self.entropy_threshold, self.chunk_bytes,
                                                       self.min_segment_bytes))
@@ -182,14 +207,17 @@ class NeuralProxy(Proxy):
     def encode_segments(self, segments: list[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Code independent segments: ``(ids, nbytes)`` for each (M1 context restarts in each)."""
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int32), np.zeros(0, np.int32))] * len(segments)
-        for idx, _, tokens, data in m1_lib.batches(segments, self.batch_rows, self.chunk_bytes):
-            freq, _ = m1_lib.tables(self.model.args, self._params, tokens, precision=self.precision)
-            lengths = np.asarray([len(segments[i]) for i in idx] + [0] * (len(tokens) - len(idx)), np.int32)
-            res = jax.tree.map(np.asarray, _code_batch(freq, data, lengths, window_bits=self.window_bits,
-                                                       precision=self.precision))
+        pending = [
+            (idx, _code_tiles(self.model.args, self._params, tokens, data, lengths, window_bits=self.window_bits,
+                              precision=self.precision))
+            for idx, _, tokens, data, lengths in m1_lib.tiled_batches(segments, self.tile_positions,
+                                                                       self.chunk_bytes, self.tiles_per_call)
+        ]
+        for idx, res in pending:
+            ids, nbytes, counts = (np.asarray(a).reshape(-1, *a.shape[2:]) for a in res)
             for j, i in enumerate(idx):
-                m = int(res.lengths_B[j])
-                out[i] = (res.ids_BxL[j, :m].copy(), res.nbytes_BxL[j, :m].copy())
+                m = int(counts[j])
+                out[i] = (ids[j, :m].copy(), nbytes[j, :m].copy())
         return out
 
     def encode_detailed(self, docs: list[bytes]) -> list[NeuralCode]:
@@ -233,19 +261,19 @@ class NeuralProxy(Proxy):
                 lanes.append(reference.LaneDecoder(c.ids[s:e], c.nbytes[s:e], window_bits=self.window_bits,
                                                    precision=self.precision))
                 owner.append(d)
-        groups: dict[int, list[int]] = {}
         for i, lane in enumerate(lanes):
             if lane.total > self.chunk_bytes:
                 raise ValueError(f"A segment of {lane.total} bytes is longer than proxy.chunk_bytes={self.chunk_bytes}.")
-            groups.setdefault(m1_lib.bucket_length(lane.total, self.chunk_bytes), []).append(i)
-        for length, idx in sorted(groups.items()):
-            for s in range(0, len(idx), self.batch_rows):
-                part = [lanes[i] for i in idx[s : s + self.batch_rows]]
+        groups = m1_lib.groups_by_bucket([b"\0" * lane.total for lane in lanes], self.chunk_bytes)
+        for length, idx in groups.items():
+            per_tile = m1_lib.tile_rows(length, self.tile_positions)  # the encoder's tile shape
+            for s in range(0, len(idx), per_tile):
+                part = [lanes[i] for i in idx[s : s + per_tile]]
                 for pos in range(max(lane.total for lane in part)):
-                    rows = [bytes(lane.out) for lane in part] + [b""] * (self.batch_rows - len(part))
+                    rows = [bytes(lane.out) for lane in part] + [b""] * (per_tile - len(part))
                     tokens = m1_lib.rows_to_tokens([r + b"\0" for r in rows], length)
-                    freq, _ = m1_lib.tables(self.model.args, self._params, tokens, precision=self.precision)
-                    freq = np.asarray(freq[:, pos])
+                    freq = m1_lib.tile_tables(self.model.args, self._params, tokens[None], precision=self.precision)
+                    freq = np.asarray(freq[0, :, pos])
                     for j, lane in enumerate(part):
                         if not lane.done:
                             lane.step(freq[j])
@@ -269,4 +297,6 @@ class NeuralProxy(Proxy):
             "chunk_bytes": self.chunk_bytes,
             "min_segment_bytes": self.min_segment_bytes,
             "m1_batch_rows": self.batch_rows,
+            "m1_tile_positions": self.tile_positions,
+            "m1_bucket_rule": m1_lib.BUCKET_RULE,
         }

@@ -24,9 +24,10 @@ def chunks(doc: bytes, chunk_bytes: int) -> list[bytes]:
     return [doc[i : i + chunk_bytes] for i in range(0, len(doc), chunk_bytes)]
 
 
-def doc_entropies(model: m1_lib.M1, docs: list[bytes], *, chunk_bytes: int, batch_rows: int, precision: int,
-                  device_params=None) -> list[np.ndarray]:
-    """Per-byte entropies (float32 bits) of every document, from one batched M1 pass over its chunks."""
+def doc_entropies(model: m1_lib.M1, docs: list[bytes], *, chunk_bytes: int, tile_positions: int,
+                  tiles_per_call: int = 1, device_params=None) -> list[np.ndarray]:
+    """Per-byte entropies (float32 bits) of every document, from M1 over its chunks in fixed tiles
+    (:func:`m1.tiled_batches`), so a document's entropies do not depend on the other documents."""
     rows, owner = [], []
     for d, doc in enumerate(docs):
         for c in chunks(doc, chunk_bytes):
@@ -34,9 +35,11 @@ def doc_entropies(model: m1_lib.M1, docs: list[bytes], *, chunk_bytes: int, batc
             owner.append(d)
     per_row: list[np.ndarray] = [np.zeros(0, np.float32)] * len(rows)
     params = model.params if device_params is None else device_params
-    for idx, _, tokens, _ in m1_lib.batches(rows, batch_rows, chunk_bytes):
-        _, ent = m1_lib.tables(model.args, params, tokens, precision=precision)
+    pending = [(idx, m1_lib.tile_entropies(model.args, params, tokens))  # dispatched before any is read
+               for idx, _, tokens, _, _ in m1_lib.tiled_batches(rows, tile_positions, chunk_bytes, tiles_per_call)]
+    for idx, ent in pending:
         ent = np.asarray(ent)
+        ent = ent.reshape(-1, ent.shape[-1])
         for j, i in enumerate(idx):
             per_row[i] = ent[j, : len(rows[i])]
     out: list[list[np.ndarray]] = [[] for _ in docs]
