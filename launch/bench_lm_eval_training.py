@@ -25,14 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"True": True, "False": False}.get(text, text)
+from bench_input import _value  # noqa: E402 - the script's folder is on sys.path: one parser of KEY=VALUE
 
 
 def _files(first: int, count: int) -> list[str]:

@@ -23,7 +23,6 @@ status 130 (``proxy_jax.cli``).
 
 from __future__ import annotations
 
-import os
 import sys
 
 USAGE = ("usage: python -m proxy_jax.preprocess --config=configs/FILE.py[:PRESET] --output=DIR [--cache_dir=DIR] "

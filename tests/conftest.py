@@ -28,6 +28,7 @@
 import json
 import os
 import shutil
+import socket
 import tempfile
 
 DEVICES = int(os.environ.get("PROXY_JAX_TEST_DEVICES", "1"))
@@ -140,3 +141,12 @@ def proxy_tokens_run(corpus):
     """The paper's recipe (tokenizer proxy, sentinels) with a 512-piece tokenizer."""
     return helpers.shared_folder("runs/proxy_tokens", lambda wd: helpers.train_tiny(
         wd, corpus, "configs/proxy_tokens.py:tiny", **helpers.TINY_TOKENIZER))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every socket connection fails: lm-eval must not reach the network for a local task."""
+    def refuse(*args, **kwargs):
+        raise OSError("network access during an offline test")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

@@ -13,7 +13,6 @@ it reads and scores, and its bits per byte beside the library's.
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -81,15 +80,6 @@ def perplexity_task(folder, name, texts):
     data = write_jsonl(folder / f"{name}.jsonl", [{"text": t} for t in texts])
     write_task(folder, name, data, output_type="loglikelihood_rolling", doc_to_text="", doc_to_target="text",
                metric_list=[{"metric": "bits_per_byte"}, {"metric": "byte_perplexity"}])
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Every socket connection fails: lm-eval must not reach the network for a local task."""
-    def refuse(*args, **kwargs):
-        raise OSError("network access during an offline test")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def lm_eval_run(task_dir, tasks, model_args="", model="proxy_jax"):

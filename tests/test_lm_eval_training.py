@@ -9,7 +9,6 @@ tasks; a task that does not load (or tasks without evaluations) stops the run be
 
 import json
 import os
-import socket
 import tempfile
 
 import pytest
@@ -26,14 +25,6 @@ pytest.importorskip("lm_eval")
 RUN = {"data.source": "dir", "data.val_fraction": 0.2, "data.batch_size": 4, "train.steps": 6,
        "train.checkpoint_every": 3, "train.eval_every": 3, "train.eval_window": 64}
 KEY = "eval/lm_eval/local_ppl/bits_per_byte"
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access during an offline test")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def local_task(folder, name="local_ppl", data=None):
