@@ -93,6 +93,13 @@ def test_a_run_trained_with_another_kernel_restores_here_with_the_same_numbers(t
     assert any("model.attention='cudnn'" in r.getMessage() for r in caplog.records)
     got = moved.bpb(docs, progress=False)
     np.testing.assert_equal(got["raw_bpb"], expected["raw_bpb"])
+    # The commands' library functions read it too: evaluate scores it, export writes it.
+    from proxy_jax.evaluation import score
+    from proxy_jax.huggingface import export_workdir
+
+    assert np.isfinite(score.evaluate_workdir(copy, max_docs=2)["raw_bpb"])
+    assert export_workdir(copy, str(tmp_path / "hf")) == moved.step
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
 
 
 def test_a_refused_resume_records_nothing_and_says_nothing_of_changes(tmp_path, bytes_run, caplog):
