@@ -75,6 +75,7 @@ class Corpus:
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         self._splits: dict[tuple[str, int], Any] = {}
+        self._parts: dict[tuple[int, str], dict[str, list[bytes]]] = {}
 
     def split(self, name: str, *, whole: bool = False):
         """The ``corpus.load_split`` of ``name``; ``whole`` documents (evaluation) ignore ``data.max_doc_bytes``."""
@@ -120,31 +121,30 @@ class Corpus:
                 return []
             cum = mixture_lib.cumulative(weights)
             return mixture_lib.interleave(list(parts.values()), cum, limit=max_docs)
-        source = self.split(split, whole=True)
-        docs = []  # a lazy index may hold empty documents (null rows, empty texts): they are not scored
-        for i in range(len(source)):
-            if max_docs > 0 and len(docs) == max_docs:
-                break
-            if doc := source[i]:
-                docs.append(doc)
-        return docs
+        return _first_documents(self.split(split, whole=True), max_docs)
 
     def heldout_parts(self, max_docs: int = 0, split: str = "validation") -> dict[str, list[bytes]]:
         """A mixture's held-out documents per component name (each as :meth:`heldout` of that source alone);
-        {} without a mixture."""
+        {} without a mixture. Read once per ``(max_docs, split)``: :meth:`heldout` and training both use them."""
         source = self.split(split, whole=True)
         if not hasattr(source, "mix"):
             return {}
-        out = {}
-        for name, comp in zip(source.names, source.components):
-            docs = []
-            for i in range(len(comp)):
-                if max_docs > 0 and len(docs) == max_docs:
-                    break
-                if doc := comp[i]:
-                    docs.append(doc)
-            out[name] = docs
-        return out
+        if (max_docs, split) not in self._parts:
+            self._parts[max_docs, split] = {name: _first_documents(comp, max_docs)
+                                            for name, comp in zip(source.names, source.components)}
+        return self._parts[max_docs, split]
+
+
+def _first_documents(source, max_docs: int) -> list[bytes]:
+    """The first ``max_docs`` (all if 0) non-empty documents of ``source``: a lazy index may hold empty ones
+    (null rows, empty texts), which are not scored."""
+    docs = []
+    for i in range(len(source)):
+        if max_docs > 0 and len(docs) == max_docs:
+            break
+        if doc := source[i]:
+            docs.append(doc)
+    return docs
 
 
 def heldout_docs(config: ml_collections.ConfigDict, max_docs: int = 0, *, split: str = "validation") -> list[bytes]:

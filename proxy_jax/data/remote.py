@@ -39,21 +39,15 @@ _DOWNLOAD = threading.Lock()
 
 
 def filesystem(url: str):
-    """(fsspec file system, path without the scheme) of ``url``; one sentence when it cannot be opened here."""
-    scheme = url.split("://", 1)[0]
+    """(fsspec file system, path without the scheme) of ``url``; one sentence when it cannot be opened here (a
+    missing extra, an unknown scheme: ``storage.check_usable``'s)."""
     try:
         import fsspec
 
         return fsspec.core.url_to_fs(url)
-    except ImportError as e:
-        if scheme in ("gs", "gcs"):
-            raise ValueError(f"config.data.path={url} is on Google Cloud Storage, which needs gcsfs: install "
-                             "proxy_jax with the gcs extra (pip install 'proxy_jax[gcs]').") from None
-        raise ValueError(f"config.data.path={url}: reading {scheme}:// URLs needs a package this installation "
-                         f"lacks ({str(e).strip().rstrip('.')}); install it or copy the corpus to local disk.") from None
-    except ValueError as e:
-        raise ValueError(f"config.data.path={url}: cannot open {scheme}:// URLs here ({e}); use a local path or "
-                         "gs://.") from None
+    except (ImportError, ValueError):
+        storage.check_usable(url, "config.data.path")
+        raise
 
 
 def _url(fs, path: str) -> str:
