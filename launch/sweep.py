@@ -1,6 +1,7 @@
 """Compute-matched scaling sweeps (the logic lives in proxy_jax/scaling/sweep.py).
 
     python launch/sweep.py run --sweep=configs/sweeps/cpu.py --root=DIR [--shard=i/n]
+    python launch/sweep.py setup --sweep=configs/sweeps/cpu.py --root=DIR
     python launch/sweep.py status --root=DIR [--sweep=configs/sweeps/cpu.py]
     python launch/sweep.py report DIR [--out=DIR] [--title=TEXT]
 
@@ -13,7 +14,9 @@ interrupted ones; ``--shard=i/n`` runs every n-th run from i, so n hosts can sha
     # TPU VMs (a queue of single-host slices): one shard per VM, the bucket mounted with gcsfuse
     python launch/sweep.py run --sweep=configs/sweeps/gpu.py --root=/mnt/gcs/sweep --shard=$I/$N
 
-``status`` prints a table of the runs (done / started / pending, step, raw bpb, wall time); ``report``
+``setup`` makes only what the sweep makes once before its runs (its M1, its preprocessed corpora, its
+tokenizer; ``proxy_jax.scaling.setup``); ``run`` does it first too, and shards started together wait for
+the first one to finish it. ``status`` prints a table of the runs (done / started / pending, step, raw bpb, wall time); ``report``
 writes DIR/report.md and its PNGs from the finished runs' results.
 
 A mistake (a sweep file that does not load, a bad shard) ends with one ``error:`` sentence and exit
@@ -48,6 +51,9 @@ def _main(argv=None) -> None:
     run.add_argument("--sweep", required=True, help="sweep file, e.g. configs/sweeps/cpu.py[:quick]")
     run.add_argument("--root", required=True, help="folder holding one workdir per run")
     run.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i")
+    su = sub.add_parser("setup", help="make the sweep's shared M1, preprocessed corpora and tokenizer only")
+    su.add_argument("--sweep", required=True)
+    su.add_argument("--root", required=True)
     st = sub.add_parser("status", help="print the status table")
     st.add_argument("--root", required=True)
     st.add_argument("--sweep", default="", help="list the sweep's pending runs too")
@@ -60,6 +66,8 @@ def _main(argv=None) -> None:
     args.root = sweep_lib.local_root(args.root, "--root" if args.command != "report" else "ROOT")
     if args.command == "run":
         sweep_lib.run_sweep(sweep_lib.load_sweep(args.sweep), args.root, shard_spec=args.shard)
+    elif args.command == "setup":
+        sweep_lib.setup(sweep_lib.load_sweep(args.sweep), args.root)
     elif args.command == "status":
         names = [s.name for s in sweep_lib.runs(sweep_lib.load_sweep(args.sweep))] if args.sweep else None
         print(results_lib.format_status(results_lib.status(names, args.root)))

@@ -171,6 +171,11 @@ def make_proxy(config: ml_collections.ConfigDict, workdir: str | None = None,
         for path in preprocessed:
             shards.check_proxy_settings(shards.read_manifest(path), config.proxy, path)
         inputs.tokenizer_file = shards.tokenizer_file(preprocessed[0])
+        made = shards.read_manifest(preprocessed[0]).get("proxy", {})
+        if config.proxy.name == "neural" and made.get("name") == "neural":
+            # The shards' proxy exactly (its M1 hash checked, its recorded threshold): a threshold fitted
+            # again here from a sample of the shards could differ from the one that made them.
+            return proxies.from_manifest(made, inputs)
         other = [p for p in preprocessed[1:] if proxies.base.file_sha256(shards.tokenizer_file(p)) !=
                  proxies.base.file_sha256(inputs.tokenizer_file)]
         if other:

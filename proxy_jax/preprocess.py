@@ -1,7 +1,7 @@
 """Compress a corpus once into ArrayRecord shards: ``python -m proxy_jax.preprocess``.
 
     python -m proxy_jax.preprocess --config=configs/xyz.py --output=/data/stdlib-tok4k \
-        [--cache_dir=DIR] [--num_shards=8] [--process_index=0 --process_count=1] [--splits=train,validation]
+        [--cache_dir=DIR] [--num_shards=8] [--processes=1] [--process_index=0 --process_count=1] [--splits=train,validation]
         [--overwrite]
 
 Calls ``proxy_jax.assemble.preprocess``, which writes ``{output}/{split}-{shard:05d}-of-{N:05d}.array_record``
@@ -14,7 +14,10 @@ An output folder made with other proxy or corpus settings is refused (one senten
 which removes its shards, statistics, manifest, tokenizer.model and default tokenizer cache first. A
 tokenizer the proxy trains is cached in ``--cache_dir`` (default ``{output}/work``) and reused by a rerun;
 ``--workdir`` is the deprecated name of ``--cache_dir`` (it is not a training run's workdir).
-Train with ``--config.data.source=preprocessed --config.data.path={output}``.
+``--processes=N`` starts N local processes that share the shards the same way (one per core: the
+neural proxy's M1 keeps a core busy) and prints the wall time and each process's peak memory; the shards
+are byte for byte those of one process. Train with ``--config.data.source=preprocessed
+--config.data.path={output}``.
 
 The flags and the config are checked before any work; a bad value, a malformed JSONL line, an empty
 training split or a missing file ends with one ``error:`` sentence and exit status 2, Ctrl-C with exit
@@ -26,7 +29,8 @@ from __future__ import annotations
 import sys
 
 USAGE = ("usage: python -m proxy_jax.preprocess --config=configs/FILE.py[:PRESET] --output=DIR [--cache_dir=DIR] "
-         "[--num_shards=N] [--process_index=I --process_count=P] [--splits=train,validation] [--config.KEY=VALUE ...]")
+         "[--num_shards=N] [--processes=N] [--process_index=I --process_count=P] [--splits=train,validation] "
+         "[--config.KEY=VALUE ...]")
 
 
 def check_flags(num_shards: int, process_index: int, process_count: int, splits: list[str]) -> None:
@@ -71,6 +75,8 @@ def main(argv):
         raise cli.UsageError("--output is required: the folder that receives the shards and manifest.json.")
     splits = [s for s in f.splits.split(",") if s]
     check_flags(f.num_shards, f.process_index, f.process_count, splits)
+    if f.processes < 1:
+        raise ValueError(f"--processes={f.processes} must be >= 1 (local processes sharing the shards).")
     cache_dir = cache_dir_flag(f.cache_dir, f.workdir)
     cli.quiet_libraries()
     from proxy_jax import config as config_lib
@@ -84,9 +90,12 @@ def main(argv):
     from proxy_jax.data import shards
 
     output = storage.resolve(f.output)  # absolute (``~`` expanded); a gs:// URL is written through a local stage
-    m = assemble.preprocess(config, output, cache_dir=storage.resolve(cache_dir) or None, num_shards=f.num_shards,
-                            process_index=f.process_index, process_count=f.process_count, splits=splits,
-                            overwrite=f.overwrite)
+    if f.processes > 1:
+        m = _pool(config, output, storage.resolve(cache_dir) or None, splits)
+    else:
+        m = assemble.preprocess(config, output, cache_dir=storage.resolve(cache_dir) or None,
+                                num_shards=f.num_shards, process_index=f.process_index,
+                                process_count=f.process_count, splits=splits, overwrite=f.overwrite)
     if not m["complete"]:
         print(f"process {f.process_index} of {f.process_count} done; the manifest is written when every "
               "shard is finished.")
@@ -95,6 +104,27 @@ def main(argv):
         print(f"{split}: {info['documents']} documents, {info['bytes']} bytes, {info['symbols']} symbols, "
               f"{info['ratio']:.3f} bytes/symbol")
     print(f"wrote {storage.join(output, shards.MANIFEST)}")
+
+
+def _pool(config, output: str, cache_dir: str | None, splits: list[str]) -> dict:
+    """``--processes=N``: N local processes share the shards (``proxy_jax.preprocess_pool``)."""
+    from absl import flags
+
+    from proxy_jax import assemble, preprocess_pool, storage
+
+    f = flags.FLAGS
+    if f.process_count > 1 or f.process_index:
+        raise ValueError(f"--processes={f.processes} starts its own processes; drop --process_index and "
+                         "--process_count (they split the work between hosts).")
+    if storage.is_remote(output):
+        raise ValueError(f"--output={output} is a URL; --processes writes a local folder: preprocess into one and "
+                         "copy it to the bucket (or use --processes=1).")
+    assemble.validate(config)
+    result = preprocess_pool.preprocess(config, output, processes=f.processes, cache_dir=cache_dir,
+                                        num_shards=f.num_shards, splits=splits, overwrite=f.overwrite)
+    print(f"{f.processes} processes: {result.seconds:.0f} s, peak memory "
+          f"{', '.join(f'{m:.0f}' for m in result.peak_rss_mb)} MB")
+    return result.manifest
 
 
 def _define_flags():
@@ -107,6 +137,8 @@ def _define_flags():
     flags.DEFINE_integer("num_shards", 8, "Shards per split.")
     flags.DEFINE_integer("process_index", 0, "This process (writes the shards s with s % process_count == index).")
     flags.DEFINE_integer("process_count", 1, "Number of processes sharing the work.")
+    flags.DEFINE_integer("processes", 1, "Local processes started by this command to share the shards (e.g. one "
+                         "per core); each writes the shards s with s % processes == its index.")
     flags.DEFINE_string("splits", "train,validation", "Comma-separated splits to write.")
     flags.DEFINE_bool("overwrite", False, "Replace an --output made with other proxy or corpus settings (refused "
                       "without it); output made with the same settings is resumed either way.")

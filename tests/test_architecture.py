@@ -48,6 +48,8 @@ LAYERS = {
     "proxy_jax.assemble": 6,
     "proxy_jax.train": 7,
     "proxy_jax.scaling.sweep": 7,  # runs sweeps: calls the training loop
+    "proxy_jax.scaling.setup": 7,  # what a sweep makes once first: M1 (the training loop), preprocessed shards
+    "proxy_jax.preprocess_pool": 7,  # local processes sharing a preprocess (assemble.preprocess each)
     "proxy_jax.huggingface": 7,  # restores a run (workdir) and writes it for transformers
     "proxy_jax.export": 8,
     "proxy_jax.evaluation.score": 7,

@@ -1,5 +1,11 @@
-"""CPU sweep: 3 tiny sizes x 3 budgets for bytes / tokens / proxy_tokens / proxy_gzip (and d64 at two
-more budgets), plus the transfer control and the pairing and peak-rate ablations at the smallest size.
+"""CPU sweep: 3 tiny sizes x 3 budgets for bytes / tokens / proxy_tokens / proxy_gzip / proxy_neural (and
+d64 at two more budgets), 3 seeds at the two largest budgets (1e12 and 2e12 FLOPs) and one elsewhere, plus
+the transfer controls of both proxies and the pairing and peak-rate ablations at the smallest size.
+
+The setup runs first, once (``python launch/sweep.py setup``, or the first ``run``): M1 for the neural
+proxy (``configs/m1.py:tiny``, trained in ROOT/_shared/m1 unless ``PROXY_JAX_M1=DIR`` names one), then the
+whole corpus compressed by the neural proxy with two processes into ROOT/_shared/shards-proxy_neural,
+which every proxy_neural run and its control read.
 
     python launch/sweep.py run --sweep=configs/sweeps/cpu.py --root=/tmp/sweep_cpu
     python launch/sweep.py run --sweep=configs/sweeps/cpu.py:quick --root=/tmp/sweep_cpu_quick
@@ -24,6 +30,7 @@ SIZES = {  # 2 layers each; ~0.1M, 0.25M, 0.5M matmul parameters without the out
 }
 BUDGETS = (2.5e11, 5e11, 1e12)  # training FLOPs: 110-430 steps of d64, 30-130 of d128
 EXTRA_BUDGETS = (1.25e11, 2e12)  # d64 only (the best size at every budget of the first record)
+SEEDS = [0, 1, 2]  # at the two largest budgets (1e12 for every size, 2e12 for d64): the seed spread
 
 
 def get_config(preset: str = ""):
@@ -34,8 +41,10 @@ def get_config(preset: str = ""):
     sizes = ["d64", "d128"] if quick else list(SIZES)
     main = ["bytes", "proxy_tokens", "proxy_gzip"] + ([] if quick else ["tokens", "proxy_neural"])
     ablations = ["control_tokens", "proxy_tokens_no_pairing"] + (
-        [] if quick else ["proxy_tokens_pair_always", "proxy_tokens_peak05"])
+        [] if quick else ["control_neural", "proxy_tokens_pair_always", "proxy_tokens_peak05"])
     methods, skip = _methods.methods(os.environ.get("PROXY_JAX_M1", ""))
+    skip.pop("proxy_neural", None)  # without PROXY_JAX_M1 the setup trains one (the "m1" entry)
+    seeds = [0] if quick else SEEDS
     return {
         "preset": "tiny",
         "overrides": {"data.seq_len": 128, "data.batch_size": 16, "train.eval_docs": 6,
@@ -44,10 +53,14 @@ def get_config(preset: str = ""):
         "methods": methods,
         "skip": skip,
         "evals": 2,
+        "m1": {"config": "configs/m1.py:tiny"},
+        "preprocess": {"methods": ["proxy_neural"], "processes": 2, "num_shards": 16},
         "grids": [
-            {"methods": main, "sizes": sizes, "budgets": budgets, "seeds": [0]},
+            {"methods": main, "sizes": sizes, "budgets": budgets[:2], "seeds": [0]},
+            {"methods": main, "sizes": sizes, "budgets": budgets[2:], "seeds": seeds},
             # the smallest size at two more budgets, so that each L(C) fit has 5 points, not 3
-            *([] if quick else [{"methods": main, "sizes": sizes[:1], "budgets": EXTRA_BUDGETS, "seeds": [0]}]),
+            *([] if quick else [{"methods": main, "sizes": sizes[:1], "budgets": EXTRA_BUDGETS[:1], "seeds": [0]},
+                                {"methods": main, "sizes": sizes[:1], "budgets": EXTRA_BUDGETS[1:], "seeds": seeds}]),
             # quick: at the smallest budget, so that they come right after the main grid's first budget
             {"methods": ablations, "sizes": sizes[:1], "budgets": budgets[:1] if quick else budgets[1:2],
              "seeds": [0]},

@@ -14,6 +14,7 @@ METHODS = {
     "proxy_neural": {"config": "configs/proxy_neural.py"},
     # Transfer control: the raw bytes proxy_tokens sees, in its order, and nothing else (byte vocabulary).
     "control_tokens": {"config": "configs/proxy_tokens.py", "control_of": "proxy_tokens"},
+    "control_neural": {"config": "configs/proxy_neural.py", "control_of": "proxy_neural"},
     "proxy_tokens_pair_always": {"config": "configs/proxy_tokens.py",
                                  "overrides": {"mix.mode_steady": "translation_random",
                                                "mix.mode_final": "translation_random"}},

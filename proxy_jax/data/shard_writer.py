@@ -213,7 +213,11 @@ def write(config, output: str, proxy: proxies.Proxy, *, num_shards: int = 8, pro
         todo = [s for s in mine if _shard_done(output, split, s, num_shards, identity,
                                                _shard_range(n, s, num_shards)[1] - _shard_range(n, s, num_shards)[0]) is None]
         total = sum(_shard_range(n, s, num_shards)[1] - _shard_range(n, s, num_shards)[0] for s in todo)
-        bar = progress_lib.bar(total, desc=split, unit="doc", disable=not progress_bar or not total)
+        if int(process_count) > 1:  # processes of one pool share a terminal: plain lines, each its own
+            bar = (progress_lib.Lines(total, desc=f"{split} {int(process_index) + 1}/{process_count}", unit="doc",
+                                      every_s=15.0) if progress_bar and total else progress_lib.Off())
+        else:
+            bar = progress_lib.bar(total, desc=split, unit="doc", disable=not progress_bar or not total)
         start, done_bytes = time.perf_counter(), 0
 
         def progress(docs, size):

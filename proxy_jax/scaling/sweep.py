@@ -10,6 +10,8 @@ A sweep file (``configs/sweeps/*.py``) has ``get_config()`` returning a dict:
                of their products, in that order
     evals      evaluations of held-out raw bpb per run (the last one at the end); 0 = none
     skip       {method: reason}: methods left out (e.g. the neural proxy without an M1 workdir)
+    m1, preprocess  what the sweep makes once before its runs, in ROOT/_shared: the neural proxy's M1 and
+               corpora compressed once (``proxy_jax.scaling.setup``)
 
 Compute matching: a run's step count is ``scaling.compute.steps_for_budget(budget, ModelArgs, seq_len,
 batch_size)`` with its own model shape and vocabulary, so all methods at one budget spend the same
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import importlib.util
 import itertools
 import json
@@ -49,6 +52,7 @@ from proxy_jax import run_record
 from proxy_jax.model import ModelArgs, count_params
 from proxy_jax.scaling import compute
 from proxy_jax.scaling import results as results_lib
+from proxy_jax.scaling import setup as setup_lib
 
 RESULT = results_lib.RESULT
 WALL = results_lib.WALL
@@ -173,8 +177,10 @@ def _evals(config: ml_collections.ConfigDict, evals: int) -> None:
     config.train.checkpoint_every = max(1, min(config.train.checkpoint_every, math.ceil(steps / 4)))
 
 
-def base_config(sweep: dict[str, Any], spec: RunSpec, method: str, tokenizer_path: str = "") -> ml_collections.ConfigDict:
-    """``method``'s config at ``spec``'s size and seed with the sweep's overrides; steps not yet set."""
+def base_config(sweep: dict[str, Any], spec: RunSpec, method: str, tokenizer_path: str = "",
+                prepared: setup_lib.Prepared | None = None) -> ml_collections.ConfigDict:
+    """``method``'s config at ``spec``'s size and seed with the sweep's overrides (and what the sweep's setup
+    made: its M1, its preprocessed shards); steps not yet set."""
     m = sweep["methods"][method]
     config = recipes.load_config(f"{m['config']}:{sweep['preset']}")
     for dotted, value in {**sweep.get("overrides", {}), **m.get("overrides", {})}.items():
@@ -187,6 +193,11 @@ def base_config(sweep: dict[str, Any], spec: RunSpec, method: str, tokenizer_pat
     config.train.sample_prompt = ""
     if tokenizer_path and config.proxy.name in ("tokenizer", "tokens_as_bytes") and not config.proxy.model_path:
         config.proxy.model_path = tokenizer_path
+    if prepared is not None:
+        if prepared.m1_workdir and config.proxy.name == "neural" and not config.proxy.m1_workdir:
+            config.proxy.m1_workdir = prepared.m1_workdir
+        if method in prepared.shards:
+            config.data.source, config.data.path = "preprocessed", prepared.shards[method]
     return config
 
 
@@ -219,11 +230,12 @@ def control_steps(config: ml_collections.ConfigDict, proxy_steps: int, workdir: 
     return max(1, round(sum(ends.values()) / (len(ends) * config.data.seq_len)))
 
 
-def run_config(sweep: dict[str, Any], spec: RunSpec, root: str, tokenizer_path: str = "") -> ml_collections.ConfigDict:
+def run_config(sweep: dict[str, Any], spec: RunSpec, root: str, tokenizer_path: str = "",
+               prepared: setup_lib.Prepared | None = None) -> ml_collections.ConfigDict:
     """The finished config of one run: compute-matched steps (or, for a control, its proxy run's stream)."""
     m = sweep["methods"][spec.method]
     target = m.get("control_of", spec.method)
-    config = base_config(sweep, spec, target, tokenizer_path)
+    config = base_config(sweep, spec, target, tokenizer_path, prepared)
     steps = compute.steps_for_budget(spec.budget_flops, model_args(config), config.data.seq_len, config.data.batch_size)
     _with_steps(config, steps)
     if "control_of" in m:
@@ -251,6 +263,14 @@ def shared_tokenizer(sweep: dict[str, Any], specs: list[RunSpec], root: str) -> 
             config.proxy.name = "tokenizer"
             return assemble.make_proxy(config, os.path.join(root, "_shared")).origin
     return ""
+
+
+def prepare(sweep: dict[str, Any], specs: list[RunSpec], root: str, log=None) -> setup_lib.Prepared:
+    """The sweep's setup (``scaling.setup``) for the runs of ``specs``: M1 if a neural run needs one, then the
+    preprocessed shards of the methods the sweep file lists under ``preprocess``."""
+    targets = {sweep["methods"][s.method].get("control_of", s.method): s for s in specs}
+    return setup_lib.prepare(sweep, root, {m: functools.partial(base_config, sweep, s, m) for m, s in targets.items()},
+                             log or _print)
 
 
 def collect(config: ml_collections.ConfigDict, spec: RunSpec, workdir: str, wall_s: float,
@@ -296,13 +316,13 @@ def _add_wall(workdir: str, seconds: float) -> float:
 
 
 def run_one(sweep: dict[str, Any], spec: RunSpec, root: str, tokenizer_path: str = "", *,
-            stop_after: int | None = None) -> dict[str, Any] | None:
+            stop_after: int | None = None, prepared: setup_lib.Prepared | None = None) -> dict[str, Any] | None:
     """Trains (or resumes) one run and writes its result.json; None if ``stop_after`` cut it short.
 
     Raises ``Preempted`` when SIGTERM stopped the run (its checkpoint is saved; rerun the sweep to go on).
     """
     workdir = os.path.join(root, spec.name)
-    config = run_config(sweep, spec, root, tokenizer_path)
+    config = run_config(sweep, spec, root, tokenizer_path, prepared)
     t0 = time.perf_counter()
     try:
         summary = train_lib.train(config, workdir, progress=False, stop_after=stop_after)
@@ -339,16 +359,26 @@ def run_sweep(sweep: dict[str, Any], root: str, *, shard_spec: str = "0/1", log=
         log(f"skipped method {method}: {reason}")
     specs = shard(runs(sweep), shard_spec)
     tokenizer_path = shared_tokenizer(sweep, specs, root)
+    prepared = prepare(sweep, specs, root, log)
     for spec in specs:
         if os.path.exists(os.path.join(root, spec.name, RESULT)):
             continue
         log(results_lib.format_status(results_lib.status([s.name for s in runs(sweep)], root)))
         log(f"train {spec.name}")
-        run_one(sweep, spec, root, tokenizer_path)
+        run_one(sweep, spec, root, tokenizer_path, prepared=prepared)
     log(results_lib.format_status(results_lib.status([s.name for s in runs(sweep)], root)))
     results = results_lib.load_results(root)
     storage.write_text(storage.join(root, "results.json"), json.dumps(results, indent=1))
     return results
+
+
+def setup(sweep: dict[str, Any], root: str, *, log=_print) -> setup_lib.Prepared:
+    """Only the sweep's shared pieces (tokenizer, M1, preprocessed shards), for all of its runs."""
+    root = local_root(root)
+    storage.makedirs(root)
+    specs = runs(sweep)
+    shared_tokenizer(sweep, specs, root)
+    return prepare(sweep, specs, root, log)
 
 
 def report(root: str, out_dir: str | None = None, title: str = "") -> str:
