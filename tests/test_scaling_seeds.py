@@ -98,7 +98,8 @@ def test_single_seed_sweep_gives_exactly_the_single_level_intervals():
         np.testing.assert_array_equal(f.C, [r["flops"] for r in best])
         np.testing.assert_array_equal(f.L, [r["raw_bpb"] for r in best])
     points = {m: (f.C, f.L) for m, f in frontiers.items()}
-    aware = report.fit_methods(points, n_boot=30, seed=3, level=0.9, per_seed={m: f.per_seed for m, f in frontiers.items()})
+    per_seed = {m: f.per_seed for m, f in frontiers.items()}
+    aware = report.fit_methods(points, n_boot=30, seed=3, level=0.9, per_seed=per_seed)
     plain = report.fit_methods(points, n_boot=30, seed=3, level=0.9)
     for method, (c, l) in points.items():
         direct = fit.bootstrap(c, l, n=30, seed=3, level=0.9, predict_at=np.geomspace(c.min(), c.max(), 64))
@@ -208,7 +209,8 @@ def test_report_with_one_and_three_seed_points_shows_mean_and_spread(tmp_path):
 def test_scaling_plot_draws_a_min_max_bar_only_at_multi_seed_points():
     frontiers = seeds.frontier(_sweep(sigma=0.05))
     points = {m: (f.C, f.L) for m, f in frontiers.items()}
-    fits = report.fit_methods(points, n_boot=10, seed=0, level=0.9, per_seed={m: f.per_seed for m, f in frontiers.items()})
+    per_seed = {m: f.per_seed for m, f in frontiers.items()}
+    fits = report.fit_methods(points, n_boot=10, seed=0, level=0.9, per_seed=per_seed)
     (ax,) = report.plot_scaling(points, fits, frontiers).axes
     bars = [c for c in ax.containers if c.has_yerr]
     assert len(bars) == len(LAWS)
@@ -231,7 +233,8 @@ def test_raw_bytes_table_summarises_per_seed_differences():
     runs.append(_run("proxy_gzip", "d64", 2e5, 1e12, 0, 3.3, rng))  # one seed: no summary row
     runs.append(_run("proxy_gzip", "d64", 2e5, 1e12, 5, 3.4, rng))  # seed without a bytes partner
     lines = results_lib.raw_bytes_lines(runs)
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| ") and " | d64 | " in line}
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")
+            for line in lines if line.startswith("| ") and " | d64 | " in line}
     assert "bytes" not in rows and "ddof=1" in "\n".join(lines)
     vs_bytes = np.array([3.5 - 0.02 * s - (3.0 + 0.01 * s) for s in range(3)])
     vs_ctrl = np.array([3.5 - 0.02 * s - (3.6, 3.4, 3.5)[s] for s in range(3)])

@@ -1,9 +1,9 @@
 """The sweep report: one markdown file plus PNG plots, from a list of finished runs.
 
 Input: one dict per run with at least ``method`` (e.g. "bytes", "proxy_tokens"), ``size`` (preset
-name), ``seed`` (optional, 0 if absent), ``params``, ``budget_flops`` (the budget asked for), ``flops`` (training FLOPs spent),
-``steps``, ``symbols`` (positions trained on), ``raw_bytes_seen``, ``raw_bpb`` (final raw-byte bits per
-byte), ``wall_s`` and ``curve``: a list of ``(step, flops, train_loss_raw, train_loss_comp,
+name), ``params``, ``budget_flops`` (the budget asked for), ``flops`` (training FLOPs spent), ``steps``,
+``symbols`` (positions trained on), ``raw_bytes_seen``, ``raw_bpb`` (final raw-byte bits per byte),
+``seed`` (optional: 0 if absent), ``wall_s`` and ``curve``: a list of ``(step, flops, train_loss_raw, train_loss_comp,
 eval_raw_bpb)`` tuples, any of the last three None (or NaN) where not measured.
 
 Output, in ``out_dir``: ``report.md`` (readable on GitHub: relative image links) with
@@ -22,7 +22,8 @@ Output, in ``out_dir``: ``report.md`` (readable on GitHub: relative image links)
   does not;
 - ``scaling.png`` (raw bpb vs compute, log x: the frontier's seed means, with a bar from the lowest
   to the highest seed where a point has several, fitted curves and bootstrap bands) and one
-  ``curves_*.png`` per run (named with ``_s<seed>`` when the sweep has seeds other than 0) (raw and compressed training loss vs step; eval raw bpb vs step).
+  ``curves_*.png`` per run (raw and compressed training loss vs step; eval raw bpb vs step), named
+  with ``_s<seed>`` when the sweep has seeds other than 0.
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot, so
 rendering changes no global matplotlib state and needs no display.
 """
@@ -148,7 +149,8 @@ def plot_training_curves(result: dict) -> Figure:
         if ax.lines:
             ax.legend(fontsize=8)
     seed = f" / seed {int(result['seed'])}" if "seed" in result else ""
-    fig.suptitle(f"{result['method']} / {result['size']} / {float(result['budget_flops']):.2e} FLOPs{seed}", fontsize=10)
+    fig.suptitle(f"{result['method']} / {result['size']} / {float(result['budget_flops']):.2e} FLOPs{seed}",
+                 fontsize=10)
     # Fixed margins: tight_layout costs more than drawing the figure, once per run of a sweep.
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.88, wspace=0.3)
     return fig
@@ -164,7 +166,8 @@ def _run_order(r: dict):
 
 def _runs_table(results: list[dict]) -> list[str]:
     lines = [
-        "| method | size | seed | params | budget FLOPs | FLOPs | steps | symbols | raw bytes seen | raw bpb | wall s |",
+        "| method | size | seed | params | budget FLOPs | FLOPs | steps | symbols | raw bytes seen | raw bpb "
+        "| wall s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(results, key=_run_order):
@@ -276,8 +279,11 @@ def write_report(
                 f"- `{method}` ({point.n_points} points): E = {_interval(point.E, boot.E)}, "
                 f"A = {_interval(point.A, boot.A)}, alpha = {_interval(point.alpha, boot.alpha)}"
                 + (f"; seeds per point {', '.join(str(c.n) for c in frontiers[method].cells)}" if multi_seed else "")
-                # Three parameters through three budgets: every usable resample is the same data.
-                + (" (3 budgets: the law passes through them, so the intervals say nothing)"
+                # Three parameters through three budgets: every usable resample is the same budgets, so
+                # only the seed level (if any) moves the fit.
+                + ((" (3 budgets: the law passes through them, so the intervals show only the seed noise)"
+                    if any(c.n > 1 for c in frontiers[method].cells) else
+                    " (3 budgets: the law passes through them, so the intervals say nothing)")
                    if len(np.unique(points[method][0])) == 3 else "")
             )
     fig = plot_scaling(points, fits, frontiers)
