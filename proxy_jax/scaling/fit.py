@@ -21,6 +21,12 @@ intervals of E, A, alpha and of predictions. Draws come from ``numpy.random.defa
 fixed order, so the same inputs and seed give the same intervals. Resample i of two methods with the
 same number of points, sorted by compute, and the same seed uses the same indices: fits of two methods
 measured at the same budgets are then paired by budget, which :func:`crossover` relies on.
+With ``per_seed`` (each point's loss per seed, ``L`` their means) the bootstrap has two levels: after
+drawing the points as above, each drawn point with several seeds draws its seeds with replacement
+(as many as it has) and contributes their mean, so seed noise widens the intervals. These draws come
+from ``default_rng((seed, i, j))`` for slot j of resample i, never from the point stream: points with
+one seed keep exactly the single-level intervals, and two methods with as many seeds at a paired point
+draw the same seed positions.
 
 Errors: fewer points than parameters allow (3 distinct C for a power law, 5 points for the Chinchilla
 law), non-finite or non-positive values, mismatched lengths raise one ``ValueError`` sentence.
@@ -228,9 +234,22 @@ def fit_power_law(C, L, *, delta: float = 1e-3, grid=None) -> PowerLawFit:
     return _fit_power_law_logs(np.log(c), np.log(l), starts_log, delta)
 
 
+def _seed_groups(per_seed, l: np.ndarray) -> list[np.ndarray]:
+    """Each point's per-seed losses (a point without ``per_seed`` is its one value), checked against ``l``."""
+    if per_seed is None:
+        return [l[k : k + 1] for k in range(len(l))]
+    if len(per_seed) != len(l):
+        raise ValueError(f"per_seed has {len(per_seed)} entries for {len(l)} points; pass one list of seeds per point.")
+    groups = [_points({f"per_seed[{k}]": g}, 1)[0] for k, g in enumerate(per_seed)]
+    bad = [k for k, g in enumerate(groups) if not np.isclose(np.mean(g), l[k], rtol=1e-9, atol=0)]
+    if bad:
+        raise ValueError(f"L at points {bad} is not the mean of their per_seed values; pass L as the seed means.")
+    return groups
+
+
 def bootstrap(
     C, L, *, n: int = 200, seed: int, level: float = 0.9, predict_at=None, delta: float = 1e-3,
-    fit: PowerLawFit | None = None,
+    fit: PowerLawFit | None = None, per_seed: Sequence[Sequence[float]] | None = None,
 ) -> BootstrapResult:
     """Percentile intervals of E, A, alpha (and of ``L(predict_at)``) from ``n`` resampled refits.
 
@@ -238,23 +257,31 @@ def bootstrap(
     same data with some points repeated, so its optimum lies near the full-data one, and where a
     resample leaves the law underdetermined the nearest optimum is the right pick (far starts would
     add spurious spread). A resample with fewer than 3 distinct C values is skipped (its slot in
-    ``fits`` is None) so that slots stay aligned across methods for paired comparisons.
+    ``fits`` is None) so that slots stay aligned across methods for paired comparisons. ``per_seed``:
+    one sequence per point of its seeds' losses, whose mean is ``L`` (the module docstring says how
+    they are resampled).
     """
     c, l = _points({"C": C, "L": L}, 3)
+    groups = _seed_groups(per_seed, l)
     if n < 2 or not 0 < level < 1:
         raise ValueError(f"n={n}, level={level}: use n >= 2 resamples and a level in (0, 1), e.g. 0.9.")
     fit = fit if fit is not None else fit_power_law(c, l, delta=delta)
     logc, logl = np.log(c), np.log(l)
     rng = np.random.default_rng(seed)
     fits: list[PowerLawFit | None] = []
-    for _ in range(n):
+    for i in range(n):
         idx = rng.integers(0, len(c), size=len(c))
         if len(np.unique(c[idx])) < 3:
             fits.append(None)
             continue
+        logl_i = logl[idx]
+        for j, k in enumerate(idx):
+            if len(groups[k]) > 1:  # the second level: this point's seeds, drawn with replacement
+                pick = np.random.default_rng((seed, i, j)).integers(0, len(groups[k]), size=len(groups[k]))
+                logl_i[j] = np.log(np.mean(groups[k][pick]))
         # (log E, log amplitude at the resample's c_ref, log alpha): the fit's own coordinates.
         start = [[np.log(fit.E), np.log(fit.A) - fit.alpha * np.mean(logc[idx]), np.log(fit.alpha)]]
-        fits.append(_fit_power_law_logs(logc[idx], logl[idx], np.array(start), delta, polish=1))
+        fits.append(_fit_power_law_logs(logc[idx], logl_i, np.array(start), delta, polish=1))
     good = [f for f in fits if f is not None]
     if len(good) < 2:
         raise ValueError(f"only {len(good)} of {n} resamples had 3 distinct budgets; add runs at more budgets.")

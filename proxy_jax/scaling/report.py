@@ -1,23 +1,29 @@
 """The sweep report: one markdown file plus PNG plots, from a list of finished runs.
 
 Input: one dict per run with at least ``method`` (e.g. "bytes", "proxy_tokens"), ``size`` (preset
-name), ``params``, ``budget_flops`` (the budget asked for), ``flops`` (training FLOPs spent),
-``steps``, ``symbols`` (positions trained on), ``raw_bytes_seen``, ``raw_bpb`` (final raw-byte bits per
-byte), ``wall_s`` and ``curve``: a list of ``(step, flops, train_loss_raw, train_loss_comp,
+name), ``params``, ``budget_flops`` (the budget asked for), ``flops`` (training FLOPs spent), ``steps``,
+``symbols`` (positions trained on), ``raw_bytes_seen``, ``raw_bpb`` (final raw-byte bits per byte),
+``seed`` (optional: 0 if absent), ``wall_s`` and ``curve``: a list of ``(step, flops, train_loss_raw, train_loss_comp,
 eval_raw_bpb)`` tuples, any of the last three None (or NaN) where not measured.
 
 Output, in ``out_dir``: ``report.md`` (readable on GitHub: relative image links) with
-- a table of the runs;
-- per method, a fit ``raw_bpb = E + A * C^-alpha`` over the method's compute-optimal frontier (the
-  best run at each budget, at the FLOPs it spent) with bootstrap intervals, or a sentence when the
-  method has fewer than 3 budgets;
+- a table of the runs (one row per run and seed);
+- a table of each (method, size, budget) over its seeds: the seeds, mean FLOPs, mean raw bpb, sample
+  standard deviation (ddof=1) and min / max (``proxy_jax.scaling.seeds``);
+- the best size per budget and method by seed mean, as ``mean ± sd (n seeds, size)``;
+- per method, a fit ``raw_bpb = E + A * C^-alpha`` over the method's compute-optimal frontier (at
+  each budget the size with the lowest seed-mean raw bpb, at its seeds' mean FLOPs) with bootstrap
+  intervals (two-level where a point has several seeds: see ``fit.bootstrap``), or a sentence when
+  the method has fewer than 3 budgets;
 - per method with several sizes at several budgets, the fit ``E + A N^-alpha + B D^-beta`` over all
   its runs (N parameters, D symbols);
 - for every other method, the compute at which its curve goes below the ``bytes`` curve inside the
   compute range both methods measured, with a paired-bootstrap interval, or a sentence saying it
   does not;
-- ``scaling.png`` (raw bpb vs compute, log x, points, fitted curves and bootstrap bands) and one
-  ``curves_*.png`` per run (raw and compressed training loss vs step; eval raw bpb vs step).
+- ``scaling.png`` (raw bpb vs compute, log x: the frontier's seed means, with a bar from the lowest
+  to the highest seed where a point has several, fitted curves and bootstrap bands) and one
+  ``curves_*.png`` per run (raw and compressed training loss vs step; eval raw bpb vs step), named
+  with ``_s<seed>`` when the sweep has seeds other than 0.
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot, so
 rendering changes no global matplotlib state and needs no display.
 """
@@ -33,6 +39,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from proxy_jax.scaling import fit as fit_lib
+from proxy_jax.scaling import seeds as seeds_lib
 
 BASELINE = "bytes"
 REQUIRED_KEYS = (
@@ -60,27 +67,18 @@ def _num(v) -> float:
 
 
 def frontier(results: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per method, ``(C, L)`` sorted by C: at each budget the run with the lowest final raw bpb."""
-    best: dict[str, dict[float, dict]] = {}
-    for r in results:
-        if not math.isfinite(_num(r["raw_bpb"])):
-            continue  # a diverged run is not a point on the frontier
-        per_budget = best.setdefault(r["method"], {})
-        b = float(r["budget_flops"])
-        if b not in per_budget or r["raw_bpb"] < per_budget[b]["raw_bpb"]:
-            per_budget[b] = r
-    out = {}
-    for method, per_budget in best.items():
-        runs = sorted(per_budget.values(), key=lambda r: r["flops"])
-        out[method] = (np.array([r["flops"] for r in runs], float), np.array([r["raw_bpb"] for r in runs], float))
-    return out
+    """Per method, ``(C, L)`` sorted by C: at each budget the size with the lowest seed-mean final raw
+    bpb, at its seeds' mean FLOPs (``seeds.frontier``, which also keeps the per-seed values)."""
+    return {m: (f.C, f.L) for m, f in seeds_lib.frontier(results).items()}
 
 
-def fit_methods(points, *, n_boot: int, seed: int, level: float):
+def fit_methods(points, *, n_boot: int, seed: int, level: float, per_seed=None):
     """Per method ``(PowerLawFit, BootstrapResult)``, or the reason it cannot be fitted (a string).
 
     Every method is bootstrapped with the same seed and ``n_boot``, so resample i draws the same
     indices for methods measured at the same number of budgets: the pairing :func:`fit.crossover` uses.
+    ``per_seed``: per method, each point's raw bpb per seed (``seeds.Frontier.per_seed``); a method
+    without it is bootstrapped over its points only.
     """
     fits = {}
     for method, (c, l) in points.items():
@@ -89,19 +87,29 @@ def fit_methods(points, *, n_boot: int, seed: int, level: float):
             continue
         point = fit_lib.fit_power_law(c, l)
         at = np.geomspace(c.min(), c.max(), 64)
-        fits[method] = (point, fit_lib.bootstrap(c, l, n=n_boot, seed=seed, level=level, predict_at=at, fit=point))
+        groups = (per_seed or {}).get(method)
+        fits[method] = (point, fit_lib.bootstrap(c, l, n=n_boot, seed=seed, level=level, predict_at=at, fit=point,
+                                                 per_seed=groups))
     return fits
 
 
-def plot_scaling(points, fits) -> Figure:
-    """Raw bpb vs training compute (log x): per method its frontier points (one line of markers) and,
-    when fitted, the fitted curve (one line) over a bootstrap band (one filled area)."""
+def plot_scaling(points, fits, frontiers=None) -> Figure:
+    """Raw bpb vs training compute (log x): per method its frontier points (one line of markers: seed
+    means) and, when fitted, the fitted curve (one line) over a bootstrap band (one filled area). With
+    ``frontiers`` (``seeds.frontier``), the points with several seeds get a vertical bar from their
+    lowest to their highest seed (one error-bar container per method that has such points)."""
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for i, (method, (c, l)) in enumerate(sorted(points.items())):
         color = f"C{i}"
         ax.plot(c, l, "o", color=color, label=method)
+        fr = (frontiers or {}).get(method)
+        multi = [k for k, cell in enumerate(fr.cells) if cell.n > 1] if fr is not None else []
+        if multi:
+            mean = np.array([fr.cells[k].mean for k in multi])
+            err = [mean - [fr.cells[k].lo for k in multi], [fr.cells[k].hi for k in multi] - mean]
+            ax.errorbar(fr.C[multi], mean, yerr=err, fmt="none", ecolor=color, elinewidth=1, capsize=3)
         f = fits.get(method)
         if isinstance(f, tuple):
             point, boot = f
@@ -140,7 +148,9 @@ def plot_training_curves(result: dict) -> Figure:
         ax.grid(True, alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    fig.suptitle(f"{result['method']} / {result['size']} / {float(result['budget_flops']):.2e} FLOPs", fontsize=10)
+    seed = f" / seed {int(result['seed'])}" if "seed" in result else ""
+    fig.suptitle(f"{result['method']} / {result['size']} / {float(result['budget_flops']):.2e} FLOPs{seed}",
+                 fontsize=10)
     # Fixed margins: tight_layout costs more than drawing the figure, once per run of a sweep.
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.88, wspace=0.3)
     return fig
@@ -150,14 +160,20 @@ def _interval(v: float, iv: tuple[float, float]) -> str:
     return f"{v:.4g} [{iv[0]:.4g}, {iv[1]:.4g}]"
 
 
+def _run_order(r: dict):
+    return r["method"], float(r["budget_flops"]), float(r["params"]), int(r.get("seed", 0))
+
+
 def _runs_table(results: list[dict]) -> list[str]:
     lines = [
-        "| method | size | params | budget FLOPs | FLOPs | steps | symbols | raw bytes seen | raw bpb | wall s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | size | seed | params | budget FLOPs | FLOPs | steps | symbols | raw bytes seen | raw bpb "
+        "| wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sorted(results, key=lambda r: (r["method"], float(r["budget_flops"]), float(r["params"]))):
+    for r in sorted(results, key=_run_order):
         lines.append(
-            f"| {r['method']} | {r['size']} | {float(r['params']):.3g} | {float(r['budget_flops']):.2e} | "
+            f"| {r['method']} | {r['size']} | {int(r.get('seed', 0))} | {float(r['params']):.3g} | "
+            f"{float(r['budget_flops']):.2e} | "
             f"{float(r['flops']):.3e} | {int(r['steps'])} | {float(r['symbols']):.3g} | "
             f"{float(r['raw_bytes_seen']):.3g} | {_num(r['raw_bpb']):.4f} | {float(r['wall_s']):.0f} |"
         )
@@ -178,7 +194,8 @@ def _chinchilla_lines(results: list[dict]) -> list[str]:
         return []
     return [
         "## Fits over parameters and data", "",
-        "`raw_bpb = E + A N^-alpha + B D^-beta` over every run of a method (N parameters, D symbols trained on).", "",
+        "`raw_bpb = E + A N^-alpha + B D^-beta` over every run of a method, each seed its own point (N parameters, "
+        "D symbols trained on).", "",
         "| method | runs | E | A | alpha | B | beta |", "|---|---:|---:|---:|---:|---:|---:|", *lines, "",
     ]
 
@@ -223,16 +240,34 @@ def write_report(
     _check(results)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    points = frontier(results)
-    fits = fit_methods(points, n_boot=n_boot, seed=seed, level=level)
+    frontiers = seeds_lib.frontier(results)
+    points = {m: (f.C, f.L) for m, f in frontiers.items()}
+    fits = fit_methods(points, n_boot=n_boot, seed=seed, level=level,
+                       per_seed={m: f.per_seed for m, f in frontiers.items()})
+    cells = seeds_lib.aggregate(results)
+    multi_seed = any(c.n > 1 for c in cells)
 
     md = [f"# {title}", "", f"{len(results)} runs, methods: {', '.join(sorted({r['method'] for r in results}))}.", ""]
     md += ["## Runs", "", *_runs_table(results), ""]
     md += [
+        "## Mean and spread over seeds", "",
+        "Per method, size and budget: the seeds that finished, the mean training FLOPs they spent, the mean "
+        "of their final raw bpb, its sample standard deviation (ddof=1; `-` for one seed) and the lowest and "
+        "highest seed. A diverged seed is listed and left out of the mean.", "",
+        *seeds_lib.mean_table(cells), "",
+        "## Best size per budget", "",
+        "Per method and budget, the size with the lowest mean raw bpb over its seeds: mean ± sample standard "
+        "deviation (n seeds, size); these are the points the fits below use.", "",
+        *seeds_lib.best_table(frontiers), "",
+    ]
+    md += [
         "## Raw bits per byte vs training compute", "",
-        f"`raw_bpb = E + A C^-alpha` over each method's best run per budget (C = training FLOPs spent); "
-        f"Huber loss on log residuals; brackets: {level:.0%} bootstrap intervals "
-        f"({n_boot} resamples, seed {seed}).", "",
+        f"`raw_bpb = E + A C^-alpha` over each method's best size per budget by seed-mean raw bpb (C = the "
+        f"mean training FLOPs its seeds spent); Huber loss on log residuals; brackets: {level:.0%} bootstrap "
+        f"intervals ({n_boot} resamples, seed {seed}): each resample draws the budgets with replacement and, "
+        f"at a budget with several seeds, that budget's seeds with replacement (their mean is the point), so "
+        f"the intervals carry seed noise; a budget with one seed is its one value."
+        + (" In the plot a bar spans a point's lowest to highest seed." if multi_seed else ""), "",
     ]
     for method in sorted(fits):
         f = fits[method]
@@ -243,11 +278,15 @@ def write_report(
             md.append(
                 f"- `{method}` ({point.n_points} points): E = {_interval(point.E, boot.E)}, "
                 f"A = {_interval(point.A, boot.A)}, alpha = {_interval(point.alpha, boot.alpha)}"
-                # Three parameters through three budgets: every usable resample is the same data.
-                + (" (3 budgets: the law passes through them, so the intervals say nothing)"
+                + (f"; seeds per point {', '.join(str(c.n) for c in frontiers[method].cells)}" if multi_seed else "")
+                # Three parameters through three budgets: every usable resample is the same budgets, so
+                # only the seed level (if any) moves the fit.
+                + ((" (3 budgets: the law passes through them, so the intervals show only the seed noise)"
+                    if any(c.n > 1 for c in frontiers[method].cells) else
+                    " (3 budgets: the law passes through them, so the intervals say nothing)")
                    if len(np.unique(points[method][0])) == 3 else "")
             )
-    fig = plot_scaling(points, fits)
+    fig = plot_scaling(points, fits, frontiers)
     fig.savefig(out / "scaling.png", dpi=120)
     md += ["", "![raw bpb vs compute](scaling.png)", ""]
     md += [f"## Crossover with `{BASELINE}`", "", *_crossover_lines(points, fits, level), ""]
@@ -255,13 +294,16 @@ def write_report(
 
     md += ["## Training curves", ""]
     used: set[str] = set()
-    for r in sorted(results, key=lambda r: (r["method"], float(r["budget_flops"]), float(r["params"]))):
-        name = _slug(f"curves_{r['method']}_{r['size']}_{float(r['budget_flops']):.2e}")
+    seeded = any(int(r.get("seed", 0)) != 0 for r in results)
+    for r in sorted(results, key=_run_order):
+        tag = f"_s{int(r.get('seed', 0))}" if seeded else ""
+        name = _slug(f"curves_{r['method']}_{r['size']}_{float(r['budget_flops']):.2e}{tag}")
         while name in used:
             name += "_"
         used.add(name)
         plot_training_curves(r).savefig(out / f"{name}.png", dpi=90)
         heading = f"### {r['method']} / {r['size']} / {float(r['budget_flops']):.2e} FLOPs"
+        heading += f" / seed {int(r.get('seed', 0))}" if seeded else ""
         md += [heading, "", f"![{name}]({name}.png)", ""]
 
     path = out / "report.md"

@@ -11,6 +11,8 @@ import math
 import os
 from typing import Any
 
+import numpy as np
+
 RESULT = "result.json"
 WALL = "sweep_wall.json"
 
@@ -80,9 +82,53 @@ def format_status(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _bpb(r) -> float:
+    return float(r["raw_bpb"]) if r and r["raw_bpb"] is not None else math.nan
+
+
+def _spread(deltas: list[float]) -> list[str]:
+    """Three cells for per-seed differences: ``mean ± sd (n)``, ``min .. max``, whether all share a sign."""
+    d = np.array([x for x in deltas if math.isfinite(x)])
+    if len(d) == 0:
+        return ["-", "-", "-"]
+    sd = f" ± {np.std(d, ddof=1):.4f}" if len(d) > 1 else ""
+    agree = "yes (+)" if np.all(d > 0) else "yes (-)" if np.all(d < 0) else "no"
+    return [f"{d.mean():+.4f}{sd} (n={len(d)})", f"{d.min():+.4f} .. {d.max():+.4f}", agree]
+
+
+def _seed_delta_lines(results, key, controls) -> list[str]:
+    """Per (method, size, budget) with several seeds and method other than bytes: the per-seed
+    differences (each seed against the same seed's bytes run and control) summarised."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        if r["method"] != "bytes":
+            groups.setdefault((r["method"], r["size"], r["budget_flops"]), []).append(r)
+    rows = []
+    for (method, size, budget), runs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        if len(runs) < 2:
+            continue
+        vs_bytes = [_bpb(r) - _bpb(key.get(("bytes", size, budget, r["seed"]))) for r in runs]
+        vs_ctrl = [_bpb(r) - _bpb(controls.get((method, size, budget, r["seed"]))) for r in runs]
+        own = [_bpb(r) for r in runs if math.isfinite(_bpb(r))]
+        rows.append(" | ".join([
+            f"| {method} | {size} | {float(budget):.2e} | {', '.join(str(r['seed']) for r in runs)}",
+            f"{np.mean([r['raw_bytes_seen'] for r in runs]):,.0f}",
+            f"{np.mean(own):.4f}" if own else "-", *_spread(vs_bytes), *_spread(vs_ctrl)]) + " |")
+    if not rows:
+        return []
+    return ["", "Over seeds: per method, size and budget run at several seeds, the differences of each seed "
+            "against the same seed's `bytes` run and its own control: their mean ± sample standard deviation "
+            "(ddof=1; n = seeds with a partner), their range, and whether every seed's difference has the same "
+            "sign (if not, the difference is within the seed spread).", "",
+            "| method | size | budget FLOPs | seeds | mean raw bytes seen | mean raw bpb | Δ vs bytes | range | "
+            "same sign | Δ vs its control | range | same sign |",
+            "|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---|", *rows]
+
+
 def raw_bytes_lines(results: list[dict[str, Any]]) -> list[str]:
-    """The second axis: raw bpb against raw bytes seen, each run beside the bytes run of its size and
-    budget (same compute) and, for controls, beside the run they mirror (same raw bytes)."""
+    """The second axis: raw bpb against raw bytes seen, each run beside the bytes run of its size,
+    budget and seed (same compute) and, for controls, beside the run they mirror (same raw bytes); then,
+    for (method, size, budget) with several seeds, the per-seed differences' mean, spread and sign."""
     key = {(r["method"], r["size"], r["budget_flops"], r["seed"]): r for r in results}
     lines = ["## Equal compute vs equal raw bytes", "",
              "Each run beside the `bytes` run of its size, budget and seed (equal training compute). A `control_*` "
@@ -92,8 +138,7 @@ def raw_bytes_lines(results: list[dict[str, Any]]) -> list[str]:
              "|---|---:|---:|---:|---:|---:|---:|"]
     controls = {(r["control_of"], r["size"], r["budget_flops"], r["seed"]): r for r in results if r.get("control_of")}
 
-    def bpb(r):
-        return r["raw_bpb"] if r and r["raw_bpb"] is not None else math.nan
+    bpb = _bpb
 
     def delta(x: float) -> str:
         return f"{x:+.4f}" if math.isfinite(x) else "-"
@@ -105,4 +150,4 @@ def raw_bytes_lines(results: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {r['name']} | {r['raw_bytes_seen']:,} | {bpb(r):.4f} | "
                      f"{base['raw_bytes_seen'] if base else 0:,} | {bpb(base):.4f} | {delta(bpb(r) - bpb(base))} | "
                      f"{delta(vs_ctrl)} |")
-    return lines
+    return lines + _seed_delta_lines(results, key, controls)
