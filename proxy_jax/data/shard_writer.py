@@ -224,7 +224,8 @@ def write(config, output: str, proxy: proxies.Proxy, *, num_shards: int = 8, pro
             nonlocal done_bytes
             done_bytes += size
             bar.update(docs)
-            bar.set_postfix(refresh=False, read=f"{done_bytes / max(time.perf_counter() - start, 1e-9) / 1e6:.2f} MB/s")
+            rate = done_bytes / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(refresh=False, read=f"{rate / 1e6:.2f} MB/s" if rate >= 1e6 else f"{rate / 1e3:.1f} kB/s")
 
         for s in todo:
             lo, hi = _shard_range(n, s, num_shards)

@@ -67,6 +67,8 @@ def m1_config(sweep: dict[str, Any]) -> ml_collections.ConfigDict:
             raise ValueError(f"Sweep m1 override {dotted!r} names no config key; see proxy_jax/config.py.")
         node[leaf] = value
     config.train.sample_prompt, config.train.tensorboard = "", False
+    if not 0 < config.train.eval_every <= config.train.steps:  # M1's held-out bpb is measured at its end
+        config.train.eval_every = config.train.steps
     return config
 
 
