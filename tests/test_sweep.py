@@ -221,8 +221,11 @@ def test_shipped_sweeps_expand_to_unique_runs_with_matched_compute(preset, tmp_p
     sweep = sweep_lib.load_sweep(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), preset))
     specs = sweep_lib.runs(sweep)
     assert len({s.name for s in specs}) == len(specs) > 0
-    if preset == "configs/sweeps/cpu.py" and "proxy_neural" in sweep["skip"]:  # 4 methods x 3 sizes x 3 budgets, d64 at 2 more, 4 ablations
-        assert len(specs) == 36 + 8 + 4
+    if preset == "configs/sweeps/cpu.py":
+        # 5 methods x 3 sizes at 2 budgets (seed 0) and at 1e12 (seeds 0-2); d64 at 1.25e11 (seed 0) and 2e12
+        # (seeds 0-2); 5 ablations and controls
+        assert len(specs) == 30 + 45 + 5 + 15 + 5
+        assert sweep["m1"] and sweep["preprocess"]["methods"] == ["proxy_neural"] and not sweep["skip"]
     for spec in specs:
         if sweep["methods"][spec.method].get("control_of"):
             continue  # its steps follow from its proxy run's batches (test_control_* above)
