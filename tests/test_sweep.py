@@ -223,9 +223,10 @@ def test_shipped_sweeps_expand_to_unique_runs_with_matched_compute(preset, tmp_p
     assert len({s.name for s in specs}) == len(specs) > 0
     if preset == "configs/sweeps/cpu.py":
         # 5 methods x 3 sizes at 2 budgets (seed 0) and at 1e12 (seeds 0-2); d64 at 1.25e11 (seed 0) and 2e12
-        # (seeds 0-2); 5 ablations and controls
-        assert len(specs) == 30 + 45 + 5 + 15 + 5
-        assert sweep["m1"] and sweep["preprocess"]["methods"] == ["proxy_neural"] and not sweep["skip"]
+        # (seeds 0-2); 6 ablations and controls; the 16-bit neural proxy at the 3 smallest budgets
+        assert len(specs) == 30 + 45 + 5 + 15 + 6 + 7
+        assert sweep["m1"] and sweep["preprocess"]["methods"] == ["proxy_neural", "proxy_neural_w8"]
+        assert not sweep["skip"]
     for spec in specs:
         if sweep["methods"][spec.method].get("control_of"):
             continue  # its steps follow from its proxy run's batches (test_control_* above)

@@ -1,11 +1,14 @@
-"""CPU sweep: 3 tiny sizes x 3 budgets for bytes / tokens / proxy_tokens / proxy_gzip / proxy_neural (and
+"""CPU sweep: 3 tiny sizes x 3 budgets for bytes / tokens / proxy_tokens / proxy_gzip / proxy_neural_w8 (and
 d64 at two more budgets), 3 seeds at the two largest budgets (1e12 and 2e12 FLOPs) and one elsewhere, plus
 the transfer controls of both proxies and the pairing and peak-rate ablations at the smallest size.
+``proxy_neural_w8`` is the neural proxy with 8-bit windows (256 symbols): the paper's 16-bit windows
+(``proxy_neural``, 65,856 symbols) put almost all of a run's FLOPs into the embedding and output head at
+these widths, so it is run only at the smaller budgets, to show that.
 
 The setup runs first, once (``python launch/sweep.py setup``, or the first ``run``): M1 for the neural
 proxy (``configs/m1.py:tiny``, trained in ROOT/_shared/m1 unless ``PROXY_JAX_M1=DIR`` names one), then the
-whole corpus compressed by the neural proxy with two processes into ROOT/_shared/shards-proxy_neural,
-which every proxy_neural run and its control read.
+whole corpus compressed by the neural proxy (16-bit and 8-bit windows) with two processes into
+ROOT/_shared/shards-METHOD, which that method's runs and its control read.
 
     python launch/sweep.py run --sweep=configs/sweeps/cpu.py --root=/tmp/sweep_cpu
     python launch/sweep.py run --sweep=configs/sweeps/cpu.py:quick --root=/tmp/sweep_cpu_quick
@@ -39,9 +42,10 @@ def get_config(preset: str = ""):
     quick = preset == "quick"
     budgets = tuple(b / 2 for b in BUDGETS) if quick else BUDGETS
     sizes = ["d64", "d128"] if quick else list(SIZES)
-    main = ["bytes", "proxy_tokens", "proxy_gzip"] + ([] if quick else ["tokens", "proxy_neural"])
+    main = ["bytes", "proxy_tokens", "proxy_gzip"] + ([] if quick else ["tokens", "proxy_neural_w8"])
     ablations = ["control_tokens", "proxy_tokens_no_pairing"] + (
-        [] if quick else ["control_neural", "proxy_tokens_pair_always", "proxy_tokens_peak05"])
+        [] if quick else ["control_neural_w8", "proxy_tokens_pair_always", "proxy_tokens_peak05",
+                          "control_neural"])
     methods, skip = _methods.methods(os.environ.get("PROXY_JAX_M1", ""))
     skip.pop("proxy_neural", None)  # without PROXY_JAX_M1 the setup trains one (the "m1" entry)
     seeds = [0] if quick else SEEDS
@@ -54,13 +58,17 @@ def get_config(preset: str = ""):
         "skip": skip,
         "evals": 2,
         "m1": {"config": "configs/m1.py:tiny"},
-        "preprocess": {"methods": ["proxy_neural"], "processes": 2, "num_shards": 16},
+        "preprocess": {"methods": ["proxy_neural", "proxy_neural_w8"], "processes": 2, "num_shards": 16},
         "grids": [
             {"methods": main, "sizes": sizes, "budgets": budgets[:2], "seeds": [0]},
             {"methods": main, "sizes": sizes, "budgets": budgets[2:], "seeds": seeds},
             # the smallest size at two more budgets, so that each L(C) fit has 5 points, not 3
             *([] if quick else [{"methods": main, "sizes": sizes[:1], "budgets": EXTRA_BUDGETS[:1], "seeds": [0]},
                                 {"methods": main, "sizes": sizes[:1], "budgets": EXTRA_BUDGETS[1:], "seeds": seeds}]),
+            # the paper's 16-bit windows: a 65,856-symbol vocabulary leaves d64 2-9 steps at these budgets
+            *([] if quick else [{"methods": ["proxy_neural"], "sizes": sizes, "budgets": budgets[:2], "seeds": [0]},
+                                {"methods": ["proxy_neural"], "sizes": sizes[:1], "budgets": EXTRA_BUDGETS[:1],
+                                 "seeds": [0]}]),
             # quick: at the smallest budget, so that they come right after the main grid's first budget
             {"methods": ablations, "sizes": sizes[:1], "budgets": budgets[:1] if quick else budgets[1:2],
              "seeds": [0]},

@@ -15,6 +15,11 @@ METHODS = {
     # Transfer control: the raw bytes proxy_tokens sees, in its order, and nothing else (byte vocabulary).
     "control_tokens": {"config": "configs/proxy_tokens.py", "control_of": "proxy_tokens"},
     "control_neural": {"config": "configs/proxy_neural.py", "control_of": "proxy_neural"},
+    # The neural proxy with 8-bit windows (256 symbols, vocabulary 576 like gzip's): at the CPU sweep's sizes
+    # the paper's 16-bit windows put almost all of a run's FLOPs in the 65,856-row embedding and head.
+    "proxy_neural_w8": {"config": "configs/proxy_neural.py", "overrides": {"proxy.window_bits": 8}},
+    "control_neural_w8": {"config": "configs/proxy_neural.py", "overrides": {"proxy.window_bits": 8},
+                          "control_of": "proxy_neural_w8"},
     "proxy_tokens_pair_always": {"config": "configs/proxy_tokens.py",
                                  "overrides": {"mix.mode_steady": "translation_random",
                                                "mix.mode_final": "translation_random"}},
