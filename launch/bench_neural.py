@@ -2,6 +2,7 @@
 
     python launch/bench_neural.py --m1_workdir=/tmp/m1_tiny [--bytes 200000] [--chunk_bytes 256]
     python launch/bench_neural.py --preset 6m --device      # random-init M1 of that size, on the accelerator
+    python launch/bench_neural.py --throughput_only         # speeds only: no analysis of where the bits go
 
 Codes ``--bytes`` of held-out stdlib text twice (the first run compiles and is not timed) and prints
 bytes/s for the whole ``encode_batch`` (entropy pass + coding pass + coder + host work) and for its parts,
@@ -52,6 +53,8 @@ def main() -> None:
     ap.add_argument("--batch_rows", type=int, default=64, help="rows of chunk_bytes per M1 call (speed only)")
     ap.add_argument("--tile_positions", type=int, default=2048, help="bytes per M1 tile (proxy.m1_tile_positions)")
     ap.add_argument("--exact", action="store_true", help="also count exact-arithmetic windows (slow)")
+    ap.add_argument("--throughput_only", action="store_true",
+                    help="skip the untimed analysis of where the bits go (ideal bits per byte; fewer compiles)")
     ap.add_argument("--device", action="store_true", help="run on the default accelerator (else force CPU)")
     args = ap.parse_args()
 
@@ -122,25 +125,28 @@ def main() -> None:
     n_windows = sum(int((c[0] >= vocab.COMP_OFFSET).sum()) for c in coded)
     n_segs = sum(len(s) for s in segs)
 
-    # Where the bits go (untimed): ideal -log2 q of every byte under its segment's tables, and the windows
-    # an exact-arithmetic coder with the same rule would emit (reference.exact_window_count).
-    flat = [s for ss in segs for s in ss]
-    ideal_bits, exact_windows = 0.0, 0
-    for idx, _, tokens, data in m1_lib.batches(flat, args.batch_rows, args.chunk_bytes):
-        freq, _ = m1_lib.tables(m1.args, proxy._params, tokens, precision=proxy.precision)
-        freq = np.asarray(freq)
-        for j, i in enumerate(idx):
-            n = len(flat[i])
-            ideal_bits += float(quantize.ideal_bits_np(freq[j, :n], data[j, :n]).sum())
-            if args.exact:
-                exact_windows += reference.exact_window_count(data[j, :n], freq[j, :n])[0]
-    rows = [c for d in docs for c in segment.chunks(d, args.chunk_bytes)]
-    chunk_ideal = 0.0  # the same with M1's context running over whole chunks (no segment restarts)
-    for idx, _, tokens, data in m1_lib.batches(rows, args.batch_rows, args.chunk_bytes):
-        freq = np.asarray(m1_lib.tables(m1.args, proxy._params, tokens, precision=proxy.precision)[0])
-        for j, i in enumerate(idx):
-            n = len(rows[i])
-            chunk_ideal += float(quantize.ideal_bits_np(freq[j, :n], data[j, :n]).sum())
+    ideal_bits = chunk_ideal = 0.0
+    exact_windows = 0
+    if not args.throughput_only:
+        # Where the bits go (untimed): ideal -log2 q of every byte under its segment's tables, and the windows
+        # an exact-arithmetic coder with the same rule would emit (reference.exact_window_count).
+        flat = [s for ss in segs for s in ss]
+        ideal_bits, exact_windows = 0.0, 0
+        for idx, _, tokens, data in m1_lib.batches(flat, args.batch_rows, args.chunk_bytes):
+            freq, _ = m1_lib.tables(m1.args, proxy._params, tokens, precision=proxy.precision)
+            freq = np.asarray(freq)
+            for j, i in enumerate(idx):
+                n = len(flat[i])
+                ideal_bits += float(quantize.ideal_bits_np(freq[j, :n], data[j, :n]).sum())
+                if args.exact:
+                    exact_windows += reference.exact_window_count(data[j, :n], freq[j, :n])[0]
+        rows = [c for d in docs for c in segment.chunks(d, args.chunk_bytes)]
+        chunk_ideal = 0.0  # the same with M1's context running over whole chunks (no segment restarts)
+        for idx, _, tokens, data in m1_lib.batches(rows, args.batch_rows, args.chunk_bytes):
+            freq = np.asarray(m1_lib.tables(m1.args, proxy._params, tokens, precision=proxy.precision)[0])
+            for j, i in enumerate(idx):
+                n = len(rows[i])
+                chunk_ideal += float(quantize.ideal_bits_np(freq[j, :n], data[j, :n]).sum())
     args_m = m1.args
     n_params = model_lib.count_params(args_m, include_embedding=False)
     attn = 4 * args_m.num_layers * args_m.num_heads * args_m.head_dim * args.chunk_bytes / 2
@@ -163,8 +169,8 @@ def main() -> None:
         "windows": n_windows,
         "passthrough_bytes": n_ids - n_windows,
         "bits_per_byte_of_view": 16 * n_ids / total,
-        "ideal_bits_per_byte_segment_context": ideal_bits / total,
-        "ideal_bits_per_byte_chunk_context": chunk_ideal / total,
+        "ideal_bits_per_byte_segment_context": None if args.throughput_only else ideal_bits / total,
+        "ideal_bits_per_byte_chunk_context": None if args.throughput_only else chunk_ideal / total,
         "exact_arithmetic_windows": exact_windows if args.exact else None,
         "entropy_pass_bytes_per_s": total / t_seg,
         "coding_pass_bytes_per_s": total / t_code,
