@@ -14,9 +14,9 @@ ROOT/_shared/shards-METHOD, which that method's runs and its control read.
     python launch/sweep.py run --sweep=configs/sweeps/cpu.py:quick --root=/tmp/sweep_cpu_quick
     python launch/sweep.py report /tmp/sweep_cpu
 
-Runtime: the 48 runs' own wall times add up to 50.6 minutes on the 2-core CPU VM of 2026-11-23, shared with
-other jobs (the tokenizer is trained once and shared by every run). Result: results/sweep_cpu/ (findings:
-its README.md).
+Runtime (2-core CPU VM, 2026-12-07): the setup 6 minutes for M1 and 16-32 minutes per neural corpus; the
+108 runs' own wall times add up to 130 minutes, two shards at a time (the tokenizer is trained once and
+shared by every run). Result: results/sweep_cpu/ (findings: its README.md).
 """
 
 import importlib.util
