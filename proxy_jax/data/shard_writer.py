@@ -199,7 +199,7 @@ def write(config, output: str, proxy: proxies.Proxy, *, num_shards: int = 8, pro
     }
     if tokenizer is not None:
         manifest["tokenizer_model"] = TOKENIZER
-    complete = True
+    written = []
     for split in splits:
         data_config = config.data
         if split != "train":  # evaluation scores whole documents: only training documents are cut
@@ -232,7 +232,13 @@ def write(config, output: str, proxy: proxies.Proxy, *, num_shards: int = 8, pro
             write_shard(output, split, s, num_shards, src, lo, hi, proxy, identity, progress,
                         {"proxy_settings": settings, "data": manifest["data"]})
         bar.close()
+        written.append((split, src, n, identity))
 
+    # Every split is checked only once this process has written all of its shards: the process that
+    # finishes last then sees every other process's shards (checking each split right after writing it
+    # could leave each process seeing one split unfinished, and no manifest).
+    complete = True
+    for split, src, n, identity in written:
         shards = []
         for s in range(num_shards):
             lo, hi = _shard_range(n, s, num_shards)
