@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from helpers import STDLIB, config_with
-from proxy_jax import assemble
+from proxy_jax import assemble, preprocess_pool
 
 
 def _files(out):
@@ -41,15 +41,19 @@ def test_command_with_two_processes_writes_one_process_shards(tmp_path):
     assert "train 1/2" in r.stderr and "train 2/2" in r.stderr
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--processes=0"], "--processes=0 must be >= 1"),
-    (["--processes=2", "--process_count=2"], "drop --process_index and --process_count"),
-    (["--processes=4", "--num_shards=3"], "--processes=4 exceeds --num_shards=3"),
-])
-def test_bad_process_flags_are_one_sentence(tmp_path, flags, message):
+def test_a_pool_with_bad_process_counts_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="--processes=0 must be >= 1"):
+        preprocess_pool.preprocess(_gzip_config(), str(out), processes=0, num_shards=3)
+    with pytest.raises(ValueError, match="--processes=4 exceeds --num_shards=3"):
+        preprocess_pool.preprocess(_gzip_config(), str(out), processes=4, num_shards=3)
+    assert not out.exists()
+
+
+def test_processes_with_a_host_split_is_one_sentence(tmp_path):
     r = subprocess.run([sys.executable, "-m", "proxy_jax.preprocess", "--config=configs/proxy_gzip.py:tiny",
                         f"--output={tmp_path / 'out'}", "--config.data.source=dir", f"--config.data.path={STDLIB}",
-                        "--config.data.glob=email/**/*.py", *flags], capture_output=True, text=True, timeout=300,
-                       cwd=os.path.join(os.path.dirname(__file__), ".."))
-    assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+                        "--config.data.glob=email/**/*.py", "--processes=2", "--process_count=2"],
+                       capture_output=True, text=True, timeout=300, cwd=os.path.join(os.path.dirname(__file__), ".."))
+    assert r.returncode == 2 and "drop --process_index and --process_count" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "out").exists()
