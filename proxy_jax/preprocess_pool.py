@@ -87,7 +87,6 @@ def _prepare(config_dict: dict, output: str, cache_dir: str | None, overwrite: b
     flags.FLAGS.mark_as_parsed()
     from proxy_jax import assemble, storage
     from proxy_jax.data import shard_writer
-    from proxy_jax.data.corpus import Corpus
 
     config = ml_collections.ConfigDict(config_dict)
     storage.resolve_config_paths(config)
@@ -95,4 +94,4 @@ def _prepare(config_dict: dict, output: str, cache_dir: str | None, overwrite: b
     shard_writer.prepare_output(config, output, overwrite=overwrite)
     if _trains_artifacts(config):
         assemble.make_proxy(config, workdir=cache_dir or os.path.join(output, shard_writer.CACHE_DIR),
-                            corpus=Corpus(config))
+                            corpus=assemble.Corpus(config))

@@ -39,6 +39,9 @@ def test_command_with_two_processes_writes_one_process_shards(tmp_path):
     assert _files(out) == _files(tmp_path / "one")
     # each process reported its progress on its own lines
     assert "train 1/2" in r.stderr and "train 2/2" in r.stderr
+    # --overwrite: prepared once, before the pool starts, and the pool writes the same shards again
+    again = preprocess_pool.preprocess(_gzip_config(), str(out), processes=2, num_shards=3, overwrite=True)
+    assert again.manifest == one and _files(out) == _files(tmp_path / "one")
 
 
 def test_a_pool_with_bad_process_counts_is_refused_before_any_work(tmp_path):

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from proxy_jax import config as config_lib
 from proxy_jax import recipes, storage
 from proxy_jax.data import shards as shards_lib
 
@@ -58,14 +59,10 @@ def locked(root: str):
 def m1_config(sweep: dict[str, Any]) -> ml_collections.ConfigDict:
     spec = sweep["m1"]
     config = recipes.load_config(spec["config"])
-    for dotted, value in spec.get("overrides", {}).items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for name in parents:
-            node = node[name]
-        if leaf not in node:
-            raise ValueError(f"Sweep m1 override {dotted!r} names no config key; see proxy_jax/config.py.")
-        node[leaf] = value
+    try:
+        config_lib.override(config, **spec.get("overrides", {}))
+    except KeyError as e:
+        raise ValueError(f"Sweep file's m1 overrides: {e.args[0]}") from None
     config.train.sample_prompt, config.train.tensorboard = "", False
     if not 0 < config.train.eval_every <= config.train.steps:  # M1's held-out bpb is measured at its end
         config.train.eval_every = config.train.steps
